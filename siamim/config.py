@@ -1,0 +1,379 @@
+"""One config system: typed dataclasses, YAML presets, dotted overrides.
+
+The same dotted keys (``model.depth=4``) are CLI overrides, Ray Tune
+``param_space`` entries and MLflow params. Every ablation switch of the paper
+(PAPER.md, ablation rows a-k) is a key here. Validation runs before any
+compute: an unknown key or a bad value raises :class:`ConfigError` naming the
+key and, for a typo, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names it and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion_mnist", "image_folder"] = "fashion_mnist"
+    root: str | None = None  # None: Debian's /usr/share/datasets/fashion-mnist (or $SIAMIM_FASHION_MNIST)
+    img_size: int = 32
+    num_workers: int = 1  # DataLoader worker processes per training process
+    train_subset: int | None = None  # use the first N training images (smoke tests)
+
+
+@dataclass
+class ViewsConfig:
+    different_views: bool = True  # ablation: False -> view 2 uses view 1's crop and flip
+    color_aug: bool = True  # ablation: False -> no colour augmentation on either view
+    crop_min: float = 0.08  # RandomResizedCrop scale [crop_min, 1]
+    flip_prob: float = 0.5
+
+
+@dataclass
+class MaskConfig:
+    type: Literal["blockwise", "random"] = "blockwise"
+    ratio: float = 0.6  # masked patches = round(ratio * G*G); 118/196 for ViT-B/16 at 224
+    min_block: int = 4  # smallest block (patches) of blockwise masking; BEiT uses 16 at 14x14
+
+
+@dataclass
+class ModelConfig:
+    patch_size: int = 4
+    embed_dim: int = 96
+    depth: int = 4
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    decoder_dim: int = 96  # projector output / predictor width / target feature width
+    decoder_heads: int = 3
+    projector_depth: int = 2
+    predictor_depth: int = 2
+    norm: Literal["bn", "ln"] = "bn"  # norm inside projector/predictor blocks (ablation g)
+    train_patch_embed: bool = False  # False: frozen patch-embedding projection (MoCo v3 trick)
+    drop_path: float = 0.0
+    timm_name: str = "vit_tiny_patch16_224"  # timm architecture name the exported encoder loads into
+
+
+@dataclass
+class LossConfig:
+    type: Literal["unigrad", "l2"] = "unigrad"
+    neg_weight: float = 0.02  # lambda of UniGrad
+
+
+@dataclass
+class OptimConfig:
+    blr: float = 6.25e-5  # base lr per 256 images: lr = blr * batch_size / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 40.0
+    clip_grad: float | None = 1.0
+    ema_m0: float = 0.995  # EMA momentum, cosine from m0 to 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 400.0
+    batch_size: int = 4096  # global batch (all workers together)
+    max_steps: int | None = None  # stop early; schedules still span `epochs`
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA with bf16 support, else fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)
+    output_dir: str = "runs/default"  # checkpoints of single-process runs
+    fail_at_step: int | None = None  # test-only: raise once at this step (fault-tolerance tests)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_train_subset: int | None = None  # None: all training images as the kNN memory bank
+    batch_size: int = 512
+
+
+@dataclass
+class RunConfig:
+    """Platform settings, read by the Ray/MLflow layer only (never by the core loop)."""
+
+    experiment: str = "siamim"
+    name: str | None = None
+    storage: str = "runs/ray"  # local path or URI (s3://bucket/prefix?endpoint_override=...)
+    num_workers: int = 2
+    use_gpu: bool = False
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def grid_size(self) -> int:
+        return self.data.img_size // self.model.patch_size
+
+    @property
+    def num_masked(self) -> int:
+        return round(self.mask.ratio * self.grid_size**2)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+# --------------------------------------------------------------------------- conversion
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint_txt = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}={value!r} is not one of {list(args)}{hint_txt}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} must be a string")
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _field_hints(obj) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``cfg.<section>.<key>`` from a dotted key, type-checked."""
+    parts = dotted.split(".")
+    obj = cfg
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            raise _unknown(".".join(parts[: depth + 1]), names)
+        if depth == len(parts) - 1:
+            hint = _field_hints(obj)[part]
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{dotted} is a section; set its keys, e.g. {dotted}.<key>=...")
+                for k, v in value.items():
+                    set_value(cfg, f"{dotted}.{k}", v)
+            else:
+                setattr(obj, part, _coerce(dotted, value, hint))
+            return
+        obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
+
+
+def _apply_mapping(cfg: Config, mapping: dict, prefix: str = "") -> None:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _apply_mapping(cfg, value, dotted + ".")
+        else:
+            set_value(cfg, dotted, value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'model.depth=4'`` -> ``('model.depth', 4)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) or a YAML path to a file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(str(name_or_path), presets, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"config preset {str(name_or_path)!r} not found (presets: {presets}){hint}")
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- YAML preset <- overrides (``["model.depth=4"]`` or ``{"model.depth": 4}``), validated."""
+    cfg = Config()
+    if preset is not None:
+        path = resolve_preset(preset)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections")
+        data.pop("_base_", None)
+        _apply_mapping(cfg, data)
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["optim"]["betas"] = list(d["optim"]["betas"])
+    return d
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    _apply_mapping(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"model.depth": 4, ...}``: the dotted keys, as logged to MLflow."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+def _check(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {need}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks; raises :class:`ConfigError` naming the key."""
+    d, m, mk, o, t = cfg.data, cfg.model, cfg.mask, cfg.optim, cfg.train
+    _check(d.img_size > 0, "data.img_size", d.img_size, "must be positive")
+    _check(m.patch_size > 0 and d.img_size % m.patch_size == 0, "model.patch_size", m.patch_size,
+           f"must divide data.img_size={d.img_size}")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", d.train_subset, "must be positive")
+    _check(0.0 < cfg.views.crop_min <= 1.0, "views.crop_min", cfg.views.crop_min, "must be in (0, 1]")
+    _check(0.0 <= cfg.views.flip_prob <= 1.0, "views.flip_prob", cfg.views.flip_prob, "must be in [0, 1]")
+    _check(0.0 < mk.ratio < 1.0, "mask.ratio", mk.ratio, "must be in (0, 1)")
+    _check(0 < cfg.num_masked < cfg.grid_size**2, "mask.ratio", mk.ratio,
+           f"masks {cfg.num_masked} of {cfg.grid_size**2} patches; at least one must be masked and one visible")
+    _check(1 <= mk.min_block <= cfg.num_masked, "mask.min_block", mk.min_block,
+           f"must be in [1, number of masked patches = {cfg.num_masked}]")
+    for key, dim, heads in (("model.num_heads", m.embed_dim, m.num_heads),
+                            ("model.decoder_heads", m.decoder_dim, m.decoder_heads)):
+        _check(heads > 0 and dim % heads == 0, key, heads, f"must divide the width {dim}")
+    _check(m.decoder_dim % 4 == 0, "model.decoder_dim", m.decoder_dim,
+           "must be divisible by 4 (relative position embedding has 4 sin-cos parts)")
+    _check(m.embed_dim % 4 == 0, "model.embed_dim", m.embed_dim, "must be divisible by 4 (2-D sin-cos position embedding)")
+    for key in ("depth", "projector_depth", "predictor_depth"):
+        _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
+    _check(0.0 <= m.drop_path < 1.0, "model.drop_path", m.drop_path, "must be in [0, 1)")
+    _check(cfg.loss.neg_weight >= 0.0, "loss.neg_weight", cfg.loss.neg_weight, "must be >= 0")
+    _check(o.blr > 0.0, "optim.blr", o.blr, "must be positive")
+    _check(0.0 <= o.min_lr, "optim.min_lr", o.min_lr, "must be >= 0")
+    _check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", o.betas, "each must be in [0, 1)")
+    _check(o.warmup_epochs >= 0.0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    _check(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", o.clip_grad, "must be positive or null")
+    _check(0.0 <= o.ema_m0 <= 1.0, "optim.ema_m0", o.ema_m0, "must be in [0, 1]")
+    _check(t.epochs > 0, "train.epochs", t.epochs, "must be positive")
+    _check(t.batch_size > 1, "train.batch_size", t.batch_size, "must be > 1 (BatchNorm and UniGrad need a batch)")
+    _check(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive or null")
+    _check(t.log_every > 0, "train.log_every", t.log_every, "must be positive")
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "must be >= 0")
+    _check(cfg.eval.knn_k > 0, "eval.knn_k", cfg.eval.knn_k, "must be positive")
+    _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature", cfg.eval.knn_temperature, "must be positive")
+    r = cfg.run
+    _check(r.num_workers >= 1, "run.num_workers", r.num_workers, "must be >= 1")
+    _check(t.batch_size % r.num_workers == 0, "train.batch_size", t.batch_size,
+           f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)")
+    _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "must be >= -1 (-1: retry forever)")
+    _check(r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints, "must be >= 1")

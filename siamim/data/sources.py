@@ -1,0 +1,126 @@
+"""Image sources: indexable collections of uint8 RGB images with integer labels.
+
+A source hides where images come from (an in-memory array such as
+Fashion-MNIST, or an ImageFolder tree of files) behind two calls:
+``len(source)`` and ``source.image(i) -> uint8 [3, H, W]``; ``source.labels``
+is an int64 array ``[N]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from siamim.data import fashion_mnist
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ImageSource(Protocol):
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> torch.Tensor: ...
+
+
+class ArraySource:
+    """Images held in memory as uint8 ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (RGB)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes, mean, std):
+        if images.ndim not in (3, 4) or len(images) != len(labels):
+            raise ValueError(f"images {images.shape} and labels {labels.shape} do not form a dataset")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = tuple(classes)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> torch.Tensor:
+        """uint8 ``[3, H, W]`` (grey images are replicated to three channels)."""
+        img = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        if img.ndim == 2:
+            return img.unsqueeze(0).expand(3, -1, -1)
+        return img.permute(2, 0, 1)
+
+    def subset(self, indices: np.ndarray) -> "ArraySource":
+        return ArraySource(self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+
+
+class ImageFolderSource:
+    """``root/<class>/<image>`` files, classes sorted by name (torchvision's convention)."""
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"ImageFolder root {root} does not exist")
+        self.classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+        if not self.classes:
+            raise FileNotFoundError(f"ImageFolder root {root} has no class sub-directories (expected root/<class>/<image>)")
+        files, labels = [], []
+        for label, name in enumerate(self.classes):
+            for path in sorted((root / name).rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                    labels.append(label)
+        if not files:
+            raise FileNotFoundError(f"ImageFolder root {root} holds no images with suffix in {IMAGE_SUFFIXES}")
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        return decode_image(str(self.files[index]), mode=ImageReadMode.RGB)
+
+
+def build_source(dataset: str, root: str | None, split: str) -> ImageSource:
+    """The source of ``split`` ('train' or 'test') for ``data.dataset`` / ``data.root``.
+
+    For ``image_folder`` the root holds ``train/`` and ``test/`` (or ``val/``)
+    class trees; a root without ``train/`` is itself the train tree.
+    """
+    if dataset == "fashion_mnist":
+        images, labels = fashion_mnist.load_fashion_mnist(root, split)
+        mean, std = (fashion_mnist.MEAN,) * 3, (fashion_mnist.STD,) * 3
+        return ArraySource(images, labels, fashion_mnist.CLASSES, mean, std)
+    if dataset == "image_folder":
+        if root is None:
+            raise ValueError("data.dataset=image_folder needs data.root=<directory of class folders>")
+        base = Path(root)
+        if split == "train":
+            return ImageFolderSource(base / "train" if (base / "train").is_dir() else base)
+        for name in ("test", "val"):
+            if (base / name).is_dir():
+                return ImageFolderSource(base / name)
+        raise FileNotFoundError(f"ImageFolder root {base} has no test/ or val/ tree for evaluation")
+    raise ValueError(f"unknown data.dataset {dataset!r}; choose 'fashion_mnist' or 'image_folder'")
+
+
+def eval_batch(source: ImageSource, indices, img_size: int) -> torch.Tensor:
+    """Deterministic model input for evaluation: resize to ``img_size`` and normalise.
+
+    Returns float32 ``[len(indices), 3, img_size, img_size]``.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    imgs = [TF.resize(source.image(int(i)), [img_size, img_size], antialias=True) for i in indices]
+    x = torch.stack(imgs).float().div_(255.0)
+    mean = torch.tensor(source.mean).view(1, 3, 1, 1)
+    std = torch.tensor(source.std).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,1 @@
+"""Evaluation protocols on frozen or fine-tuned encoders (PAPER.md, "Evaluation protocols")."""
