@@ -45,3 +45,27 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes
     """Top-1 accuracy in percent of :func:`knn_predict`."""
     pred = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature)
     return 100.0 * (pred == test_labels).float().mean().item()
+
+
+def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu") -> float:
+    """kNN top-1 (%) of ``encoder``'s cls features: train split as memory bank, test split as queries.
+
+    Uses ``cfg.data`` for the dataset and ``cfg.eval.knn_k / knn_temperature /
+    knn_train_subset / batch_size``. With ``knn_train_subset`` the bank is a
+    fixed, seeded random subset of the training set.
+    """
+    import numpy as np
+
+    from siamim.data.sources import build_source
+    from siamim.eval.features import extract_features
+
+    train = build_source(cfg.data.dataset, cfg.data.root, "train")
+    test = build_source(cfg.data.dataset, cfg.data.root, "test")
+    idx = None
+    if cfg.eval.knn_train_subset is not None and cfg.eval.knn_train_subset < len(train):
+        idx = np.sort(np.random.default_rng(0).choice(len(train), cfg.eval.knn_train_subset, replace=False))
+    bank = extract_features(encoder, train, cfg.data.img_size, idx, cfg.eval.batch_size, device)
+    bank_labels = torch.from_numpy(train.labels if idx is None else train.labels[idx])
+    queries = extract_features(encoder, test, cfg.data.img_size, None, cfg.eval.batch_size, device)
+    return knn_accuracy(bank, bank_labels, queries, torch.from_numpy(test.labels), len(train.classes),
+                        cfg.eval.knn_k, cfg.eval.knn_temperature)

@@ -1,0 +1,122 @@
+"""Training data pipeline: deterministic per-step batches of view pairs + masks.
+
+Batch composition is a pure function of ``(seed, global step)``: step ``s`` of
+epoch ``e = s // steps_per_epoch`` takes slice ``s % steps_per_epoch`` of a
+``(seed, e)`` permutation; rank ``r`` of ``R`` takes the ``r``-th of ``R`` equal
+parts of that global batch. Each sample's augmentation and mask come from a
+generator seeded by ``(seed, epoch, index)``. Hence a run resumes at any step
+exactly, and a data-parallel run sees the same images as a single process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from siamim.data.geometry import relative_geometry
+from siamim.data.masks import make_mask
+from siamim.data.sources import ImageSource
+from siamim.data.views import make_view_pair
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 100_000_007 + index) % (2**63 - 1)
+
+
+class ViewPairDataset(Dataset):
+    """Maps a key ``(epoch, index)`` to one sample: two views, their boxes and view 1's mask."""
+
+    def __init__(self, source: ImageSource, cfg):
+        self.source = source
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(sample_seed(cfg.train.seed, epoch, index))
+        pair = make_view_pair(self.source.image(index), cfg.data.img_size, gen, crop_min=cfg.views.crop_min,
+                              flip_prob=cfg.views.flip_prob, different_views=cfg.views.different_views,
+                              color_aug=cfg.views.color_aug)
+        mask = make_mask(cfg.mask.type, cfg.grid_size, cfg.num_masked, gen, cfg.mask.min_block)
+        return {
+            "view1": pair.view1, "view2": pair.view2, "mask": mask,
+            "box1": torch.tensor(pair.box1, dtype=torch.float32), "box2": torch.tensor(pair.box2, dtype=torch.float32),
+            "flip1": torch.tensor(pair.flip1), "flip2": torch.tensor(pair.flip2),
+            "width": torch.tensor(float(pair.width)),
+        }
+
+
+class Collate:
+    """Stacks samples into a model batch (picklable for DataLoader workers).
+
+    Output keys: ``view1``/``view2`` float ``[B, 3, S, S]`` normalised;
+    ``geometry`` ``[B, 6]`` (see :func:`relative_geometry`); ``mask`` bool
+    ``[B, L]``; ``ids_keep`` long ``[B, L - num_masked]`` (visible patches,
+    ascending).
+    """
+
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        stack = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        norm = lambda v: (v.float().div_(255.0) - self.mean) / self.std  # noqa: E731
+        mask = stack["mask"]
+        # Same count per row, so the visible indices form a dense [B, Lv] tensor.
+        ids_keep = torch.nonzero(~mask)[:, 1].view(mask.shape[0], -1)
+        return {
+            "view1": norm(stack["view1"]), "view2": norm(stack["view2"]), "mask": mask, "ids_keep": ids_keep,
+            "geometry": relative_geometry(stack["box1"], stack["box2"], stack["flip1"], stack["flip2"], stack["width"]),
+        }
+
+
+@dataclass
+class StepBatchSampler:
+    """Yields, for steps ``start_step .. total_steps-1``, this rank's list of ``(epoch, index)`` keys."""
+
+    num_samples: int
+    global_batch: int
+    rank: int
+    world_size: int
+    seed: int
+    start_step: int
+    total_steps: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __post_init__(self):
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"train.batch_size={self.global_batch} exceeds the {self.num_samples} training images; "
+                             "lower train.batch_size or use more data")
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+    def __iter__(self):
+        per_rank = self.global_batch // self.world_size
+        epoch, perm = None, None
+        for step in range(self.start_step, self.total_steps):
+            e, b = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch = e
+                perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 7919 + e))
+            batch = perm[b * self.global_batch : (b + 1) * self.global_batch]
+            mine = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+            yield [(e, int(i)) for i in mine]
+
+
+def build_loader(source: ImageSource, cfg, rank: int, world_size: int, start_step: int, total_steps: int) -> DataLoader:
+    """The training DataLoader of one rank, starting at ``start_step``."""
+    sampler = StepBatchSampler(len(source), cfg.train.batch_size, rank, world_size, cfg.train.seed,
+                               start_step, total_steps)
+    workers = cfg.data.num_workers
+    return DataLoader(ViewPairDataset(source, cfg), batch_sampler=sampler, collate_fn=Collate(source.mean, source.std),
+                      num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)

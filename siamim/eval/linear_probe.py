@@ -1,0 +1,142 @@
+"""LIN: linear probe on frozen features, MAE protocol (PAPER.md "Evaluation protocols").
+
+The head is ``BatchNorm1d(D, affine=False, eps=1e-6)`` followed by a linear
+layer (weights trunc-normal, std 0.01; bias 0), trained with LARS (momentum
+0.9, weight decay 0, trust coefficient 0.001, layer adaptation on weight
+matrices only), lr = ``blr * batch / 256``, linear warm-up then half-cycle
+cosine, per iteration, exactly as MAE's ``main_linprobe.py``. Features are
+extracted once and cached; the probe trains on them (no augmentation: the
+cached-feature variant of the protocol).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from timm.optim import Lars
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cycle cosine from ``base_lr`` to ``min_lr``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LinearProbe(torch.nn.Sequential):
+    """``[B, D]`` (or ``[..., D]`` for tokens, flattened by the caller) -> logits ``[B, C]``."""
+
+    def __init__(self, dim: int, num_classes: int):
+        head = torch.nn.Linear(dim, num_classes)
+        torch.nn.init.trunc_normal_(head.weight, std=0.01)
+        torch.nn.init.zeros_(head.bias)
+        super().__init__(torch.nn.BatchNorm1d(dim, affine=False, eps=1e-6), head)
+
+
+def lars_groups(module: torch.nn.Module) -> list[dict]:
+    """MAE's LARS parameter groups: adapt weight matrices, leave biases/1-D parameters plain SGD."""
+    mats = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
+    vecs = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
+    return [dict(params=mats, always_adapt=True), dict(params=vecs, always_adapt=False)]
+
+
+def fit_head(
+    head: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    blr: float,
+    warmup_epochs: float,
+    seed: int = 0,
+    device="cpu",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> torch.nn.Module:
+    """Train ``head`` on cached ``inputs`` ``[N, ...]`` / ``targets`` ``[N, ...]`` with the MAE LIN recipe.
+
+    ``loss_fn(head, x_batch, y_batch)`` returns the scalar loss. Batches are
+    drawn by a seeded permutation per epoch; a last batch smaller than 2 is
+    dropped (BatchNorm needs two samples). Returns ``head`` in eval mode.
+    """
+    n = len(inputs)
+    if n < 2:
+        raise ValueError(f"a probe needs at least 2 training samples, got {n}")
+    batch_size = min(batch_size, n)
+    head.to(device).train()
+    opt = Lars(lars_groups(head), lr=0.0, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
+    steps_per_epoch = max(1, n // batch_size) if n % batch_size < 2 else n // batch_size + 1
+    total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    base_lr = blr * batch_size / 256
+    gen = torch.Generator().manual_seed(seed)
+    step, loss = 0, torch.tensor(float("nan"))
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, warmup, base_lr)
+            loss = loss_fn(head, inputs[idx].to(device), targets[idx].to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"probe loss is {loss.item()} at step {step}; lower eval.lin_blr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if progress is not None:
+            progress(epoch + 1, epochs, float(loss))
+    return head.eval()
+
+
+def _ce(head, x, y):
+    return torch.nn.functional.cross_entropy(head(x), y)
+
+
+def train_linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    epochs: int = 90,
+    batch_size: int = 1024,
+    blr: float = 0.1,
+    warmup_epochs: float = 10,
+    seed: int = 0,
+    device="cpu",
+    progress=None,
+) -> LinearProbe:
+    """Fit :class:`LinearProbe` on ``train_feats`` ``[N, D]`` / long ``train_labels`` ``[N]``."""
+    if train_feats.ndim != 2 or len(train_feats) != len(train_labels):
+        raise ValueError(f"train_feats must be [N, D] matching labels [N]; got {tuple(train_feats.shape)} "
+                         f"and {tuple(train_labels.shape)}")
+    torch.manual_seed(seed)
+    probe = LinearProbe(train_feats.shape[1], num_classes)
+    return fit_head(probe, train_feats, train_labels, _ce, epochs, batch_size, blr, warmup_epochs, seed,
+                    device, progress)
+
+
+@torch.no_grad()
+def predict(head: torch.nn.Module, feats: torch.Tensor, batch_size: int = 4096, device="cpu") -> torch.Tensor:
+    """Argmax predictions long ``[N]`` of ``head`` on ``feats`` ``[N, D]``."""
+    head.eval().to(device)
+    return torch.cat([head(feats[s : s + batch_size].to(device)).argmax(1).cpu()
+                      for s in range(0, len(feats), batch_size)])
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * (pred == labels).float().mean().item()
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float ``[C]``: accuracy in percent of each class (NaN for classes absent from ``labels``)."""
+    out = torch.full((num_classes,), float("nan"))
+    for c in range(num_classes):
+        m = labels == c
+        if m.any():
+            out[c] = 100.0 * (pred[m] == c).float().mean()
+    return out

@@ -1,0 +1,111 @@
+"""Projector, predictor and relative position embedding (PAPER.md, "Architecture")."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from siamim.model.pos_embed import sincos_1d, sincos_2d_grid
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm over tokens: statistics over all ``B*N`` tokens of ``[B, N, D]``.
+
+    The ``nn.BatchNorm1d`` sits in a child so ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    can replace it for data-parallel runs.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, **factory_kwargs):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps, **factory_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def norm_layer(kind: str):
+    """``'bn'`` -> :class:`TokenBatchNorm`, ``'ln'`` -> LayerNorm (ablation row g)."""
+    if kind == "bn":
+        return TokenBatchNorm
+    if kind == "ln":
+        return lambda dim, **kw: nn.LayerNorm(dim, eps=1e-6, **kw)
+    raise ValueError(f"unknown model.norm {kind!r}; choose 'bn' or 'ln'")
+
+
+def blocks(dim: int, heads: int, depth: int, mlp_ratio: float, norm: str) -> nn.Sequential:
+    return nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer(norm)) for _ in range(depth)])
+
+
+class Projector(nn.Module):
+    """Linear to the decoder width, then transformer blocks. ``[B, N, De] -> [B, N, Dd]``."""
+
+    def __init__(self, in_dim: int, dim: int, heads: int, depth: int, mlp_ratio: float, norm: str):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, dim)
+        self.blocks = blocks(dim, heads, depth, mlp_ratio, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.linear(x))
+
+
+class RelativePositionEmbedding(nn.Module):
+    """Embeds view-2 query positions relative to view 1.
+
+    Four scalars per query, its row and column in view-1 patch units and
+    ``10*log(dh)``, ``10*log(dw)``, each sin-cos embedded to width ``D/2``
+    (``D/4`` sines + ``D/4`` cosines), concatenated to ``2D`` and mapped to ``D``
+    by a learned linear layer.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def features(self, centres: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """``centres [B, L2, 2]``, ``geometry [B, 6]`` -> fixed features ``[B, L2, 2D]``."""
+        log_scale = 10.0 * torch.log(geometry[:, 2:4])  # [B, 2] (dh, dw)
+        log_scale = log_scale[:, None, :].expand(-1, centres.shape[1], -1)  # [B, L2, 2]
+        scalars = torch.cat([centres, log_scale], dim=-1)  # [B, L2, 4]
+        return sincos_1d(scalars, self.dim // 2).flatten(-2)  # [B, L2, 4 * D/2]
+
+    def forward(self, centres: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(centres, geometry))  # [B, L2, D]
+
+
+class Predictor(nn.Module):
+    """Transformer decoder that predicts view-2 tokens from visible view-1 tokens.
+
+    Input sequence: ``[cls + pos_cls, visible + pos(view-1 grid), mask_token +
+    rel_pos(view-2 grid)]``; blocks, a norm, a linear layer; the outputs at the
+    query positions are the prediction.
+    """
+
+    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float, norm: str, grid: int):
+        super().__init__()
+        self.register_buffer("pos_embed", sincos_2d_grid(dim, grid).unsqueeze(0), persistent=False)  # [1, 1+L, D]
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.rel_pos = RelativePositionEmbedding(dim)
+        self.blocks = blocks(dim, heads, depth, mlp_ratio, norm)
+        self.norm = norm_layer(norm)(dim)
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, ids_keep: torch.Tensor, centres: torch.Tensor,
+                geometry: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            tokens: projector output ``[B, 1 + Lv, D]`` (cls first).
+            ids_keep: ``[B, Lv]`` view-1 grid index of each visible token.
+            centres: ``[B, L2, 2]`` view-2 patch centres in view-1 patch units.
+            geometry: ``[B, 6]``.
+        Returns:
+            ``[B, L2, D]`` predictions of the view-2 target tokens.
+        """
+        pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
+        vis_pos = torch.gather(pos[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))  # [B, Lv, D]
+        queries = self.mask_token + self.rel_pos(centres, geometry)  # [B, L2, D]
+        x = torch.cat([tokens[:, :1] + pos[:, :1], tokens[:, 1:] + vis_pos, queries.to(tokens.dtype)], dim=1)
+        x = self.head(self.norm(self.blocks(x)))
+        return x[:, -centres.shape[1] :]

@@ -1,0 +1,184 @@
+"""Where Ray Train runs live: a local directory or an object-store URI.
+
+``run.storage`` is a path or a URI. Local paths are made absolute (Ray Train
+and every worker must see the same place); ``s3://bucket/prefix`` URIs may
+carry pyarrow's query parameters (``?endpoint_override=127.0.0.1:9000&scheme=http``
+for MinIO / moto), which are parsed into a :class:`pyarrow.fs.S3FileSystem` and
+handed to Ray as ``RunConfig(storage_path=<bucket/prefix>, storage_filesystem=fs)``.
+
+Layout under the storage root::
+
+    <storage>/<run name>/checkpoint_<step>/checkpoint.pt   Ray Train checkpoints (last K kept)
+    <storage>/<run name>/siamim_run.json                   run record: MLflow run id, config
+    <storage>/<run name>/checkpoint_manager_snapshot.json  Ray Train's own bookkeeping
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+RUN_RECORD = "siamim_run.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+class StorageError(RuntimeError):
+    """The storage location cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A resolved storage root.
+
+    Attributes:
+        uri: what the user gave, made absolute for local paths (for messages).
+        path: the path inside ``filesystem`` (``bucket/prefix`` for S3).
+        filesystem: the pyarrow filesystem; ``None`` for local paths (Ray's default).
+    """
+
+    uri: str
+    path: str
+    filesystem: pafs.FileSystem | None
+
+    @property
+    def is_local(self) -> bool:
+        return self.filesystem is None
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self.filesystem or pafs.LocalFileSystem()
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts) if not self.is_local else str(Path(self.path, *parts))
+
+    def display(self, *parts: str) -> str:
+        """A human-readable location (``s3://bucket/prefix/run`` or an absolute path)."""
+        if self.is_local:
+            return self.join(*parts)
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://" + posixpath.join(self.path, *parts)
+
+    def ray_kwargs(self) -> dict:
+        """``RunConfig`` keyword arguments for this storage."""
+        kwargs = {"storage_path": self.path}
+        if self.filesystem is not None:
+            kwargs["storage_filesystem"] = self.filesystem
+        return kwargs
+
+
+def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> Storage:
+    """Parse ``run.storage`` into a :class:`Storage`.
+
+    Relative local paths resolve against ``base`` (default: the current directory).
+    """
+    text = str(uri_or_path).strip()
+    if not text:
+        raise StorageError("run.storage is empty; give a directory or a URI such as s3://bucket/prefix")
+    if "://" not in text or text.startswith("file://"):
+        local = text[len("file://"):] if text.startswith("file://") else text
+        path = Path(local).expanduser()
+        if not path.is_absolute():
+            path = Path(base or os.getcwd()) / path
+        return Storage(uri=str(path), path=str(path.resolve()), filesystem=None)
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except (pafs.ArrowInvalid if hasattr(pafs, "ArrowInvalid") else ValueError, ValueError, OSError) as err:  # noqa: B014
+        raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
+    except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or ArrowNotImplementedError
+        raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
+    return Storage(uri=text, path=path.rstrip("/"), filesystem=fs)
+
+
+def _with_timeout(fn, timeout_s: float, what: str):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(fn).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise StorageError(f"{what}: no answer within {timeout_s:.0f} s (is the endpoint reachable?)") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_writable(storage: Storage, timeout_s: float = 20.0) -> None:
+    """Create the root and write, read back and delete a probe file; raise :class:`StorageError` if any fails."""
+    where = storage.display()
+
+    def probe() -> None:
+        fs = storage.fs
+        probe_path = storage.join(f".siamim-write-probe-{uuid.uuid4().hex}")
+        fs.create_dir(storage.path, recursive=True)
+        with fs.open_output_stream(probe_path) as f:
+            f.write(b"ok")
+        with fs.open_input_stream(probe_path) as f:
+            if f.read() != b"ok":
+                raise OSError("probe file read back different bytes")
+        fs.delete_file(probe_path)
+
+    try:
+        _with_timeout(probe, timeout_s, f"storage {where} is not writable")
+    except StorageError:
+        raise
+    except Exception as err:
+        raise StorageError(
+            f"storage {where} is not writable ({type(err).__name__}: {err}). "
+            "Pass --storage <a writable directory or s3://bucket/prefix URI>."
+        ) from err
+
+
+def exists(storage: Storage, *parts: str) -> bool:
+    info = storage.fs.get_file_info(storage.join(*parts))
+    return info.type != pafs.FileType.NotFound
+
+
+def read_json(storage: Storage, *parts: str) -> dict:
+    with storage.fs.open_input_stream(storage.join(*parts)) as f:
+        return json.loads(f.read().decode())
+
+
+def write_json(storage: Storage, data: dict, *parts: str) -> None:
+    """Write ``data`` as JSON (temp file + move on local disk, one PUT on object stores)."""
+    fs = storage.fs
+    path = storage.join(*parts)
+    fs.create_dir(posixpath.dirname(path) if not storage.is_local else str(Path(path).parent), recursive=True)
+    payload = json.dumps(data, indent=1, sort_keys=True).encode()
+    if storage.is_local:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(payload)
+        fs.move(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(payload)
+
+
+def list_runs(storage: Storage) -> list[dict]:
+    """Run records (``siamim_run.json``) under the storage root, oldest first."""
+    fs = storage.fs
+    if not exists(storage):
+        return []
+    records = []
+    for info in fs.get_file_info(pafs.FileSelector(storage.path, recursive=False)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        name = info.base_name
+        if exists(storage, name, RUN_RECORD):
+            try:
+                records.append(read_json(storage, name, RUN_RECORD))
+            except (OSError, ValueError):
+                continue
+    return sorted(records, key=lambda r: r.get("created", 0.0))
+
+
+def download_dir(storage_dir_uri_or_path: str, dest: str | os.PathLike) -> Path:
+    """Copy a (possibly remote) directory into ``dest``; returns ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(storage_dir_uri_or_path, str(dest))
+    return dest
