@@ -89,8 +89,6 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> 
         return Storage(uri=str(path), path=str(path.resolve()), filesystem=None)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except (pafs.ArrowInvalid if hasattr(pafs, "ArrowInvalid") else ValueError, ValueError, OSError) as err:  # noqa: B014
-        raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
     except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or ArrowNotImplementedError
         raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
     return Storage(uri=text, path=path.rstrip("/"), filesystem=fs)

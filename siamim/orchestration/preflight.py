@@ -1,0 +1,69 @@
+"""Fail-fast checks that run in the driver before any Ray worker starts.
+
+Each check raises :class:`PreflightError` with a message that names the
+setting and the fix, so a bad tracking URI, an unwritable storage path or a
+missing dataset costs seconds, not a worker-group start and a crash later.
+"""
+
+from __future__ import annotations
+
+from siamim.config import Config
+from siamim.orchestration.storage import Storage, StorageError, check_writable
+from siamim.orchestration.tracking import TrackingError, check_tracking
+
+
+class PreflightError(RuntimeError):
+    """A launch precondition failed; the message says which and how to fix it."""
+
+
+def check_data(cfg: Config) -> None:
+    """The training data is where ``cfg.data`` says (local datasets only)."""
+    if cfg.data.dataset == "fashion_mnist":
+        from siamim.data import fashion_mnist
+
+        try:
+            root = fashion_mnist.resolve_root(cfg.data.root)
+        except FileNotFoundError as err:
+            raise PreflightError(str(err)) from err
+        for split, (images, labels) in fashion_mnist._FILES.items():
+            for stem in (images, labels):
+                if not any((root / name).is_file() for name in (stem + ".gz", stem)):
+                    raise PreflightError(
+                        f"Fashion-MNIST {split} file {stem}[.gz] is missing in {root}. {fashion_mnist.HOW_TO_GET}")
+    elif cfg.data.dataset == "image_folder":
+        from pathlib import Path
+
+        if cfg.data.root is None or not Path(cfg.data.root).is_dir():
+            raise PreflightError(f"data.root={cfg.data.root!r} is not a directory of class folders")
+
+
+def check_cluster(cfg: Config) -> list[str]:
+    """Warnings (not errors: an autoscaler may add nodes) when the cluster lacks the requested resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    r = cfg.run
+    warnings = []
+    need_cpu = r.num_workers * r.cpus_per_worker
+    if total.get("CPU", 0.0) < need_cpu:
+        warnings.append(f"the Ray cluster has {total.get('CPU', 0.0):g} CPUs; run.num_workers={r.num_workers} x "
+                        f"run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g}. Training waits until an "
+                        "autoscaler adds nodes (lower --num-workers otherwise)")
+    if r.use_gpu and total.get("GPU", 0.0) < r.num_workers * r.gpus_per_worker:
+        warnings.append(f"the Ray cluster has {total.get('GPU', 0.0):g} GPUs; {r.num_workers} workers x "
+                        f"{r.gpus_per_worker:g} GPUs requested. Training waits until GPU nodes join")
+    return warnings
+
+
+def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True) -> None:
+    """Tracking store reachable, storage writable, data present; raises :class:`PreflightError`."""
+    try:
+        check_tracking(tracking_uri)
+    except TrackingError as err:
+        raise PreflightError(str(err)) from err
+    try:
+        check_writable(storage)
+    except StorageError as err:
+        raise PreflightError(str(err)) from err
+    if check_dataset:
+        check_data(cfg)

@@ -1,0 +1,285 @@
+"""MLflow tracking for Ray Train pretraining runs.
+
+Who writes what:
+
+* the **driver** (``jobs/pretrain.py``) resolves the tracking URI, creates or
+  reopens the MLflow run *before* workers start (:func:`open_run`), logs the
+  resolved config as params (dotted keys) and as ``config.yaml``, tags
+  (git commit, Ray job id, run name, storage), and after training the latest
+  checkpoint as an artifact and the final status;
+* **rank 0** of the Ray Train worker group logs per-step metrics through
+  :class:`StepLogger`, which buffers them and flushes them together with each
+  checkpoint. Metrics of steps after the last checkpoint are replayed after a
+  restart; the logger skips steps MLflow already holds, so a restarted or
+  resumed run has every step exactly once.
+
+The MLflow run id is stored in the run record next to the Ray checkpoints and in
+every checkpoint, so a resumed training continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+DEFAULT_DB = "mlflow.db"
+METRIC_BATCH = 1000  # MLflow's log_batch limit for metrics
+PARAM_BATCH = 100  # ... and for params / tags
+PARAM_VALUE_MAX = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which and why."""
+
+
+# --------------------------------------------------------------------------- URIs
+def resolve_tracking_uri(explicit: str | None = None, base: str | os.PathLike | None = None) -> str:
+    """``explicit`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<base>/mlflow.db`` (MLflow's own default).
+
+    Relative ``sqlite:///`` and ``file:`` / plain paths become absolute, so Ray
+    workers with another working directory write to the same store.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    base = Path(base or os.getcwd())
+    if not uri:
+        return f"sqlite:///{(base / DEFAULT_DB).resolve()}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/"):
+            return f"sqlite:///{(base / path).resolve()}"
+        return uri
+    if uri.startswith("file:"):
+        path = uri[len("file:"):].removeprefix("//")
+        return "file://" + str((base / path).resolve()) if not path.startswith("/") else uri
+    if "://" not in uri and not uri.startswith("databricks"):
+        return "file://" + str((base / uri).resolve())
+    return uri
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    return None
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (:class:`TrackingError`) when the tracking store is unreachable or unwritable.
+
+    HTTP(S) servers must answer ``GET /health`` within ``timeout_s``; local
+    stores need a writable directory.
+    """
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                resp.read(64)
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                raise TrackingError(
+                    f"MLflow tracking server {uri} refused access (HTTP {err.code}); set "
+                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+                ) from err
+            # Any other HTTP answer: something is listening; the API calls will tell more.
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (platform/mlflow_server.sh), "
+                "fix MLFLOW_TRACKING_URI / --tracking-uri, or unset it to use the local store ./mlflow.db."
+            ) from err
+        return
+    path = _local_path(uri)
+    if path is None:
+        return  # databricks, custom plugins: MLflow's own calls report problems
+    directory = path.parent if uri.startswith("sqlite:") else path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".siamim-write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise TrackingError(f"MLflow tracking store {uri}: directory {directory} is not writable ({err})") from err
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+# --------------------------------------------------------------------------- driver side
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """The checked-out commit (``$SIAMIM_GIT_COMMIT`` wins; ``None`` outside a git checkout)."""
+    if os.environ.get("SIAMIM_GIT_COMMIT"):
+        return os.environ["SIAMIM_GIT_COMMIT"]
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _param_value(value: Any) -> str:
+    text = "None" if value is None else str(list(value) if isinstance(value, tuple) else value)
+    return text[:PARAM_VALUE_MAX]
+
+
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    local = _local_path(tracking_uri)
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///") and local is not None:
+        # MLflow's default for a sqlite store in the cwd is ./mlruns; keep artifacts beside the db.
+        artifact_location = (local.parent / "mlruns").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    run_id: str | None = None,
+) -> str:
+    """Create the MLflow run (or reopen ``run_id``), log ``params`` and ``tags``; returns the run id.
+
+    On reopening, params already logged keep their value (MLflow params are
+    immutable); a changed value is recorded as tag ``resume.override.<key>``.
+    """
+    from mlflow.entities import Param, RunTag
+
+    client = _client(tracking_uri)
+    if run_id is None:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        run = client.create_run(exp_id, run_name=run_name, tags={"mlflow.source.type": "JOB"})
+        run_id = run.info.run_id
+        new_params = params
+        extra_tags: dict[str, str] = {}
+    else:
+        try:
+            run = client.get_run(run_id)
+        except Exception as err:
+            raise TrackingError(
+                f"MLflow run {run_id} of the resumed training is not in tracking store {tracking_uri} ({err}); "
+                "resume with the tracking URI the run was started with"
+            ) from err
+        client.update_run(run_id, status="RUNNING")
+        logged = run.data.params
+        new_params = {k: v for k, v in params.items() if k not in logged}
+        extra_tags = {f"resume.override.{k}": _param_value(v) for k, v in params.items()
+                      if k in logged and logged[k] != _param_value(v)}
+        count = int(run.data.tags.get("resume.count", "0")) + 1
+        extra_tags["resume.count"] = str(count)
+    param_list = [Param(k, _param_value(v)) for k, v in new_params.items()]
+    for chunk in _chunks(param_list, PARAM_BATCH):
+        client.log_batch(run_id, params=chunk)
+    tag_list = [RunTag(k, str(v)) for k, v in {**tags, **extra_tags}.items() if v is not None]
+    for chunk in _chunks(tag_list, PARAM_BATCH):
+        client.log_batch(run_id, tags=chunk)
+    return run_id
+
+
+def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    _client(tracking_uri).log_text(run_id, text, artifact_file)
+
+
+def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str) -> None:
+    _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    client = _client(tracking_uri)
+    for k, v in tags.items():
+        if v is not None:
+            client.set_tag(run_id, k, str(v))
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def latest_metric(tracking_uri: str, run_id: str, key: str) -> float | None:
+    return _client(tracking_uri).get_run(run_id).data.metrics.get(key)
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list:
+    """``[(step, value), ...]`` in logging order."""
+    return [(m.step, m.value) for m in _client(tracking_uri).get_metric_history(run_id, key)]
+
+
+# --------------------------------------------------------------------------- worker side (rank 0)
+class StepLogger:
+    """Per-step metrics of rank 0, buffered and flushed with each checkpoint.
+
+    Call it with the loop's metric dict (``step`` plus floats). :meth:`flush`
+    writes the buffer in batches; :attr:`pending` goes into the checkpoint so a
+    restart from that checkpoint can still flush it. Steps at or below the
+    highest step already in MLflow are skipped (replayed after a restart).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, step_key: str = "loss"):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = _client(tracking_uri)
+        history = self.client.get_metric_history(run_id, step_key)
+        self.logged_upto = max((m.step for m in history), default=-1)
+        self.pending: list[dict[str, float]] = []
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics["step"])
+        if step <= self.logged_upto:
+            return
+        row = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        row["_time_ms"] = float(int(time.time() * 1000))
+        self.pending.append(row)
+
+    def replay(self, rows: Iterable[dict[str, float]]) -> None:
+        """Queue rows saved in a checkpoint (steps not yet in MLflow only)."""
+        for row in rows or []:
+            if int(row["step"]) > self.logged_upto and all(int(row["step"]) != int(p["step"]) for p in self.pending):
+                self.pending.append(dict(row))
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        if not self.pending:
+            return
+        metrics = []
+        for row in self.pending:
+            step = int(row["step"])
+            ts = int(row.get("_time_ms", time.time() * 1000))
+            metrics.extend(Metric(k, v, ts, step) for k, v in row.items() if k not in ("step", "_time_ms"))
+        for chunk in _chunks(metrics, METRIC_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self.logged_upto = max(self.logged_upto, max(int(r["step"]) for r in self.pending))
+        self.pending = []
+
+    def log_now(self, metrics: dict[str, float], step: int) -> None:
+        """Log a few metrics immediately (final kNN top-1, timings)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])

@@ -1,0 +1,201 @@
+"""Real services for the job tests: a Ray head, an S3 server (moto), an MLflow server.
+
+All are started once per session by these fixtures and stopped at the end by
+terminating exactly the process trees the fixtures started (never ``ray stop``,
+which would also stop other Ray clusters on the host). The Ray head uses its own
+``RAY_TMPDIR``, so a plain ``ray.init()`` elsewhere on the host does not attach to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FASHION_MNIST = Path(os.environ.get("SIAMIM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+S3_BUCKET = "siamim-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:] if log else ''}")
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 8.0) -> None:
+    """Terminate ``proc`` and every process it spawned (only those, found through /proc)."""
+    kids = _children()
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(kids.get(pid, []))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(p) for p in tree if p != proc.pid):
+            time.sleep(0.2)
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            continue
+        if not any(_alive(p) for p in tree if p != proc.pid):
+            return
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_available():
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file() and not (FASHION_MNIST / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"Fashion-MNIST is not installed in {FASHION_MNIST}: apt-get install dataset-fashion-mnist")
+    return FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def service_dir():
+    path = Path(tempfile.mkdtemp(prefix="siamim-svc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_env(service_dir):
+    """Environment for the test process, the Ray head and every job subprocess."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="srt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    env = {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("RAY_ADDRESS", None)
+    yield {**os.environ}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(base_env, service_dir):
+    """A moto S3 server with bucket ``siamim-test``; yields the endpoint ``127.0.0.1:<port>``."""
+    import boto3
+
+    port = free_port()
+    log = service_dir / "moto.log"
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env=base_env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", 30, proc, log)
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket=S3_BUCKET)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_tree(proc)
+
+
+@pytest.fixture(scope="session")
+def ray_head(base_env, service_dir):
+    """``ray start --head --block`` with 2 CPUs; yields ``{"gcs": host:port, "dashboard": url}``."""
+    port, dash = free_port(), free_port()
+    log = service_dir / "ray-head.log"
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+           "--object-store-memory", "1000000000", "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=base_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", 90, proc, log)
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        stop_tree(proc)
+
+
+@pytest.fixture(scope="session")
+def ray_driver(ray_head):
+    """This test process connected to the head as a Ray driver (for in-process launches)."""
+    import ray
+
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    ray.init(address=ray_head["gcs"], runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    yield ray_head
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(base_env, service_dir):
+    """``mlflow server`` (sqlite backend, proxied local artifacts); yields its URL."""
+    port = free_port()
+    root = service_dir / "mlflow-server"
+    root.mkdir()
+    log = service_dir / "mlflow-server.log"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=base_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 90, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_tree(proc)

@@ -1,0 +1,172 @@
+"""End-to-end pretraining through Ray Train (2 CPU workers, gloo) tracked in MLflow.
+
+One uninterrupted reference run; a run stopped by ``train.max_steps`` and resumed
+(checkpoints on S3, served by moto); a run whose workers raise mid-run and that
+Ray restarts from the last checkpoint. Per-step losses of all three must agree
+exactly (CPU, same seed) and every step must be in MLflow exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from siamim.checkpoint import load_checkpoint, load_encoder
+from siamim.config import flatten, load_config
+from siamim.orchestration import tracking
+from siamim.orchestration.launch import LaunchInputError, run_pretraining
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+TINY = {
+    "train.max_steps": STEPS,
+    "train.checkpoint_every": 2,
+    "train.log_every": 1,
+    "train.batch_size": 32,
+    "data.train_subset": 512,
+    "data.num_workers": 0,
+    "eval.knn_train_subset": 500,
+    "run.num_workers": 2,
+    "run.keep_checkpoints": 2,
+}
+
+
+if "eval.knn_test_subset" in flatten(load_config()):  # fewer kNN queries: the suite's largest cost
+    TINY["eval.knn_test_subset"] = 1000
+
+
+def tiny_cfg(**overrides):
+    return load_config("tiny", {**TINY, **overrides})
+
+
+def losses(uri: str, run_id: str) -> list[tuple[int, float]]:
+    return tracking.metric_history(uri, run_id, "loss")
+
+
+def runs_named(uri: str, experiment: str, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == name]
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def reference(ray_driver, fashion_mnist_available, tracking_uri, tmp_path_factory):
+    """An uninterrupted run of STEPS steps."""
+    storage = tmp_path_factory.mktemp("ray-storage")
+    cfg = tiny_cfg(**{"run.storage": str(storage), "run.name": "reference", "run.experiment": "e2e-reference"})
+    summary = run_pretraining(cfg, tracking_uri=tracking_uri)
+    return summary, storage
+
+
+def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    summary, storage = reference
+    client = MlflowClient(tracking_uri)
+    runs = runs_named(tracking_uri, "e2e-reference", "reference")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == summary.mlflow_run_id and run.info.status == "FINISHED"
+
+    # the resolved config as dotted params
+    cfg = tiny_cfg(**{"run.storage": str(storage), "run.name": "reference", "run.experiment": "e2e-reference"})
+    expected = {k: str(list(v) if isinstance(v, tuple) else v) for k, v in flatten(cfg).items()}
+    assert run.data.params == expected
+
+    # per-step metrics from rank 0 only: each step exactly once
+    for key in ("loss", "lr", "momentum", "grad_norm", "images_per_s", "epoch"):
+        history = tracking.metric_history(tracking_uri, summary.mlflow_run_id, key)
+        assert [s for s, _ in history] == list(range(1, STEPS + 1)), key
+        assert all(math.isfinite(v) for _, v in history)
+    assert summary.step == STEPS
+
+    # kNN top-1: logged, in the summary, far above chance (10 %) on Fashion-MNIST
+    assert run.data.metrics["knn_top1"] == pytest.approx(summary.knn_top1)
+    assert summary.knn_top1 > 20.0
+    assert summary.time_to_first_step_s is not None and summary.time_to_first_step_s > 0
+
+    # tags and artifacts
+    tags = run.data.tags
+    assert tags["ray.job_id"] and tags["siamim.run_name"] == "reference"
+    assert len(tags["mlflow.source.git.commit"]) == 40
+    artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
+    assert {"config.yaml", "checkpoint"} <= artifacts
+    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
+
+
+def test_checkpoint_restores(reference, tracking_uri, tmp_path):
+    import mlflow
+
+    summary, storage = reference
+    # Ray kept the last K=2 checkpoints, one per checkpoint_every=2 steps
+    assert sorted(p.name for p in (storage / "reference").glob("checkpoint_0*")) == ["checkpoint_00000002",
+                                                                                    "checkpoint_00000004"]
+    state = load_checkpoint(summary.checkpoint)
+    assert state["step"] == STEPS and state["mlflow_run_id"] == summary.mlflow_run_id
+    encoder, cfg = load_encoder(state)
+    with torch.no_grad():
+        feats = encoder.forward_features(torch.randn(2, 3, cfg.data.img_size, cfg.data.img_size))
+    assert feats.shape[0] == 2 and torch.isfinite(feats).all()
+
+    mlflow.set_tracking_uri(tracking_uri)
+    local = mlflow.artifacts.download_artifacts(run_id=summary.mlflow_run_id, artifact_path="checkpoint",
+                                                dst_path=str(tmp_path))
+    from_mlflow = load_checkpoint(local)
+    assert from_mlflow["step"] == STEPS
+    for key, value in state["model"].items():
+        assert torch.equal(value, from_mlflow["model"][key]), key
+
+
+def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri, s3_server):
+    """Stop at step 2 (max_steps), resume to STEPS: same MLflow run, losses equal the uninterrupted run's."""
+    ref_summary, _ = reference
+    storage = f"s3://siamim-test/resume?endpoint_override={s3_server}&scheme=http"
+    cfg = tiny_cfg(**{"run.storage": storage, "run.name": "resume", "run.experiment": "e2e-resume",
+                      "train.max_steps": 2})
+    first = run_pretraining(cfg, tracking_uri=tracking_uri)
+    assert first.step == 2 and first.checkpoint.startswith("s3://siamim-test/resume/resume/checkpoint_")
+
+    with pytest.raises(LaunchInputError, match="already exists"):  # same name without --resume
+        run_pretraining(cfg, tracking_uri=tracking_uri)
+
+    second = run_pretraining(tiny_cfg(**{"run.storage": storage}), tracking_uri=tracking_uri, resume="resume",
+                             resume_overrides={"train.max_steps": STEPS})
+    assert second.resumed and second.step == STEPS
+    assert second.mlflow_run_id == first.mlflow_run_id
+    assert len(runs_named(tracking_uri, "e2e-resume", "resume")) == 1
+
+    resumed = losses(tracking_uri, second.mlflow_run_id)
+    assert [s for s, _ in resumed] == list(range(1, STEPS + 1))
+    reference_losses = losses(tracking_uri, ref_summary.mlflow_run_id)
+    for (step, value), (ref_step, ref_value) in zip(resumed, reference_losses):
+        assert step == ref_step and value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
+    starts = tracking.metric_history(tracking_uri, second.mlflow_run_id, "restored_from_step")
+    assert [v for _, v in starts] == [0.0, 2.0]
+
+
+def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, tmp_path):
+    """A worker raises at step 3; FailureConfig restarts the group from the step-2 checkpoint; it finishes."""
+    ref_summary, _ = reference
+    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "fault", "run.experiment": "e2e-fault",
+                      "train.fail_at_step": 3, "run.max_failures": 1})
+    summary = run_pretraining(cfg, tracking_uri=tracking_uri)
+    assert summary.step == STEPS and summary.knn_top1 is not None
+
+    starts = tracking.metric_history(tracking_uri, summary.mlflow_run_id, "restored_from_step")
+    assert [v for _, v in starts] == [0.0, 2.0]  # the failure happened and Ray restored step 2
+    history = losses(tracking_uri, summary.mlflow_run_id)
+    assert [s for s, _ in history] == list(range(1, STEPS + 1))  # nothing lost, nothing twice
+    reference_losses = losses(tracking_uri, ref_summary.mlflow_run_id)
+    for (step, value), (_, ref_value) in zip(history, reference_losses):
+        assert value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
+    assert len(runs_named(tracking_uri, "e2e-fault", "fault")) == 1
