@@ -102,6 +102,35 @@ class EvalConfig:
     knn_temperature: float = 0.07
     knn_train_subset: int | None = None  # None: all training images as the kNN memory bank
     batch_size: int = 512
+    # Evaluation suite (siamim/eval, jobs/evaluate.py; docs/evaluation.md). Checked by siamim.eval.settings.
+    seed: int = 0  # seeds every subset, mosaic, corruption and probe of the suite
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    train_limit: int | None = None  # class-balanced seeded subset of the train split (quick runs); None: all
+    test_limit: int | None = None  # same for the test split; None: all
+    lin_epochs: int = 90  # LIN: MAE recipe (BN w/o affine + linear, LARS, warm-up + cosine)
+    lin_batch_size: int = 1024
+    lin_blr: float = 0.1  # lr = blr * batch / 256
+    lin_warmup_epochs: float = 10.0
+    fewshot_fraction: float = 0.01  # 1%: 60 images per class on Fashion-MNIST
+    fewshot_seeds: int = 5  # number of seeded subsets averaged
+    fewshot_lambd: float = 0.0025  # L2 weight of the logistic regression (MSN protocol)
+    dense_train_mosaics: int = 4000
+    dense_test_mosaics: int = 1000
+    dense_epochs: int = 30
+    dense_blr: float = 0.01
+    longtail_imbalance: float = 100.0  # head/tail image-count ratio
+    longtail_rare: int = 3  # number of rarest classes reported as "rare"
+    robust_test_limit: int | None = 2000  # test images per corruption x severity; None: the whole test pool
+    ft_epochs: float = 10.0  # FT epoch budget
+    ft_batch_size: int = 256
+    ft_blr: float = 5e-4
+    ft_layer_decay: float = 0.65
+    ft_weight_decay: float = 0.05
+    ft_drop_path: float = 0.1
+    ft_smoothing: float = 0.1
+    ft_mixup: float = 0.8
+    ft_cutmix: float = 1.0
+    ft_warmup_epochs: float = 1.0
 
 
 @dataclass

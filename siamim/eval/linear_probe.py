@@ -55,19 +55,27 @@ def fit_head(
     seed: int = 0,
     device="cpu",
     progress: Callable[[int, int, float], None] | None = None,
+    optimizer: str = "lars",
 ) -> torch.nn.Module:
     """Train ``head`` on cached ``inputs`` ``[N, ...]`` / ``targets`` ``[N, ...]`` with the MAE LIN recipe.
 
     ``loss_fn(head, x_batch, y_batch)`` returns the scalar loss. Batches are
     drawn by a seeded permutation per epoch; a last batch smaller than 2 is
-    dropped (BatchNorm needs two samples). Returns ``head`` in eval mode.
+    dropped (BatchNorm needs two samples). ``optimizer``: ``"lars"`` (MAE LIN:
+    momentum 0.9, no weight decay) or ``"adamw"`` (weight decay 0, for heads with
+    no paper recipe such as the dense probe). Returns ``head`` in eval mode.
     """
     n = len(inputs)
     if n < 2:
         raise ValueError(f"a probe needs at least 2 training samples, got {n}")
     batch_size = min(batch_size, n)
     head.to(device).train()
-    opt = Lars(lars_groups(head), lr=0.0, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
+    if optimizer == "lars":
+        opt = Lars(lars_groups(head), lr=0.0, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(head.parameters(), lr=0.0, weight_decay=0.0)
+    else:
+        raise ValueError(f"optimizer must be 'lars' or 'adamw', got {optimizer!r}")
     steps_per_epoch = max(1, n // batch_size) if n % batch_size < 2 else n // batch_size + 1
     total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     base_lr = blr * batch_size / 256

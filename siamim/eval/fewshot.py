@@ -1,0 +1,78 @@
+"""Few-shot (1%): logistic regression on frozen features of 1% of the labels (MSN protocol).
+
+Subset: for each class, ``round(fraction * count_c)`` training images drawn
+without replacement by ``numpy.random.default_rng(seed)`` (60 per class on
+Fashion-MNIST at 1%), in ascending class order; deterministic for a seed.
+
+Classifier (MSN's ``logistic_eval.py`` with cyanure, re-implemented in torch
+so it runs wherever torch runs): rows L2-normalised, multinomial logistic
+regression with bias, objective ``mean CE + lambd/2 * ||W||^2``, solved with
+full-batch L-BFGS. Repeated over several seeds; mean and standard deviation reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int, num_classes: int | None = None) -> np.ndarray:
+    """Sorted indices int64 ``[K]`` of a class-balanced ``fraction`` of ``labels`` ``[N]``.
+
+    Each class ``c`` contributes ``max(1, round(fraction * count_c))`` images.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must be in (0, 1] (0.01 is the 1% protocol)")
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) == 0:
+            continue
+        k = max(1, round(fraction * len(pool)))
+        picked.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, lambd: float = 0.0025,
+                            max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on L2-normalised ``feats`` ``[N, D]``.
+
+    Returns ``(W [D, C], b [C])`` minimising ``mean CE(norm(x) W + b, y) + lambd/2 ||W||^2``.
+    """
+    x = F.normalize(feats.double(), dim=1)
+    y = labels.long()
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + 0.5 * lambd * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def logistic_predict(w: torch.Tensor, b: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """long ``[M]`` predictions for ``feats`` ``[M, D]``."""
+    return (F.normalize(feats.double(), dim=1) @ w + b).argmax(1)
+
+
+def fewshot_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                     test_labels: torch.Tensor, num_classes: int, lambd: float = 0.0025) -> float:
+    """Top-1 accuracy in percent of logistic regression fitted on ``train_feats`` ``[K, D]``."""
+    w, b = fit_logistic_regression(train_feats, train_labels, num_classes, lambd)
+    return 100.0 * (logistic_predict(w, b, test_feats) == test_labels).double().mean().item()
+
+
+def summarize(accs: list[float]) -> dict[str, float]:
+    """``{"mean", "std", "min", "max"}`` of per-seed accuracies (std: population, ddof=0)."""
+    a = np.asarray(accs, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}
