@@ -84,9 +84,11 @@ class ImageFolderSource:
         return len(self.files)
 
     def image(self, index: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
 
-        return decode_image(str(self.files[index]), mode=ImageReadMode.RGB)
+        with Image.open(self.files[index]) as img:
+            arr = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def build_source(dataset: str, root: str | None, split: str) -> ImageSource:

@@ -1,0 +1,174 @@
+"""The SiameseIM pretraining loop: plain PyTorch, no Ray or MLflow.
+
+Runs single-process, or unchanged under an initialised ``torch.distributed``
+process group (gloo on CPU, NCCL on GPU; torchrun or Ray Train set it up). The
+platform hooks in through two callbacks, ``reporter`` and ``checkpoint_saver``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from siamim import dist
+from siamim.checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
+from siamim.config import Config, to_dict
+from siamim.data.pipeline import build_loader
+from siamim.data.sources import build_source
+from siamim.model.siamim import SiameseIM
+from siamim.train.optim import build_optimizer
+from siamim.train.progress import Progress
+from siamim.train.schedules import lr_at, momentum_at
+
+Reporter = Callable[[dict], None]
+CheckpointSaver = Callable[[dict | None, int], None]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by ``train.fail_at_step`` (fault-tolerance tests only)."""
+
+
+def resolve_device(cfg: Config, device: torch.device | str | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.train.device)
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 under ``auto`` on CUDA devices that support it, else fp32 (None)."""
+    if cfg.train.precision == "fp32":
+        return None
+    if cfg.train.precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def step_plan(cfg: Config, num_samples: int) -> tuple[int, int, int]:
+    """``(steps_per_epoch, total_steps, warmup_steps)`` for the global batch."""
+    steps_per_epoch = num_samples // cfg.train.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {num_samples} training images")
+    total = max(1, int(round(cfg.train.epochs * steps_per_epoch)))
+    warmup = min(total, int(round(cfg.optim.warmup_epochs * steps_per_epoch)))
+    return steps_per_epoch, total, warmup
+
+
+def training_state(model: SiameseIM, optimizer, step: int, cfg: Config) -> dict:
+    """The checkpoint dict. Its tensors are live references: serialise it before training goes on."""
+    return {"format": FORMAT_VERSION, "step": step, "config": to_dict(cfg), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": rng_state()}
+
+
+def default_saver(cfg: Config) -> CheckpointSaver:
+    """Writes ``<train.output_dir>/checkpoint.pt`` on rank 0."""
+
+    def save(state: dict | None, step: int) -> None:
+        if state is not None:
+            save_checkpoint(Path(cfg.train.output_dir) / "checkpoint.pt", state)
+
+    return save
+
+
+def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter: Reporter | None = None,
+             checkpoint_saver: CheckpointSaver | None = None, resume_state: dict | None = None,
+             verbose: bool = True) -> dict:
+    """Pretrain SiameseIM.
+
+    Args:
+        device: where to train (default from ``cfg.train.device``).
+        reporter: called on rank 0 after every step with float metrics
+            ``step, epoch, loss, lr, momentum, grad_norm, images_per_s`` (+ UniGrad terms).
+        checkpoint_saver: called on every rank every ``train.checkpoint_every``
+            steps and at the end, with the training state (rank 0) or None.
+            Default: :func:`default_saver`.
+        resume_state: a checkpoint dict; training continues at its next step.
+    Returns:
+        ``{"step", "encoder" (online timm ViT), "state" (rank 0, else None)}``.
+    """
+    device = resolve_device(cfg, device)
+    rank, world = dist.rank(), dist.world_size()
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} workers")
+    saver = checkpoint_saver or default_saver(cfg)
+    source = build_source(cfg.data.dataset, cfg.data.root, "train")
+    if cfg.data.train_subset is not None and cfg.data.train_subset < len(source):
+        source = source.subset(torch.arange(cfg.data.train_subset).numpy())
+    steps_per_epoch, total_steps, warmup_steps = step_plan(cfg, len(source))
+    stop_step = min(total_steps, cfg.train.max_steps or total_steps)
+
+    torch.manual_seed(cfg.train.seed)
+    model = SiameseIM(cfg).to(device)
+    optimizer = build_optimizer(model.online, cfg)
+    start_step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        set_rng_state(resume_state["rng"])
+        start_step = int(resume_state["step"])
+    online = model.online
+    if world > 1:
+        if device.type == "cuda" and cfg.model.norm == "bn":
+            model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
+        online = DistributedDataParallel(model.online, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
+    amp = autocast_dtype(cfg, device)
+    peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
+    params = [p for p in model.online.parameters() if p.requires_grad]
+    loader = build_loader(source, cfg, rank, world, start_step, stop_step)
+    progress = Progress(total_steps=total_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
+                        enabled=verbose and rank == 0, stop_step=stop_step)
+    step = start_step
+    state = None
+    tick = time.perf_counter()
+    for batch in loader:
+        if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and resume_state is None:
+            raise InjectedFault(f"train.fail_at_step={step}: injected failure on rank {rank}")
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
+        momentum = momentum_at(step, total_steps, cfg.optim.ema_m0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            out = model(batch, online=online)
+        loss = out["loss"]
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at step {step} (lr {lr:.3g}); "
+                                     "lower optim.blr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        optimizer.step()
+        model.update_target(momentum)
+        step += 1
+        now = time.perf_counter()
+        metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value, "lr": lr,
+                   "momentum": momentum, "grad_norm": float(grad_norm),
+                   "images_per_s": cfg.train.batch_size / max(now - tick, 1e-9)}
+        metrics.update({k: float(v) for k, v in out.items() if k != "loss"})
+        tick = now
+        if rank == 0:
+            if reporter is not None:
+                reporter(metrics)
+            progress.update(metrics, log=step % cfg.train.log_every == 0 or step == stop_step)
+        last = step == stop_step
+        if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+            state = training_state(model, optimizer, step, cfg) if rank == 0 else None
+            saver(state, step)
+    if step == start_step:  # nothing left to train (resumed at the end): still hand back a state
+        state = training_state(model, optimizer, step, cfg) if rank == 0 else None
+    return {"step": step, "encoder": model.online.encoder, "state": state}

@@ -1,0 +1,117 @@
+import io
+import math
+
+import pytest
+import torch
+
+from siamim.checkpoint import load_checkpoint
+from siamim.train.loop import InjectedFault, pretrain
+from siamim.train.schedules import lr_at, momentum_at
+
+
+def snapshot(state):
+    """Serialise like a real saver does (the state holds live tensors that training keeps updating)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def collect(cfg, **kwargs):
+    losses, states = {}, {}
+
+    def reporter(m):
+        losses[int(m["step"])] = m["loss"]
+
+    def saver(state, step):
+        states[step] = snapshot(state)
+
+    result = pretrain(cfg, reporter=reporter, checkpoint_saver=saver, verbose=False, **kwargs)
+    return losses, states, result
+
+
+def test_loss_goes_down_on_fashion_mnist(small_cfg):
+    cfg = small_cfg("train.max_steps=200", "optim.blr=2e-3", "train.epochs=1", "data.train_subset=6400")
+    losses, _, result = collect(cfg)
+    assert result["step"] == 200 and len(losses) == 200
+    first = sum(losses[s] for s in range(1, 21)) / 20
+    last = sum(losses[s] for s in range(181, 201)) / 20
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_is_bit_exact(small_cfg):
+    cfg = small_cfg("train.max_steps=6", "train.checkpoint_every=3", "data.train_subset=640")
+    full, states, _ = collect(cfg)
+    assert sorted(states) == [3, 6]
+    resumed, _, result = collect(cfg, resume_state=states[3])
+    assert sorted(resumed) == [4, 5, 6] and result["step"] == 6
+    for step in (4, 5, 6):
+        assert resumed[step] == full[step]  # bit-exact on CPU
+
+
+def test_default_saver_writes_loadable_checkpoint(small_cfg, tmp_path):
+    cfg = small_cfg("train.max_steps=2", "data.train_subset=320")
+    result = pretrain(cfg, verbose=False)
+    state = load_checkpoint(f"{cfg.train.output_dir}/checkpoint.pt")
+    assert state["step"] == 2 == result["step"]
+    assert state["config"]["train"]["max_steps"] == 2
+
+
+def test_nan_loss_names_the_step(small_cfg):
+    cfg = small_cfg("train.max_steps=5", "optim.blr=1e30", "optim.clip_grad=null", "data.train_subset=320")
+    with pytest.raises(FloatingPointError, match=r"at step \d+"):
+        pretrain(cfg, verbose=False)
+
+
+def test_injected_fault_only_in_fresh_runs(small_cfg):
+    cfg = small_cfg("train.max_steps=4", "train.checkpoint_every=2", "train.fail_at_step=3", "data.train_subset=320")
+    states = {}
+    with pytest.raises(InjectedFault):
+        pretrain(cfg, checkpoint_saver=lambda s, k: states.__setitem__(k, snapshot(s)), verbose=False)
+    assert pretrain(cfg, resume_state=states[2], checkpoint_saver=lambda s, k: None, verbose=False)["step"] == 4
+
+
+def test_schedules():
+    assert lr_at(0, 100, 10, 1.0) == 0.0
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert momentum_at(0, 100, 0.995) == pytest.approx(0.995)
+    assert momentum_at(100, 100, 0.995) == pytest.approx(1.0)
+    assert momentum_at(50, 100, 0.995) == pytest.approx(1 - 0.005 * (1 + math.cos(math.pi / 2)) / 2)
+
+
+def _ddp_worker(rank, world, port, cfg_dict, out):
+    import os
+
+    import torch.distributed as dist
+
+    from siamim.config import from_dict
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    result = pretrain(from_dict(cfg_dict), checkpoint_saver=lambda s, k: None, verbose=False)
+    torch.save({k: v.clone() for k, v in result["encoder"].state_dict().items()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_runs_unchanged_under_gloo_process_group(small_cfg, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from siamim.config import to_dict
+
+    cfg = small_cfg("train.max_steps=3", "data.train_subset=320", "run.num_workers=2")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # DDP kept the replicas identical
+    init = small_cfg("train.max_steps=3", "data.train_subset=320")
+    from siamim.model.siamim import SiameseIM
+
+    torch.manual_seed(init.train.seed)
+    fresh = SiameseIM(init).online.encoder.state_dict()
+    assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])  # it trained
