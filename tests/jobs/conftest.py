@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -21,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests_jobs_helpers import BIN, REPO, free_port  # noqa: E402  (tests/jobs is on sys.path under pytest)
+
 FASHION_MNIST = Path(os.environ.get("SIAMIM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 S3_BUCKET = "siamim-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:

@@ -1,0 +1,86 @@
+"""jobs/pretrain.py's command line: help, overrides, and failing fast on bad input before Ray starts."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests_jobs_helpers import PRETRAIN, REPO, free_port
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("pretrain_cli", PRETRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(args: list[str], env: dict, cwd, timeout: float = 120) -> tuple[int, str, float]:
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(PRETRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, time.time() - start
+
+
+def test_help_lists_the_options():
+    proc = subprocess.run([sys.executable, str(PRETRAIN), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for option in ("--config", "--num-workers", "--use-gpu", "--gpus-per-worker", "--storage", "--experiment",
+                   "--resume", "--tracking-uri", "key=value", "ray job submit"):
+        assert option in proc.stdout, option
+
+
+def test_flags_become_dotted_overrides():
+    cli = load_cli()
+    args = cli.build_parser().parse_args(["model.depth=2", "--num-workers", "4", "--gpus-per-worker", "0.5",
+                                          "--storage", "s3://b/p", "--experiment", "exp", "--max-failures", "3"])
+    overrides = cli.cli_overrides(args)
+    assert overrides[0] == "model.depth=2"
+    assert {"run.num_workers=4", "run.gpus_per_worker=0.5", "run.use_gpu=true", "run.storage=s3://b/p",
+            "run.experiment=exp", "run.max_failures=3"} <= set(overrides)
+    assert cli.build_parser().parse_args(["--resume"]).resume == "latest"
+    assert cli.build_parser().parse_args(["--resume", "r1"]).resume == "r1"
+
+
+def test_unreachable_tracking_uri_fails_fast_before_ray(base_env, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    rc, out, elapsed = run_cli(["--tracking-uri", uri, "--storage", str(tmp_path / "runs")], base_env, tmp_path)
+    assert rc == 2, out
+    assert f"MLflow tracking server {uri} is unreachable" in out
+    assert "Ray instance" not in out and "RayTrainWorker" not in out
+    assert elapsed < 60
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unwritable_storage_fails_fast_before_ray(base_env, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc, out, elapsed = run_cli(["--storage", str(blocker / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                               base_env, tmp_path)
+    assert rc == 2, out
+    assert f"storage {blocker / 'runs'} is not writable" in out
+    assert "Ray instance" not in out
+    assert elapsed < 60
+
+
+def test_unreachable_s3_storage_fails_fast(base_env, tmp_path):
+    cli = load_cli()
+    storage = f"s3://bucket/x?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+    start = time.time()
+    rc = cli.main(["--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert rc == 2
+    assert time.time() - start < 45
+
+
+def test_bad_key_and_unknown_resume_are_clear_errors(base_env, tmp_path, capsys):
+    cli = load_cli()
+    assert cli.main(["model.dpth=2", "--storage", str(tmp_path)]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert cli.main(["--resume", "nope", "--storage", str(tmp_path), "--tracking-uri",
+                     f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "--resume nope: no run of that name" in capsys.readouterr().err
+    assert (REPO / "jobs" / "pretrain.py").is_file()

@@ -1,0 +1,94 @@
+"""MLflow tracking glue against a real local MLflow store (sqlite)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from siamim.orchestration import tracking
+
+
+@pytest.fixture()
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(base=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.resolve_tracking_uri("sqlite:///rel/m.db", base=tmp_path) == f"sqlite:///{tmp_path}/rel/m.db"
+    assert tracking.resolve_tracking_uri("mlruns", base=tmp_path) == f"file://{tmp_path}/mlruns"
+    assert tracking.resolve_tracking_uri("http://h:5000") == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
+    assert tracking.resolve_tracking_uri(base=tmp_path) == "http://server:5000"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+
+
+def test_check_tracking_unreachable_server_and_unwritable_store(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(tracking.TrackingError, match="unreachable"):
+        tracking.check_tracking(f"http://127.0.0.1:{port}", timeout_s=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(tracking.TrackingError, match="not writable"):
+        tracking.check_tracking(f"sqlite:///{blocker}/sub/mlflow.db")
+    tracking.check_tracking(f"sqlite:///{tmp_path}/ok/mlflow.db")
+
+
+def test_open_run_logs_params_tags_and_reopens_without_duplicates(uri):
+    from mlflow.tracking import MlflowClient
+
+    run_id = tracking.open_run(uri, "exp", "r1", {"a.b": 1, "a.c": (0.9, 0.95), "a.d": None}, {"t": "v", "n": None})
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params == {"a.b": "1", "a.c": "[0.9, 0.95]", "a.d": "None"}
+    assert run.data.tags["t"] == "v" and "n" not in run.data.tags and run.info.run_name == "r1"
+    tracking.finish_run(uri, run_id, "FAILED")
+
+    again = tracking.open_run(uri, "exp", "r1", {"a.b": 2, "a.c": (0.9, 0.95), "a.d": None, "e": 5}, {},
+                              run_id=run_id)
+    assert again == run_id
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert run.data.params["a.b"] == "1" and run.data.params["e"] == "5"
+    assert run.data.tags["resume.override.a.b"] == "2" and run.data.tags["resume.count"] == "1"
+    assert len(MlflowClient(uri).search_runs([run.info.experiment_id])) == 1
+    with pytest.raises(tracking.TrackingError, match="not in tracking store"):
+        tracking.open_run(uri, "exp", "r1", {}, {}, run_id="0" * 32)
+
+
+def test_step_logger_buffers_flushes_and_skips_replayed_steps(uri):
+    run_id = tracking.open_run(uri, "exp", "r", {}, {})
+    log = tracking.StepLogger(uri, run_id)
+    for step in (1, 2, 3):
+        log({"step": step, "loss": 10.0 - step, "lr": 0.1})
+    assert tracking.metric_history(uri, run_id, "loss") == []  # buffered until a checkpoint
+    pending_at_checkpoint = list(log.pending)
+    log.flush()
+    assert tracking.metric_history(uri, run_id, "loss") == [(1, 9.0), (2, 8.0), (3, 7.0)]
+
+    # a restart from that checkpoint: the new logger skips steps MLflow has, replays the rest
+    restarted = tracking.StepLogger(uri, run_id)
+    restarted.replay(pending_at_checkpoint)
+    for step in (3, 4):
+        restarted({"step": step, "loss": 10.0 - step, "lr": 0.1})
+    restarted.flush()
+    assert [s for s, _ in tracking.metric_history(uri, run_id, "loss")] == [1, 2, 3, 4]
+    assert [s for s, _ in tracking.metric_history(uri, run_id, "lr")] == [1, 2, 3, 4]
+
+
+def test_step_logger_replays_pending_rows_lost_before_flush(uri):
+    run_id = tracking.open_run(uri, "exp", "r", {}, {})
+    saved = [{"step": 1.0, "loss": 1.5}, {"step": 2.0, "loss": 1.25}]  # in the checkpoint, never flushed
+    log = tracking.StepLogger(uri, run_id)
+    log.replay(saved)
+    log.replay(saved)  # idempotent
+    log.flush()
+    assert tracking.metric_history(uri, run_id, "loss") == [(1, 1.5), (2, 1.25)]
+
+
+def test_git_commit_of_this_checkout():
+    commit = tracking.git_commit()
+    assert commit is None or len(commit) == 40
