@@ -140,3 +140,20 @@ def summarize(acc: dict[str, dict[int, float]]) -> dict[str, float]:
     per = {name: sum(s.values()) / len(s) for name, s in acc.items()}
     per["mCA"] = sum(per.values()) / len(per)
     return per
+
+
+@torch.no_grad()
+def corrupted_accuracy(predict: Callable[[torch.Tensor], torch.Tensor], images, name: str | None, severity: int = 1,
+                       seed: int = 0, batch_size: int = 512, device="cpu") -> float:
+    """Top-1 (%) of ``predict`` (normalised ``[B, 3, S, S]`` -> long ``[B]``) on ``images`` (an
+    :class:`~siamim.eval.imageset.ImageSet`) under corruption ``name`` at ``severity``
+    (``name=None``: clean)."""
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        end = min(start + batch_size, len(images))
+        x01 = images.images[start:end].to(device).float().div_(255.0)
+        if name is not None:
+            x01 = corrupt(x01, name, severity, seed, start)
+        pred = predict(images.normalize(x01)).cpu()
+        correct += int((pred == images.labels[start:end]).sum())
+    return 100.0 * correct / len(images)

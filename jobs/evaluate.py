@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint (and/or the raw-pixel / random-init floors) with the paper's protocols.
+
+    python jobs/evaluate.py --checkpoint runs/ray/<run>/checkpoint_000100 --protocols all
+    python jobs/evaluate.py --checkpoint <mlflow run id> --protocols knn,lin,fewshot --baseline pixels,random
+    python jobs/evaluate.py --baseline pixels --protocols knn,lin --limit-train 5000 --limit-test 1000
+
+Protocols (docs/evaluation.md): knn, lin, fewshot, longtail, dense, ft, robust (or all).
+Prints a table (paper column -> our metric, one column per representation,
+wall time per protocol), writes it as markdown + CSV under --out, and, when a
+tracking URI is set (--tracking-uri or $MLFLOW_TRACKING_URI), logs metrics and
+table to the pretraining run's MLflow run (--child-run: a child run of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run as a script from a checkout (no pip install needed)
+    sys.path.insert(0, REPO_ROOT)
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="overrides: dotted config keys, e.g. eval.lin_epochs=30 eval.ft_blr=1e-3 "
+                                       "(see EvalConfig in siamim/config.py)")
+    p.add_argument("--checkpoint", help="checkpoint file/dir, s3://... URI, MLflow run id or runs:/<id>/<path>")
+    p.add_argument("--baseline", default=None,
+                   help="comma list of floors to evaluate through the same code: pixels, random")
+    p.add_argument("--protocols", default="all", help="comma list of knn,lin,fewshot,longtail,dense,ft,robust or all")
+    p.add_argument("--config", default=None, metavar="PRESET",
+                   help="preset for baselines without a checkpoint (default: tiny); a checkpoint brings its own config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (eval.*, data.root)")
+    p.add_argument("--limit-train", type=int, help="class-balanced seeded training subset (eval.train_limit)")
+    p.add_argument("--limit-test", type=int, help="class-balanced seeded test subset (eval.test_limit)")
+    p.add_argument("--ft-epochs", type=float, help="fine-tuning epoch budget (eval.ft_epochs)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="eval.device (default auto: GPU if present)")
+    p.add_argument("--out", default=None, help="directory for evaluation.md / evaluation.csv (default runs/eval/<time>)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: "
+                                                        "no MLflow logging)")
+    p.add_argument("--run-id", default=None, help="MLflow run to log into (default: the checkpoint's pretraining run)")
+    p.add_argument("--child-run", action="store_true", help="log into a new child run of the pretraining run")
+    p.add_argument("--experiment", default=None, help="experiment for a new run (default: run.experiment)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def cli_overrides(args) -> list[str]:
+    out = list(args.overrides)
+    for flag, key in (("limit_train", "eval.train_limit"), ("limit_test", "eval.test_limit"),
+                      ("ft_epochs", "eval.ft_epochs"), ("device", "eval.device")):
+        if getattr(args, flag) is not None:
+            out.append(f"{key}={getattr(args, flag)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from siamim.checkpoint import load_checkpoint, load_encoder
+    from siamim.config import ConfigError, load_config, parse_override, set_value, validate
+    from siamim.eval.baselines import baseline_representation
+    from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
+    from siamim.eval.representation import EncoderRepresentation
+    from siamim.eval.runner import Suite, evaluate
+    from siamim.eval.settings import check_eval_config, parse_protocols
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    overrides = cli_overrides(args)
+    reps, step, ckpt_run_id = [], 0, None
+    try:
+        protocols = parse_protocols(args.protocols)
+        baselines = [b.strip() for b in (args.baseline or "").split(",") if b.strip()]
+        if not args.checkpoint and not baselines:
+            raise ValueError("nothing to evaluate: give --checkpoint and/or --baseline pixels,random")
+        if args.checkpoint:
+            from siamim.orchestration.eval_tracking import resolve_checkpoint
+
+            tmp = tempfile.mkdtemp(prefix="siamim-eval-")
+            resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
+            state = load_checkpoint(resolved.path)
+            encoder, cfg = load_encoder(state)
+            step = int(state.get("step", 0))
+            ckpt_run_id = resolved.mlflow_run_id or state.get("mlflow_run_id")
+            for text in overrides:
+                set_value(cfg, *parse_override(text))
+            validate(cfg)
+            reps.append(EncoderRepresentation(encoder, name="checkpoint"))
+            log(f"[evaluate] checkpoint {resolved.reference} -> {resolved.path} (step {step})")
+        else:
+            cfg = load_config(args.config or "tiny", overrides)
+        check_eval_config(cfg.eval)
+        reps += [baseline_representation(b, cfg, seed=cfg.eval.seed) for b in baselines]
+        if len({r.name for r in reps}) != len(reps):
+            raise ValueError(f"--baseline lists a representation twice: {args.baseline}")
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+    suite = Suite(cfg, log)
+    log(f"[evaluate] protocols {','.join(protocols)} on {', '.join(r.name for r in reps)}; "
+        f"train {len(suite.train_idx)} / test {len(suite.test_idx)} images, device {suite.device}")
+    results = {}
+    for rep in reps:
+        results[rep.name] = evaluate(rep, cfg, protocols, suite, log)
+    names = list(results)
+    rows = table_rows(results)
+    markdown, csv_text = to_markdown(rows, names), to_csv(rows, names)
+    out = Path(args.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.md").write_text(markdown)
+    (out / "evaluation.csv").write_text(csv_text)
+    print("\n" + markdown, flush=True)
+    print(f"[evaluate] table written to {out}/evaluation.md and evaluation.csv", flush=True)
+    if tracking_uri:
+        from siamim.orchestration.eval_tracking import log_evaluation
+        from siamim.orchestration.tracking import resolve_tracking_uri
+
+        primary = "checkpoint" if args.checkpoint else None
+        run_id = args.run_id or ckpt_run_id
+        logged = log_evaluation(
+            resolve_tracking_uri(tracking_uri), flat_metrics(results, primary), markdown, csv_text,
+            run_id=run_id, child=args.child_run, experiment=args.experiment or cfg.run.experiment,
+            run_name=f"evaluate-{'-'.join(names)}", step=step,
+            tags={"eval.protocols": ",".join(protocols), "eval.representations": ",".join(names),
+                  "eval.checkpoint": args.checkpoint or "none"},
+            params={f"eval.{k}": v for k, v in vars(cfg.eval).items()})
+        print(f"[evaluate] logged to MLflow run {logged} ({resolve_tracking_uri(tracking_uri)})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
