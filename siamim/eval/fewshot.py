@@ -38,16 +38,16 @@ def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int, num_cl
 
 
 def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, lambd: float = 0.0025,
-                            max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+                            max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on L2-normalised ``feats`` ``[N, D]``.
 
     Returns ``(W [D, C], b [C])`` minimising ``mean CE(norm(x) W + b, y) + lambd/2 ||W||^2``.
     """
-    x = F.normalize(feats.double(), dim=1)
+    x = F.normalize(feats.float(), dim=1)
     y = labels.long()
-    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
@@ -62,7 +62,7 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
 
 def logistic_predict(w: torch.Tensor, b: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """long ``[M]`` predictions for ``feats`` ``[M, D]``."""
-    return (F.normalize(feats.double(), dim=1) @ w + b).argmax(1)
+    return (F.normalize(feats.float(), dim=1) @ w + b).argmax(1)
 
 
 def fewshot_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

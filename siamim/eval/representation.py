@@ -74,35 +74,51 @@ class PixelRepresentation:
 
 
 @torch.no_grad()
-def extract(rep, images: ImageSet, pool: str = "cls", batch_size: int = 512, device="cpu",
-            transform=None, progress=None) -> torch.Tensor:
-    """Features of every image of ``images`` under ``rep`` (encoder in eval mode).
+def extract_many(rep, images: ImageSet, pools=("cls",), batch_size: int = 512, device="cpu",
+                 transform=None, progress=None) -> dict[str, torch.Tensor]:
+    """Features of every image of ``images`` under ``rep`` for several pools in one pass (encoder in eval mode).
 
     Args:
+        pools: names from :data:`POOLS`.
         transform: optional ``f(images01 [B,3,S,S] float in [0,1], start) -> same`` applied
             before normalisation (the corruptions of the robustness protocol).
         progress: optional ``f(done, total)`` callback.
     Returns:
-        float32 on CPU: ``[N, D]`` for ``cls``/``mean``, ``[N, L, D]`` for ``tokens``.
+        ``{pool: float32 on CPU}``: ``[N, D]`` for ``cls``/``mean``, ``[N, L, D]`` for ``tokens``.
     """
-    _check_pool(pool)
+    for pool in pools:
+        _check_pool(pool)
+    if len(images) == 0:
+        raise ValueError("cannot extract features of an empty image set")
     enc = getattr(rep, "encoder", None)
     was_training = enc.training if enc is not None else False
     if enc is not None:
         enc.eval()
-    out = []
+    out = {pool: [] for pool in pools}
     try:
         for start in range(0, len(images), batch_size):
             end = min(start + batch_size, len(images))
             x01 = images.images[start:end].to(device).float().div_(255.0)
             if transform is not None:
                 x01 = transform(x01, start)
-            out.append(rep(images.normalize(x01), pool).float().cpu())
+            x = images.normalize(x01)
+            if enc is not None:
+                tokens = enc.forward_features(x)  # [B, 1 + L, D]
+                parts = {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1), "tokens": tokens[:, 1:]}
+                for pool in pools:
+                    out[pool].append(parts[pool].float().cpu())
+            else:
+                for pool in pools:
+                    out[pool].append(rep(x, pool).float().cpu())
             if progress is not None:
                 progress(end, len(images))
     finally:
         if enc is not None:
             enc.train(was_training)
-    if not out:
-        raise ValueError("cannot extract features of an empty image set")
-    return torch.cat(out)
+    return {pool: torch.cat(parts) for pool, parts in out.items()}
+
+
+def extract(rep, images: ImageSet, pool: str = "cls", batch_size: int = 512, device="cpu",
+            transform=None, progress=None) -> torch.Tensor:
+    """Features of one ``pool`` (see :func:`extract_many`): ``[N, D]`` or ``[N, L, D]``, float32 on CPU."""
+    return extract_many(rep, images, (pool,), batch_size, device, transform, progress)[pool]

@@ -21,7 +21,7 @@ from siamim.eval import dense, fewshot, finetune, longtail, robustness
 from siamim.eval.imageset import ImageSet, load_image_set
 from siamim.eval.knn import knn_accuracy
 from siamim.eval.linear_probe import accuracy, per_class_accuracy, predict, train_linear_probe
-from siamim.eval.representation import extract
+from siamim.eval.representation import extract, extract_many
 from siamim.eval.settings import PROTOCOLS, check_eval_config, parse_protocols
 
 Log = Callable[[str], None]
@@ -111,8 +111,11 @@ class _Run:
     def features(self, split: str, pool: str, progress: Progress) -> torch.Tensor:
         if (split, pool) not in self.feats:
             images = getattr(self.suite, split)
-            self.feats[split, pool] = extract(self.rep, images, pool, self.e.batch_size, self.dev,
-                                              progress=progress(f"{split} {pool} features"))
+            pools = ("cls", "mean") if pool in ("cls", "mean") else (pool,)  # one forward pass for both
+            feats = extract_many(self.rep, images, pools, self.e.batch_size, self.dev,
+                                 progress=progress(f"{split} {'+'.join(pools)} features"))
+            for name, value in feats.items():
+                self.feats[split, name] = value
         return self.feats[split, pool]
 
     def _lin(self, feats, labels, progress, what):
