@@ -109,7 +109,7 @@ class EvalConfig:
     test_limit: int | None = None  # same for the test split; None: all
     lin_epochs: int = 90  # LIN: MAE recipe (BN w/o affine + linear, LARS, warm-up + cosine)
     lin_batch_size: int = 1024
-    lin_blr: float = 0.1  # lr = blr * batch / 256
+    lin_blr: float = 1.6  # lr = blr * batch / 256 = 6.4 at batch 1024: MAE's LARS step (0.1 * 16384 / 256)
     lin_warmup_epochs: float = 10.0
     fewshot_fraction: float = 0.01  # 1%: 60 images per class on Fashion-MNIST
     fewshot_seeds: int = 5  # number of seeded subsets averaged

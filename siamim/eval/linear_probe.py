@@ -4,7 +4,11 @@ The head is ``BatchNorm1d(D, affine=False, eps=1e-6)`` followed by a linear
 layer (weights trunc-normal, std 0.01; bias 0), trained with LARS (momentum
 0.9, weight decay 0, trust coefficient 0.001, layer adaptation on weight
 matrices only), lr = ``blr * batch / 256``, linear warm-up then half-cycle
-cosine, per iteration, exactly as MAE's ``main_linprobe.py``. Features are
+cosine, per iteration, as MAE's ``main_linprobe.py``. *Interpretation*: LARS's
+per-step update is ``lr * 0.001`` of the weight norm, so the linear scaling
+rule that gives MAE lr 6.4 at batch 16384 would give 0.4 at our batch 1024
+and leave the head nearly untrained in the ~5k steps 60k images allow; our
+default ``eval.lin_blr=1.6`` keeps MAE's *per-step* lr (6.4 at batch 1024). Features are
 extracted once and cached; the probe trains on them (no augmentation: the
 cached-feature variant of the protocol).
 """
@@ -111,7 +115,7 @@ def train_linear_probe(
     num_classes: int,
     epochs: int = 90,
     batch_size: int = 1024,
-    blr: float = 0.1,
+    blr: float = 1.6,
     warmup_epochs: float = 10,
     seed: int = 0,
     device="cpu",

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from siamim.eval.baselines import baseline_representation
+from siamim.eval.linear_probe import (LinearProbe, accuracy, lr_at, per_class_accuracy, predict,
+                                      train_linear_probe)
+from siamim.eval.representation import extract_many
+from tests.eval.helpers import cfg, chance, planted, real_set
+
+FAST = dict(epochs=20, batch_size=128, blr=6.4, warmup_epochs=2)  # 160 LARS steps on 1000 samples, lr 3.2
+
+
+def test_head_is_batchnorm_without_affine_then_linear():
+    probe = LinearProbe(8, 3)
+    bn, fc = probe
+    assert isinstance(bn, torch.nn.BatchNorm1d) and not bn.affine and bn.eps == 1e-6
+    assert isinstance(fc, torch.nn.Linear) and fc.out_features == 3 and float(fc.bias.detach().abs().sum()) == 0.0
+
+
+def test_schedule_warms_up_then_follows_half_cosine():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, 100, 10, 1.0, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_probe_on_planted_class_information_beats_chance_by_far():
+    train, test = real_set("train", 1000), real_set("test", 300)
+    probe = train_linear_probe(planted(train.labels, 64, 0.6), train.labels, 10, **FAST)
+    good = accuracy(predict(probe, planted(test.labels, 64, 0.6, noise_seed=1)), test.labels)
+    probe = train_linear_probe(planted(train.labels, 64, 0.0), train.labels, 10, **FAST)
+    none = accuracy(predict(probe, planted(test.labels, 64, 0.0, noise_seed=1)), test.labels)
+    assert good > 85.0, good
+    assert abs(none - chance()) < 8.0, none
+
+
+def test_probe_on_real_pixels_beats_random_init_cls_and_both_pools_run():
+    train, test = real_set("train", 1000), real_set("test", 300)
+    accs = {}
+    for name in ("pixels", "random"):
+        rep = baseline_representation(name, cfg())
+        ftr, fte = extract_many(rep, train, ("cls", "mean")), extract_many(rep, test, ("cls", "mean"))
+        for pool in ("cls", "mean"):
+            probe = train_linear_probe(ftr[pool], train.labels, 10, **FAST)
+            accs[name, pool] = accuracy(predict(probe, fte[pool]), test.labels)
+    assert all(0.0 <= a <= 100.0 for a in accs.values())
+    assert accs["pixels", "cls"] > 65.0, accs
+    assert accs["pixels", "cls"] > accs["random", "cls"] + 5.0, accs
+
+
+def test_per_class_accuracy_and_bad_shapes():
+    pred, labels = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2])
+    pc = per_class_accuracy(pred, labels, 4)
+    assert pc[:3].tolist() == [100.0, 50.0, 100.0] and math.isnan(pc[3])
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        train_linear_probe(torch.zeros(4, 2, 2), torch.zeros(4, dtype=torch.long), 2)
