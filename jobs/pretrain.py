@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_TRAINING_FAILED
+    except KeyboardInterrupt:
+        return 130
     print("\n".join(summary.lines()), flush=True)
     return 0
 

@@ -210,6 +210,11 @@ def run_pretraining(
     trainer = build_trainer(cfg, storage, run_name, tracking_uri, run_id, launch_time)
     try:
         result = trainer.fit()
+    except KeyboardInterrupt:
+        tracking.finish_run(tracking_uri, run_id, "KILLED")
+        log(f"[siamim] interrupted; continue from the last checkpoint with --resume {run_name} "
+            f"--storage {storage.uri}")
+        raise
     except Exception as err:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise LaunchError(f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with "

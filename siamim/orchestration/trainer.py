@@ -13,6 +13,7 @@ on rank 0, logs per-step metrics to MLflow and the final kNN top-1.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from siamim.config import Config, from_dict, to_dict
@@ -46,6 +47,8 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
+        logging_config=LoggingConfig(log_level=os.environ.get("SIAMIM_RAY_TRAIN_LOG_LEVEL", "WARNING")),
         **storage.ray_kwargs(),
     )
 

@@ -102,22 +102,26 @@ def service_dir():
 
 @pytest.fixture(scope="session")
 def base_env(service_dir):
-    """Environment for the test process, the Ray head and every job subprocess."""
+    """Environment of the Ray head, the servers and every job subprocess.
+
+    This process gets only what its in-process Ray driver needs (no token auth,
+    S3 test credentials); ``RAY_TMPDIR`` stays with the subprocesses, so other
+    tests' ``ray.init()`` calls are not redirected.
+    """
     ray_tmp = Path(tempfile.mkdtemp(prefix="srt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    env = {
+    own = {
         "RAY_AUTH_MODE": "disabled",
-        "RAY_TMPDIR": str(ray_tmp),
-        "RAY_USAGE_STATS_ENABLED": "0",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("RAY_ADDRESS", None)
-    yield {**os.environ}
+    saved = {k: os.environ.get(k) for k in own}
+    os.environ.update(own)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    yield env
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

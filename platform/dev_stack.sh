@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Local dev/CI services for the SiameseIM platform: a Ray head, an MLflow tracking
+# server and an S3-compatible object store (moto). Production uses the same
+# settings against a real cluster (infra/), MinIO/AWS S3 and a shared MLflow.
+#
+#   platform/dev_stack.sh up [ray|mlflow|s3 ...]   start (default: all three)
+#   platform/dev_stack.sh down                      stop what this script started
+#   platform/dev_stack.sh status                    print addresses / health
+#   eval "$(platform/dev_stack.sh env)"             export MLFLOW_TRACKING_URI, AWS_*, RAY_API_SERVER_ADDRESS ...
+#
+# State (pid files, logs, the MLflow db) lives in $SIAMIM_STACK_DIR (default runs/stack, git-ignored).
+# Ports: RAY_PORT (6380), RAY_DASHBOARD_PORT (8265), MLFLOW_PORT (5000), S3_PORT (9000).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK_DIR="${SIAMIM_STACK_DIR:-$REPO/runs/stack}"
+VENV_BIN="${SIAMIM_VENV_BIN:-$REPO/.venv/bin}"
+[ -x "$VENV_BIN/ray" ] || VENV_BIN="$(dirname "$(command -v ray)")"
+RAY_PORT="${RAY_PORT:-6380}"
+RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
+RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+S3_PORT="${S3_PORT:-9000}"
+S3_BUCKET="${S3_BUCKET:-siamim}"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # dev/CI: no token auth (see shared STACK.md)
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-dev}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-dev}"
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
+mkdir -p "$STACK_DIR"
+
+wait_http() {  # url seconds
+  local url="$1" deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "not ready: $url" >&2; return 1; }
+    sleep 0.5
+  done
+}
+
+up_s3() {
+  if [ -f "$STACK_DIR/s3.pid" ] && kill -0 "$(cat "$STACK_DIR/s3.pid")" 2>/dev/null; then echo "s3: already up"; return; fi
+  setsid "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STACK_DIR/s3.log" 2>&1 &
+  echo $! >"$STACK_DIR/s3.pid"
+  wait_http "http://127.0.0.1:$S3_PORT/" 30
+  "$VENV_BIN/python" - <<EOF
+import boto3
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:$S3_PORT")
+if "$S3_BUCKET" not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+    s3.create_bucket(Bucket="$S3_BUCKET")
+EOF
+  echo "s3: http://127.0.0.1:$S3_PORT (bucket $S3_BUCKET; in-memory, lost on down)"
+}
+
+up_mlflow() {
+  if [ -f "$STACK_DIR/mlflow.pid" ] && kill -0 "$(cat "$STACK_DIR/mlflow.pid")" 2>/dev/null; then echo "mlflow: already up"; return; fi
+  local artifacts="$STACK_DIR/mlflow-artifacts"
+  if [ -f "$STACK_DIR/s3.pid" ] && kill -0 "$(cat "$STACK_DIR/s3.pid")" 2>/dev/null; then
+    artifacts="s3://$S3_BUCKET/mlflow"   # artifacts on the object store, credentials on the server only
+    export MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
+  fi
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$VENV_BIN/mlflow" server \
+    --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" --artifacts-destination "$artifacts" \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STACK_DIR/mlflow.log" 2>&1 &
+  echo $! >"$STACK_DIR/mlflow.pid"
+  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 90
+  echo "mlflow: http://127.0.0.1:$MLFLOW_PORT (artifacts: $artifacts)"
+}
+
+up_ray() {
+  if "$VENV_BIN/ray" status --address "127.0.0.1:$RAY_PORT" >/dev/null 2>&1; then echo "ray: already up"; return; fi
+  "$VENV_BIN/ray" start --head --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
+    --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1
+  touch "$STACK_DIR/ray.started"
+  wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 60
+  echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
+}
+
+stop_pid() {  # name
+  local f="$STACK_DIR/$1.pid"
+  [ -f "$f" ] || return 0
+  local pid; pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true   # its process group (setsid)
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+  echo "$1: down"
+}
+
+case "${1:-}" in
+  up)
+    shift
+    services=("$@"); [ ${#services[@]} -gt 0 ] || services=(s3 mlflow ray)
+    for s in "${services[@]}"; do "up_$s"; done ;;
+  down)
+    stop_pid mlflow; stop_pid s3
+    if [ -f "$STACK_DIR/ray.started" ]; then "$VENV_BIN/ray" stop >/dev/null 2>&1 || true; rm -f "$STACK_DIR/ray.started"; echo "ray: down"; fi ;;
+  status)
+    curl -fsS "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" >/dev/null 2>&1 && echo "ray: up (http://127.0.0.1:$RAY_DASHBOARD_PORT)" || echo "ray: down"
+    curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && echo "mlflow: up (http://127.0.0.1:$MLFLOW_PORT)" || echo "mlflow: down"
+    curl -fsS "http://127.0.0.1:$S3_PORT/" >/dev/null 2>&1 && echo "s3: up (http://127.0.0.1:$S3_PORT)" || echo "s3: down" ;;
+  env)
+    echo "export RAY_AUTH_MODE=$RAY_AUTH_MODE"
+    echo "export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$RAY_DASHBOARD_PORT   # for ray job submit/status/logs"
+    echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
+    echo "export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION"
+    echo "export SIAMIM_S3_STORAGE='s3://$S3_BUCKET/runs?endpoint_override=127.0.0.1:$S3_PORT&scheme=http'" ;;
+  *)
+    sed -n '2,13p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,36 @@
+"""Driver helpers of the launch: resume targets, overrides on a stored config, run names."""
+
+from __future__ import annotations
+
+import pytest
+
+from siamim.config import ConfigError, load_config, to_dict
+from siamim.orchestration import storage as st
+from siamim.orchestration.launch import LaunchInputError, apply_overrides, find_run, new_run_name
+
+
+def test_find_run_by_name_and_latest(tmp_path):
+    s = st.resolve_storage(str(tmp_path))
+    with pytest.raises(LaunchInputError, match="no runs to resume"):
+        find_run(s, "latest")
+    st.write_json(s, {"name": "old", "created": 1.0}, "old", st.RUN_RECORD)
+    st.write_json(s, {"name": "new", "created": 2.0}, "new", st.RUN_RECORD)
+    assert find_run(s, None)["name"] == "new" and find_run(s, "latest")["name"] == "new"
+    assert find_run(s, "old")["name"] == "old"
+    with pytest.raises(LaunchInputError, match="runs there: old, new"):
+        find_run(s, "missing")
+
+
+def test_overrides_apply_on_top_of_a_stored_config():
+    from siamim.config import from_dict
+
+    stored = to_dict(load_config("tiny", {"train.max_steps": 2, "model.depth": 2}))
+    cfg = apply_overrides(from_dict(stored), ["train.max_steps=8"])
+    assert cfg.train.max_steps == 8 and cfg.model.depth == 2
+    with pytest.raises(ConfigError, match="did you mean"):
+        apply_overrides(from_dict(stored), {"train.max_stepz": 3})
+
+
+def test_run_name_defaults_to_experiment_and_time():
+    assert new_run_name(load_config("tiny", {"run.name": "mine"})) == "mine"
+    assert new_run_name(load_config("tiny")).startswith("siamim-tiny-")
