@@ -16,6 +16,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK_DIR="${SIAMIM_STACK_DIR:-$REPO/runs/stack}"
 VENV_BIN="${SIAMIM_VENV_BIN:-$REPO/.venv/bin}"
 [ -x "$VENV_BIN/ray" ] || VENV_BIN="$(dirname "$(command -v ray)")"
+export PATH="$VENV_BIN:$PATH"   # the head runs submitted entrypoints (`python ...`) with this PATH
 RAY_PORT="${RAY_PORT:-6380}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
@@ -65,12 +66,14 @@ up_mlflow() {
 }
 
 up_ray() {
-  if "$VENV_BIN/ray" status --address "127.0.0.1:$RAY_PORT" >/dev/null 2>&1; then echo "ray: already up"; return; fi
-  "$VENV_BIN/ray" start --head --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
+  if [ -f "$STACK_DIR/ray.pid" ] && kill -0 "$(cat "$STACK_DIR/ray.pid")" 2>/dev/null; then echo "ray: already up"; return; fi
+  # --block keeps `ray start` in the foreground of its own session, so `down` stops exactly this head
+  # (its process group) and never other Ray clusters on the host, as `ray stop` would.
+  setsid "$VENV_BIN/ray" start --head --block --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
-    --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1
-  touch "$STACK_DIR/ray.started"
-  wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 60
+    --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
+  echo $! >"$STACK_DIR/ray.pid"
+  wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
 
@@ -93,8 +96,7 @@ case "${1:-}" in
     services=("$@"); [ ${#services[@]} -gt 0 ] || services=(s3 mlflow ray)
     for s in "${services[@]}"; do "up_$s"; done ;;
   down)
-    stop_pid mlflow; stop_pid s3
-    if [ -f "$STACK_DIR/ray.started" ]; then "$VENV_BIN/ray" stop >/dev/null 2>&1 || true; rm -f "$STACK_DIR/ray.started"; echo "ray: down"; fi ;;
+    stop_pid ray; stop_pid mlflow; stop_pid s3 ;;
   status)
     curl -fsS "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" >/dev/null 2>&1 && echo "ray: up (http://127.0.0.1:$RAY_DASHBOARD_PORT)" || echo "ray: down"
     curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && echo "mlflow: up (http://127.0.0.1:$MLFLOW_PORT)" || echo "mlflow: down"

@@ -42,6 +42,7 @@ class PretrainSummary:
     wall_s: float
     time_to_first_step_s: float | None
     resumed: bool
+    storage: str = ""
     metrics: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -55,7 +56,7 @@ class PretrainSummary:
             f"  MLflow run       {self.mlflow_run_id} (experiment {self.experiment!r}, run {self.run_name!r})",
             f"  tracking URI     {self.tracking_uri}",
             f"  checkpoint       {self.checkpoint}",
-            f"  resume with      python jobs/pretrain.py --resume {self.run_name} --storage <same storage>"
+            f"  resume with      python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage}'"
             " train.max_steps=<more>",
             "=" * 72,
         ]
@@ -174,6 +175,7 @@ def run_pretraining(
                           f"continue it with --resume {run_name}, or pick another run.name")
 
     ensure_ray(address)
+    log(f"[siamim] Ray ready {time.time() - launch_time:.1f} s after launch")
     for warning in check_cluster(cfg):
         log(f"[siamim] warning: {warning}")
 
@@ -235,7 +237,7 @@ def run_pretraining(
         knn_top1=tracking.latest_metric(tracking_uri, run_id, "knn_top1"),
         wall_s=time.time() - launch_time,
         time_to_first_step_s=tracking.latest_metric(tracking_uri, run_id, "time_to_first_step_s"),
-        resumed=record is not None, metrics=metrics,
+        resumed=record is not None, storage=storage.uri, metrics=metrics,
     )
 
 

@@ -13,6 +13,7 @@ on rank 0, logs per-step metrics to MLflow and the final kNN top-1.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -48,9 +49,13 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice.
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
-        logging_config=LoggingConfig(log_level=os.environ.get("SIAMIM_RAY_TRAIN_LOG_LEVEL", "WARNING")),
+        logging_config=LoggingConfig(log_level=_train_log_level()),
         **storage.ray_kwargs(),
     )
+
+
+def _train_log_level() -> str:
+    return os.environ.get("SIAMIM_RAY_TRAIN_LOG_LEVEL", "WARNING").upper()
 
 
 def build_trainer(
@@ -67,6 +72,7 @@ def build_trainer(
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
         "launch_time": launch_time or time.time(),
+        "ray_train_log_level": _train_log_level(),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -135,6 +141,15 @@ def train_loop_per_worker(config: dict) -> None:
     from siamim.train.loop import pretrain
 
     started = time.time()
+    # Workers: LoggingConfig's console filter does not catch the per-report INFO lines; set the level itself.
+    level = config.get("ray_train_log_level", "WARNING")
+    logging.getLogger("ray.train").setLevel(level)
+    try:  # "Reporting training result ..." comes from a logger named by its file path, not "ray.train.*"
+        from ray.train.v2._internal.execution import context as _ray_train_context
+
+        logging.getLogger(_ray_train_context.__file__).setLevel(level)
+    except ImportError:
+        pass
     cfg = from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
