@@ -66,7 +66,7 @@ def cli_overrides(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.checkpoint import load_checkpoint, load_encoder
-    from siamim.config import ConfigError, load_config, parse_override, set_value, validate
+    from siamim.config import ConfigError, EvalConfig, load_config, parse_override, set_value, validate
     from siamim.eval.baselines import baseline_representation
     from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
     from siamim.eval.representation import EncoderRepresentation
@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             encoder, cfg = load_encoder(state)
             step = int(state.get("step", 0))
             ckpt_run_id = resolved.mlflow_run_id or state.get("mlflow_run_id")
+            # Protocol settings come from today's defaults + the command line, never from the checkpoint,
+            # so every checkpoint is measured the same way (the model/data sections stay the run's).
+            cfg.eval = EvalConfig()
             for text in overrides:
                 set_value(cfg, *parse_override(text))
             validate(cfg)
@@ -122,19 +125,26 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown, flush=True)
     print(f"[evaluate] table written to {out}/evaluation.md and evaluation.csv", flush=True)
     if tracking_uri:
-        from siamim.orchestration.eval_tracking import log_evaluation
+        from siamim.orchestration.eval_tracking import log_evaluation, run_exists
         from siamim.orchestration.tracking import resolve_tracking_uri
 
         primary = "checkpoint" if args.checkpoint else None
         run_id = args.run_id or ckpt_run_id
+        uri = resolve_tracking_uri(tracking_uri)
+        if run_id is not None and args.run_id is None and not run_exists(uri, run_id):
+            print(f"[evaluate] note: the checkpoint's MLflow run {run_id} is not in {uri}; logging to a new run "
+                  "(tag eval.pretraining_run_id)", flush=True)
+            tags_extra, run_id = {"eval.pretraining_run_id": run_id}, None
+        else:
+            tags_extra = {}
         logged = log_evaluation(
-            resolve_tracking_uri(tracking_uri), flat_metrics(results, primary), markdown, csv_text,
+            uri, flat_metrics(results, primary), markdown, csv_text,
             run_id=run_id, child=args.child_run, experiment=args.experiment or cfg.run.experiment,
             run_name=f"evaluate-{'-'.join(names)}", step=step,
             tags={"eval.protocols": ",".join(protocols), "eval.representations": ",".join(names),
-                  "eval.checkpoint": args.checkpoint or "none"},
+                  "eval.checkpoint": args.checkpoint or "none", **tags_extra},
             params={f"eval.{k}": v for k, v in vars(cfg.eval).items()})
-        print(f"[evaluate] logged to MLflow run {logged} ({resolve_tracking_uri(tracking_uri)})", flush=True)
+        print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
     return 0
 
 

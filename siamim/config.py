@@ -107,10 +107,10 @@ class EvalConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     train_limit: int | None = None  # class-balanced seeded subset of the train split (quick runs); None: all
     test_limit: int | None = None  # same for the test split; None: all
-    lin_epochs: int = 90  # LIN: MAE recipe (BN w/o affine + linear, LARS, warm-up + cosine)
+    lin_steps: int = 2000  # LIN: MAE recipe (BN w/o affine + linear, LARS, warm-up + cosine), step budget
     lin_batch_size: int = 1024
     lin_blr: float = 1.6  # lr = blr * batch / 256 = 6.4 at batch 1024: MAE's LARS step (0.1 * 16384 / 256)
-    lin_warmup_epochs: float = 10.0
+    lin_warmup_steps: int = 200
     fewshot_fraction: float = 0.01  # 1%: 60 images per class on Fashion-MNIST
     fewshot_seeds: int = 5  # number of seeded subsets averaged
     fewshot_lambd: float = 0.0025  # L2 weight of the logistic regression (MSN protocol)

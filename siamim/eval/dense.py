@@ -102,8 +102,9 @@ def train_dense_probe(tokens: torch.Tensor, masks: torch.Tensor, num_labels: int
                          f"{tuple(masks.shape)}")
     torch.manual_seed(seed)
     probe = DenseProbe(tokens.shape[-1], num_labels, masks.shape[-1])
-    return fit_head(probe, tokens, masks, _pixel_ce, epochs, batch_size, blr, warmup_epochs, seed, device, progress,
-                    optimizer="adamw")
+    per_epoch = -(-len(tokens) // max(2, min(batch_size, len(tokens))))
+    return fit_head(probe, tokens, masks, _pixel_ce, epochs * per_epoch, batch_size, blr,
+                    round(warmup_epochs * per_epoch), seed, device, progress, optimizer="adamw")
 
 
 @torch.no_grad()

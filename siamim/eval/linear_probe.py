@@ -4,13 +4,17 @@ The head is ``BatchNorm1d(D, affine=False, eps=1e-6)`` followed by a linear
 layer (weights trunc-normal, std 0.01; bias 0), trained with LARS (momentum
 0.9, weight decay 0, trust coefficient 0.001, layer adaptation on weight
 matrices only), lr = ``blr * batch / 256``, linear warm-up then half-cycle
-cosine, per iteration, as MAE's ``main_linprobe.py``. *Interpretation*: LARS's
-per-step update is ``lr * 0.001`` of the weight norm, so the linear scaling
-rule that gives MAE lr 6.4 at batch 16384 would give 0.4 at our batch 1024
-and leave the head nearly untrained in the ~5k steps 60k images allow; our
-default ``eval.lin_blr=1.6`` keeps MAE's *per-step* lr (6.4 at batch 1024). Features are
-extracted once and cached; the probe trains on them (no augmentation: the
-cached-feature variant of the protocol).
+cosine, per iteration, as MAE's ``main_linprobe.py``. Features are extracted
+once and cached; the probe trains on them (no augmentation: the cached-feature
+variant of the protocol).
+
+*Interpretation* (scale): MAE runs ~7k LARS steps (90 epochs of 1.28M images
+at batch 16384, lr 6.4). LARS moves a weight by ``lr * 0.001`` of its norm per
+step, so an epoch budget on 60k images (and far fewer on the long-tailed or
+limited subsets) leaves the head nearly untrained. The budget is therefore a
+fixed number of steps (``eval.lin_steps``, default 2000, 10% warm-up) whatever
+the training-set size, and the default ``eval.lin_blr=1.6`` keeps MAE's
+per-step lr (6.4 at our batch 1024).
 """
 
 from __future__ import annotations
@@ -52,27 +56,31 @@ def fit_head(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-    epochs: int,
+    steps: int,
     batch_size: int,
     blr: float,
-    warmup_epochs: float,
+    warmup_steps: int,
     seed: int = 0,
     device="cpu",
     progress: Callable[[int, int, float], None] | None = None,
     optimizer: str = "lars",
 ) -> torch.nn.Module:
-    """Train ``head`` on cached ``inputs`` ``[N, ...]`` / ``targets`` ``[N, ...]`` with the MAE LIN recipe.
+    """Train ``head`` for ``steps`` optimiser steps on cached ``inputs`` ``[N, ...]`` / ``targets`` ``[N, ...]``.
 
     ``loss_fn(head, x_batch, y_batch)`` returns the scalar loss. Batches are
-    drawn by a seeded permutation per epoch; a last batch smaller than 2 is
-    dropped (BatchNorm needs two samples). ``optimizer``: ``"lars"`` (MAE LIN:
-    momentum 0.9, no weight decay) or ``"adamw"`` (weight decay 0, for heads with
-    no paper recipe such as the dense probe). Returns ``head`` in eval mode.
+    drawn by a seeded permutation per pass over the data; a last batch smaller
+    than 2 is skipped (BatchNorm needs two samples). lr = ``blr * batch / 256``,
+    linear warm-up over ``warmup_steps`` then half-cycle cosine. ``optimizer``:
+    ``"lars"`` (MAE LIN: momentum 0.9, no weight decay) or ``"adamw"`` (weight
+    decay 0, for heads with no paper recipe such as the dense probe). Returns
+    ``head`` in eval mode. ``progress(step, steps, loss)`` is called after every pass.
     """
     n = len(inputs)
     if n < 2:
         raise ValueError(f"a probe needs at least 2 training samples, got {n}")
-    batch_size = min(batch_size, n)
+    if steps < 1:
+        raise ValueError(f"a probe needs at least 1 step, got steps={steps}")
+    batch_size = max(2, min(batch_size, n))
     head.to(device).train()
     if optimizer == "lars":
         opt = Lars(lars_groups(head), lr=0.0, momentum=0.9, weight_decay=0.0, trust_coeff=0.001)
@@ -80,28 +88,26 @@ def fit_head(
         opt = torch.optim.AdamW(head.parameters(), lr=0.0, weight_decay=0.0)
     else:
         raise ValueError(f"optimizer must be 'lars' or 'adamw', got {optimizer!r}")
-    steps_per_epoch = max(1, n // batch_size) if n % batch_size < 2 else n // batch_size + 1
-    total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     base_lr = blr * batch_size / 256
     gen = torch.Generator().manual_seed(seed)
     step, loss = 0, torch.tensor(float("nan"))
-    for epoch in range(epochs):
+    while step < steps:
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            if len(idx) < 2:
+            if len(idx) < 2 or step >= steps:
                 continue
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, warmup, base_lr)
+                group["lr"] = lr_at(step, steps, warmup_steps, base_lr)
             loss = loss_fn(head, inputs[idx].to(device), targets[idx].to(device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"probe loss is {loss.item()} at step {step}; lower eval.lin_blr")
+                raise FloatingPointError(f"probe loss is {loss.item()} at step {step}; lower the probe's blr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
         if progress is not None:
-            progress(epoch + 1, epochs, float(loss))
+            progress(step, steps, float(loss))
     return head.eval()
 
 
@@ -113,10 +119,10 @@ def train_linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
     num_classes: int,
-    epochs: int = 90,
+    steps: int = 2000,
     batch_size: int = 1024,
     blr: float = 1.6,
-    warmup_epochs: float = 10,
+    warmup_steps: int = 200,
     seed: int = 0,
     device="cpu",
     progress=None,
@@ -127,7 +133,7 @@ def train_linear_probe(
                          f"and {tuple(train_labels.shape)}")
     torch.manual_seed(seed)
     probe = LinearProbe(train_feats.shape[1], num_classes)
-    return fit_head(probe, train_feats, train_labels, _ce, epochs, batch_size, blr, warmup_epochs, seed,
+    return fit_head(probe, train_feats, train_labels, _ce, steps, batch_size, blr, warmup_steps, seed,
                     device, progress)
 
 

@@ -120,8 +120,8 @@ class _Run:
 
     def _lin(self, feats, labels, progress, what):
         e = self.e
-        return train_linear_probe(feats, labels, self.suite.train.num_classes, e.lin_epochs, e.lin_batch_size,
-                                  e.lin_blr, e.lin_warmup_epochs, e.seed, self.dev, progress(what))
+        return train_linear_probe(feats, labels, self.suite.train.num_classes, e.lin_steps, e.lin_batch_size,
+                                  e.lin_blr, e.lin_warmup_steps, e.seed, self.dev, progress(what))
 
     # ------------------------------------------------------------------ protocols
     def knn(self, p: Progress) -> dict:
@@ -137,7 +137,7 @@ class _Run:
     def lin(self, p: Progress) -> dict:
         s, out = self.suite, {}
         for pool, key in (("cls", "lin_top1"), ("mean", "lin_mean_top1")):
-            probe = self._lin(self.features("train", pool, p), s.train.labels, p, f"probe ({pool}) epoch")
+            probe = self._lin(self.features("train", pool, p), s.train.labels, p, f"probe ({pool}) step")
             out[key] = accuracy(predict(probe, self.features("test", pool, p), device=self.dev), s.test.labels)
             if pool == "cls":
                 self.lin_probe = probe
@@ -166,7 +166,7 @@ class _Run:
         idx, order = longtail.longtail_subset(s.train.labels.numpy(), e.longtail_imbalance, e.seed,
                                               s.train.num_classes)
         keep = torch.from_numpy(idx)
-        probe = self._lin(self.features("train", "cls", p)[keep], s.train.labels[keep], p, "long-tail probe epoch")
+        probe = self._lin(self.features("train", "cls", p)[keep], s.train.labels[keep], p, "long-tail probe step")
         pred = predict(probe, self.features("test", "cls", p), device=self.dev)
         per_class = per_class_accuracy(pred, s.test.labels, s.test.num_classes)
         rare = torch.from_numpy(order[-e.longtail_rare:])
@@ -182,7 +182,7 @@ class _Run:
         x_tr = extract(self.rep, tr.images, "tokens", e.batch_size, self.dev, progress=p("train mosaic tokens"))
         x_te = extract(self.rep, te.images, "tokens", e.batch_size, self.dev, progress=p("test mosaic tokens"))
         probe = dense.train_dense_probe(x_tr, tr.masks, tr.num_labels, e.dense_epochs, blr=e.dense_blr, seed=e.seed,
-                                        device=self.dev, progress=p("dense probe epoch"))
+                                        device=self.dev, progress=p("dense probe step"))
         pred = dense.segment(probe, x_te, device=self.dev)
         m, _ = dense.miou(dense.confusion(pred, te.masks, te.num_labels))
         return {"dense_miou": m, "dense_pixel_acc": 100.0 * (pred == te.masks).float().mean().item()}
@@ -203,7 +203,7 @@ class _Run:
         if e.robust_test_limit is not None and e.robust_test_limit < len(test):
             test = test.subset(limit_indices(test.labels.numpy(), e.robust_test_limit, e.seed + 2))
         if self.lin_probe is None:
-            self.lin_probe = self._lin(self.features("train", "cls", p), s.train.labels, p, "probe (cls) epoch")
+            self.lin_probe = self._lin(self.features("train", "cls", p), s.train.labels, p, "probe (cls) step")
         probe, rep = self.lin_probe.to(self.dev), self.rep
         classifiers = {"robust": lambda x: probe(rep(x, "cls")).argmax(1)}
         if self.ft_model is not None:

@@ -37,6 +37,10 @@ class CheckpointNotFound(FileNotFoundError):
     """The ``--checkpoint`` reference does not lead to a checkpoint file; the message says what was tried."""
 
 
+class RunNotFound(LookupError):
+    """The MLflow run to log into is not in the tracking store."""
+
+
 @dataclass
 class ResolvedCheckpoint:
     path: Path  # local checkpoint file
@@ -112,6 +116,17 @@ def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = No
                              "(s3://bucket/path), an MLflow run id (32 hex digits) or runs:/<run id>/<path>")
 
 
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether ``run_id`` is a run of the tracking store at ``tracking_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
 def log_evaluation(tracking_uri: str, metrics: dict[str, float], markdown: str, csv_text: str, *,
                    run_id: str | None = None, child: bool = False, experiment: str = "siamim",
                    run_name: str = "evaluate", step: int = 0, tags: dict[str, str] | None = None,
@@ -129,7 +144,11 @@ def log_evaluation(tracking_uri: str, metrics: dict[str, float], markdown: str, 
     tags = dict(tags or {})
     created = False
     if run_id is not None:
-        parent = client.get_run(run_id)
+        try:
+            parent = client.get_run(run_id)
+        except Exception as err:
+            raise RunNotFound(f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); pass the "
+                              "pretraining's --tracking-uri, or --run-id of a run in this store") from err
         if child:
             tags["mlflow.parentRunId"] = run_id
             run_id = client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id

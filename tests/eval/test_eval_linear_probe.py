@@ -9,7 +9,7 @@ from siamim.eval.linear_probe import (LinearProbe, accuracy, lr_at, per_class_ac
 from siamim.eval.representation import extract_many
 from tests.eval.helpers import cfg, chance, planted, real_set
 
-FAST = dict(epochs=20, batch_size=128, blr=6.4, warmup_epochs=2)  # 160 LARS steps on 1000 samples, lr 3.2
+FAST = dict(steps=300, batch_size=128, blr=3.2, warmup_steps=30)  # lr 1.6
 
 
 def test_head_is_batchnorm_without_affine_then_linear():
