@@ -101,6 +101,7 @@ class EvalConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_train_subset: int | None = None  # None: all training images as the kNN memory bank
+    knn_test_subset: int | None = None  # None: all test images as kNN queries (smoke tests: the first N)
     batch_size: int = 512
     # Evaluation suite (siamim/eval, jobs/evaluate.py; docs/evaluation.md). Checked by siamim.eval.settings.
     seed: int = 0  # seeds every subset, mosaic, corruption and probe of the suite
@@ -399,6 +400,10 @@ def validate(cfg: Config) -> None:
     _check(t.log_every > 0, "train.log_every", t.log_every, "must be positive")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "must be >= 0")
     _check(cfg.eval.knn_k > 0, "eval.knn_k", cfg.eval.knn_k, "must be positive")
+    for key in ("knn_train_subset", "knn_test_subset"):
+        value = getattr(cfg.eval, key)
+        _check(value is None or value >= cfg.eval.knn_k, f"eval.{key}", value,
+               f"must be null or at least eval.knn_k={cfg.eval.knn_k}")
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature", cfg.eval.knn_temperature, "must be positive")
     r = cfg.run
     _check(r.num_workers >= 1, "run.num_workers", r.num_workers, "must be >= 1")

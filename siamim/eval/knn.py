@@ -51,8 +51,9 @@ def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cp
     """kNN top-1 (%) of ``encoder``'s cls features: train split as memory bank, test split as queries.
 
     Uses ``cfg.data`` for the dataset and ``cfg.eval.knn_k / knn_temperature /
-    knn_train_subset / batch_size``. With ``knn_train_subset`` the bank is a
-    fixed, seeded random subset of the training set.
+    knn_train_subset / knn_test_subset / batch_size``. With ``knn_train_subset``
+    the bank is a fixed, seeded random subset of the training set; with
+    ``knn_test_subset`` the queries are the first N test images.
     """
     import numpy as np
 
@@ -66,6 +67,10 @@ def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cp
         idx = np.sort(np.random.default_rng(0).choice(len(train), cfg.eval.knn_train_subset, replace=False))
     bank = extract_features(encoder, train, cfg.data.img_size, idx, cfg.eval.batch_size, device)
     bank_labels = torch.from_numpy(train.labels if idx is None else train.labels[idx])
-    queries = extract_features(encoder, test, cfg.data.img_size, None, cfg.eval.batch_size, device)
-    return knn_accuracy(bank, bank_labels, queries, torch.from_numpy(test.labels), len(train.classes),
+    q_idx = None
+    if cfg.eval.knn_test_subset is not None and cfg.eval.knn_test_subset < len(test):
+        q_idx = np.arange(cfg.eval.knn_test_subset)
+    queries = extract_features(encoder, test, cfg.data.img_size, q_idx, cfg.eval.batch_size, device)
+    q_labels = torch.from_numpy(test.labels if q_idx is None else test.labels[q_idx])
+    return knn_accuracy(bank, bank_labels, queries, q_labels, len(train.classes),
                         cfg.eval.knn_k, cfg.eval.knn_temperature)
