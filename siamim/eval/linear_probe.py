@@ -107,7 +107,7 @@ def fit_head(
             opt.step()
             step += 1
         if progress is not None:
-            progress(step, steps, float(loss))
+            progress(step, steps, loss.item())
     return head.eval()
 
 

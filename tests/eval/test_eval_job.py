@@ -1,0 +1,111 @@
+"""jobs/evaluate.py end to end: baselines, a checkpoint, MLflow logging (local sqlite store)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from siamim.checkpoint import ENCODER_PREFIX, FORMAT_VERSION, save_checkpoint
+from siamim.config import to_dict
+from siamim.model.encoder import build_encoder
+from tests.eval.helpers import SMALL_MODEL, cfg
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["--limit-train", "500", "--limit-test", "200", "--ft-epochs", "0.5", "--quiet", "eval.lin_steps=100",
+         "eval.lin_batch_size=128", "eval.lin_warmup_steps=10", "eval.fewshot_seeds=2", "eval.dense_train_mosaics=80",
+         "eval.dense_test_mosaics=40", "eval.dense_epochs=2", "eval.robust_test_limit=50", "eval.ft_batch_size=64",
+         "eval.ft_warmup_epochs=0.1", "eval.device=cpu"]
+
+
+def _job():
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _checkpoint(path: Path, run_id: str | None) -> Path:
+    c = cfg()
+    torch.manual_seed(0)
+    enc = build_encoder(c.model, c.data.img_size)
+    state = {"format": FORMAT_VERSION, "step": 7, "config": to_dict(c),
+             "model": {ENCODER_PREFIX + k: v for k, v in enc.state_dict().items()}}
+    if run_id:
+        state["mlflow_run_id"] = run_id
+    return save_checkpoint(path / "checkpoint_00000007" / "checkpoint.pt", state)
+
+
+def test_pixel_baseline_end_to_end_writes_the_full_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rc = _job().main(["--baseline", "pixels", "--protocols", "all", "--out", str(tmp_path), *QUICK])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| protocol | paper column |" in printed and "| LIN |" in printed and "| FT |" in printed
+    rows = _read_csv(tmp_path / "evaluation.csv")
+    keys = {r["key"] for r in rows}
+    for protocol in ("knn", "lin", "fewshot", "longtail", "dense", "ft", "robust"):
+        assert f"{protocol}_wall_s" in keys
+    assert {r["representation"] for r in rows} == {"pixels"}
+    values = {r["key"]: float(r["value"]) for r in rows}
+    assert values["knn_top1"] > 55.0 and 0.0 <= values["robust_mca"] <= 100.0
+    assert (tmp_path / "evaluation.md").read_text().startswith("| protocol |")
+
+
+def test_bad_arguments_fail_fast_with_the_fix(tmp_path, capsys):
+    job = _job()
+    assert job.main(["--baseline", "pixel", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'pixels'" in capsys.readouterr().err
+    assert job.main(["--baseline", "pixels", "--protocols", "lin,fewshoot", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'fewshot'" in capsys.readouterr().err
+    assert job.main(["--protocols", "knn"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert job.main(["--checkpoint", str(tmp_path / "missing.pt"), "--protocols", "knn"]) == 2
+    assert "not an existing file" in capsys.readouterr().err
+
+
+def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("siamim-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    pre = client.create_run(exp, run_name="pretrain").info.run_id
+    ckpt = _checkpoint(tmp_path / "ray", pre)
+
+    job = _job()
+    # 1. A checkpoint directory (Ray layout) that names its pretraining run: metrics land in that run.
+    rc = job.main(["--checkpoint", str(ckpt.parent), "--baseline", "pixels,random", "--protocols", "knn,fewshot",
+                   "--tracking-uri", uri, "--out", str(tmp_path / "out1"), *QUICK])
+    assert rc == 0
+    run = client.get_run(pre)
+    m = run.data.metrics
+    assert {"eval.knn_top1", "eval.pixels.knn_top1", "eval.random.knn_top1", "eval.fewshot_top1",
+            "eval.knn_wall_s"} <= set(m)
+    assert m["eval.pixels.knn_top1"] > m["eval.random.knn_top1"]
+    assert client.get_metric_history(pre, "eval.knn_top1")[0].step == 7  # the checkpoint's step
+    arts = {a.path for a in client.list_artifacts(pre, "eval")}
+    assert arts == {"eval/evaluation.md", "eval/evaluation.csv"}
+    table = Path(client.download_artifacts(pre, "eval/evaluation.md", str(tmp_path / "dl"))).read_text()
+    assert "| checkpoint | pixels | random |" in table
+
+    # 2. The MLflow run id as --checkpoint (artifact checkpoint/checkpoint.pt), into a linked child run.
+    client.log_artifact(pre, str(ckpt), "checkpoint")
+    rc = job.main(["--checkpoint", pre, "--child-run", "--protocols", "knn", "--tracking-uri", uri,
+                   "--out", str(tmp_path / "out2"), *QUICK])
+    assert rc == 0
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{pre}'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.data.metrics["eval.knn_top1"] == pytest.approx(m["eval.knn_top1"])  # same encoder, same data
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "eval")} == {"eval/evaluation.md",
+                                                                                   "eval/evaluation.csv"}
