@@ -66,7 +66,7 @@ def cli_overrides(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.checkpoint import load_checkpoint, load_encoder
-    from siamim.config import ConfigError, EvalConfig, load_config, parse_override, set_value, validate
+    from siamim.config import ConfigError, load_config, parse_override, set_value, validate
     from siamim.eval.baselines import baseline_representation
     from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
     from siamim.eval.representation import EncoderRepresentation
@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
             state = load_checkpoint(resolved.path)
+            # Protocol settings come from today's defaults + the command line, never from the checkpoint,
+            # so every checkpoint is measured the same way (and older eval keys cannot break loading).
+            state["config"] = {k: v for k, v in state["config"].items() if k != "eval"}
             encoder, cfg = load_encoder(state)
             step = int(state.get("step", 0))
             ckpt_run_id = resolved.mlflow_run_id or state.get("mlflow_run_id")
-            # Protocol settings come from today's defaults + the command line, never from the checkpoint,
-            # so every checkpoint is measured the same way (the model/data sections stay the run's).
-            cfg.eval = EvalConfig()
             for text in overrides:
                 set_value(cfg, *parse_override(text))
             validate(cfg)

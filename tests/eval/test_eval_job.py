@@ -37,7 +37,9 @@ def _checkpoint(path: Path, run_id: str | None) -> Path:
     c = cfg()
     torch.manual_seed(0)
     enc = build_encoder(c.model, c.data.img_size)
-    state = {"format": FORMAT_VERSION, "step": 7, "config": to_dict(c),
+    config = to_dict(c)
+    config["eval"]["lin_epochs"] = 90  # an eval key of an older release: evaluation ignores the stored eval section
+    state = {"format": FORMAT_VERSION, "step": 7, "config": config,
              "model": {ENCODER_PREFIX + k: v for k, v in enc.state_dict().items()}}
     if run_id:
         state["mlflow_run_id"] = run_id
