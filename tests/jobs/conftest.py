@@ -1,8 +1,10 @@
 """Real services for the job tests: a Ray head, an S3 server (moto), an MLflow server.
 
-All are started once per session by these fixtures and stopped at the end by
-terminating exactly the process trees the fixtures started (never ``ray stop``,
-which would also stop other Ray clusters on the host). The Ray head uses its own
+Module-scoped (every test that needs a cluster lives in test_pretrain_ray.py, so
+each service starts once) and stopped when that module ends, by terminating
+exactly the process trees the fixtures started (never ``ray stop``, which would
+also stop other Ray clusters on the host); the test process's Ray driver is shut
+down too, so later test modules can start their own Ray. The Ray head uses its own
 ``RAY_TMPDIR``, so a plain ``ray.init()`` elsewhere on the host does not attach to it.
 """
 
@@ -93,14 +95,14 @@ def fashion_mnist_available():
     return FASHION_MNIST
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service_dir():
     path = Path(tempfile.mkdtemp(prefix="siamim-svc-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def base_env(service_dir):
     """Environment of the Ray head, the servers and every job subprocess.
 
@@ -130,7 +132,7 @@ def base_env(service_dir):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server(base_env, service_dir):
     """A moto S3 server with bucket ``siamim-test``; yields the endpoint ``127.0.0.1:<port>``."""
     import boto3
@@ -147,7 +149,7 @@ def s3_server(base_env, service_dir):
         stop_tree(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_head(base_env, service_dir):
     """``ray start --head --block`` with 2 CPUs; yields ``{"gcs": host:port, "dashboard": url}``."""
     port, dash = free_port(), free_port()
@@ -168,7 +170,7 @@ def ray_head(base_env, service_dir):
         stop_tree(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_driver(ray_head):
     """This test process connected to the head as a Ray driver (for in-process launches)."""
     import ray
@@ -179,7 +181,7 @@ def ray_driver(ray_head):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_server(base_env, service_dir):
     """``mlflow server`` (sqlite backend, proxied local artifacts); yields its URL."""
     port = free_port()
