@@ -173,10 +173,3 @@ def list_runs(storage: Storage) -> list[dict]:
                 continue
     return sorted(records, key=lambda r: r.get("created", 0.0))
 
-
-def download_dir(storage_dir_uri_or_path: str, dest: str | os.PathLike) -> Path:
-    """Copy a (possibly remote) directory into ``dest``; returns ``dest``."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(storage_dir_uri_or_path, str(dest))
-    return dest
