@@ -114,7 +114,7 @@ class EvalConfig:
     lin_warmup_steps: int = 200
     fewshot_fraction: float = 0.01  # 1%: 60 images per class on Fashion-MNIST
     fewshot_seeds: int = 5  # number of seeded subsets averaged
-    fewshot_lambd: float = 0.0025  # L2 weight of the logistic regression (MSN protocol)
+    fewshot_lambd: float = 1e-4  # L2 weight of the logistic regression (MSN uses 0.0025 for 1000 classes)
     dense_train_mosaics: int = 4000
     dense_test_mosaics: int = 1000
     dense_epochs: int = 30
