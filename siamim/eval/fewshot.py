@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from siamim.eval.linear_probe import single_thread_on_cpu
+
 
 def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int, num_classes: int | None = None) -> np.ndarray:
     """Sorted indices int64 ``[K]`` of a class-balanced ``fraction`` of ``labels`` ``[N]``.
@@ -63,7 +65,8 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with single_thread_on_cpu(x.device):
+        opt.step(closure)
     return w.detach(), b.detach()
 
 
@@ -73,11 +76,11 @@ def logistic_predict(w: torch.Tensor, b: torch.Tensor, feats: torch.Tensor) -> t
 
 
 def fewshot_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                     test_labels: torch.Tensor, num_classes: int, lambd: float = 1e-4) -> float:
+                     test_labels: torch.Tensor, num_classes: int, lambd: float = 1e-4, max_iter: int = 200) -> float:
     """Top-1 accuracy in percent of logistic regression fitted on ``train_feats`` ``[K, D]``
     (both sets centred by the mean of ``train_feats``, then L2-normalised per row)."""
     mean = train_feats.float().mean(dim=0, keepdim=True)
-    w, b = fit_logistic_regression(train_feats.float() - mean, train_labels, num_classes, lambd)
+    w, b = fit_logistic_regression(train_feats.float() - mean, train_labels, num_classes, lambd, max_iter)
     return 100.0 * (logistic_predict(w, b, test_feats.float() - mean) == test_labels).double().mean().item()
 
 

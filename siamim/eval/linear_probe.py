@@ -19,6 +19,7 @@ per-step lr (6.4 at our batch 1024).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -91,24 +92,50 @@ def fit_head(
     base_lr = blr * batch_size / 256
     gen = torch.Generator().manual_seed(seed)
     step, loss = 0, torch.tensor(float("nan"))
-    while step < steps:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if len(idx) < 2 or step >= steps:
-                continue
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, warmup_steps, base_lr)
-            loss = loss_fn(head, inputs[idx].to(device), targets[idx].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"probe loss is {loss.item()} at step {step}; lower the probe's blr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        if progress is not None:
-            progress(step, steps, loss.item())
+    with single_thread_on_cpu(device):
+        while step < steps:
+            step, loss = _one_pass(head, opt, inputs, targets, loss_fn, perm_gen=gen, step=step, steps=steps,
+                                   batch_size=batch_size, base_lr=base_lr, warmup_steps=warmup_steps, device=device)
+            if progress is not None:
+                progress(step, steps, loss.item())
     return head.eval()
+
+
+@contextlib.contextmanager
+def single_thread_on_cpu(device):
+    """Run small CPU workloads on one thread: a head's matmuls gain nothing from more, and on a
+    shared, busy machine OpenMP threads waiting for each other slow such loops down many times."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _one_pass(head, opt, inputs, targets, loss_fn, *, perm_gen, step, steps, batch_size, base_lr, warmup_steps,
+              device):
+    """One seeded pass over the data (stopping at ``steps``); returns ``(step, last loss)``."""
+    n = len(inputs)
+    loss = torch.tensor(float("nan"))
+    perm = torch.randperm(n, generator=perm_gen)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        if len(idx) < 2 or step >= steps:
+            continue
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, warmup_steps, base_lr)
+        loss = loss_fn(head, inputs[idx].to(device), targets[idx].to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"probe loss is {loss.item()} at step {step}; lower the probe's blr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+    return step, loss.detach()
 
 
 def _ce(head, x, y):
