@@ -207,3 +207,21 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(ray_head, mlflow_server, fash
     assert [s for s, _ in [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]] == [1, 2]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
     assert (storage / "submitted" / "checkpoint_00000002" / "checkpoint.pt").is_file()
+
+
+def test_failure_without_retries_marks_the_mlflow_run_failed(ray_driver, fashion_mnist_available, tracking_uri,
+                                                             tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from siamim.orchestration.launch import LaunchError
+
+    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "no-retry", "run.experiment": "e2e-no-retry",
+                      "train.fail_at_step": 3, "run.max_failures": 0})
+    with pytest.raises(LaunchError, match="(?s)InjectedFault.*--resume no-retry"):
+        run_pretraining(cfg, tracking_uri=tracking_uri)
+    (run,) = runs_named(tracking_uri, "e2e-no-retry", "no-retry")
+    assert run.info.status == "FAILED"
+    # the steps up to the last checkpoint are in MLflow once; the checkpoint is there to resume from
+    assert [s for s, _ in losses(tracking_uri, run.info.run_id)] == [1, 2]
+    assert (tmp_path / "no-retry" / "checkpoint_00000002" / "checkpoint.pt").is_file()
+    assert MlflowClient(tracking_uri).get_run(run.info.run_id).data.tags["siamim.run_name"] == "no-retry"
