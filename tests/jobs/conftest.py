@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_jobs_helpers import BIN, REPO, free_port  # noqa: E402  (tests/jobs is on sys.path under pytest)
+from tests.jobs.helpers import BIN, REPO, free_port
 
 FASHION_MNIST = Path(os.environ.get("SIAMIM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 S3_BUCKET = "siamim-test"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests_jobs_helpers import PRETRAIN, REPO, free_port
+from tests.jobs.helpers import PRETRAIN, REPO, free_port
 
 
 def load_cli():

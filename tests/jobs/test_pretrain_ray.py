@@ -22,7 +22,7 @@ from siamim.checkpoint import load_checkpoint, load_encoder
 from siamim.config import flatten, load_config
 from siamim.orchestration import tracking
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
-from tests_jobs_helpers import BIN, REPO, TINY_ARGS
+from tests.jobs.helpers import BIN, REPO, TINY_ARGS
 
 pytestmark = pytest.mark.slow
 
