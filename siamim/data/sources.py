@@ -121,8 +121,12 @@ def eval_batch(source: ImageSource, indices, img_size: int) -> torch.Tensor:
     """
     from torchvision.transforms.v2 import functional as TF
 
-    imgs = [TF.resize(source.image(int(i)), [img_size, img_size], antialias=True) for i in indices]
-    x = torch.stack(imgs).float().div_(255.0)
+    imgs = [source.image(int(i)) for i in indices]
+    if all(img.shape == imgs[0].shape for img in imgs):  # one batched resize (array sources)
+        x = TF.resize(torch.stack(imgs), [img_size, img_size], antialias=True)
+    else:
+        x = torch.stack([TF.resize(img, [img_size, img_size], antialias=True) for img in imgs])
+    x = x.float().div_(255.0)
     mean = torch.tensor(source.mean).view(1, 3, 1, 1)
     std = torch.tensor(source.std).view(1, 3, 1, 1)
     return (x - mean) / std
