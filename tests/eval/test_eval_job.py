@@ -111,3 +111,21 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
     assert child.data.metrics["eval.knn_top1"] == pytest.approx(m["eval.knn_top1"])  # same encoder, same data
     assert {a.path for a in client.list_artifacts(child.info.run_id, "eval")} == {"eval/evaluation.md",
                                                                                    "eval/evaluation.csv"}
+
+
+def test_checkpoint_whose_run_is_elsewhere_logs_to_a_new_tagged_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    foreign = "ab" * 16  # a run id from another tracking store
+    ckpt = _checkpoint(tmp_path / "ray", foreign)
+    rc = _job().main(["--checkpoint", str(ckpt), "--protocols", "knn", "--tracking-uri", uri, "--experiment",
+                      "siamim-eval-test", "--out", str(tmp_path / "out"), *QUICK])
+    assert rc == 0
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("siamim-eval-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["eval.pretraining_run_id"] == foreign
+    assert 0.0 <= runs[0].data.metrics["eval.knn_top1"] <= 100.0
+    assert runs[0].data.params["eval.lin_steps"] == "100"
