@@ -90,15 +90,20 @@ def find_run(storage: st.Storage, name: str | None) -> dict:
     return st.read_json(storage, name, st.RUN_RECORD)
 
 
-def submission_id() -> str | None:
-    """The ``ray job submit`` id when this driver runs as a submitted job."""
+def job_config() -> dict:
+    """The ``ray job submit`` job config (runtime_env, metadata) of this driver; {} otherwise."""
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
-        return None
+        return {}
     try:
-        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+        return json.loads(raw)
     except ValueError:
-        return None
+        return {}
+
+
+def submission_id() -> str | None:
+    """The ``ray job submit`` id when this driver runs as a submitted job."""
+    return job_config().get("metadata", {}).get("job_submission_id")
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -185,10 +190,12 @@ def run_pretraining(
         "siamim.run_name": run_name,
         "siamim.storage": storage.display(run_name),
         "siamim.num_workers": cfg.run.num_workers,
-        "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT),
+        "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
         "mlflow.source.name": "jobs/pretrain.py",
+        "siamim.source_digest": tracking.source_digest(REPO_ROOT),
         "ray.job_id": ray.get_runtime_context().get_job_id(),
         "ray.submission_id": submission_id(),
+        "ray.working_dir": (job_config().get("runtime_env") or {}).get("working_dir"),
     }
     try:
         run_id = tracking.open_run(tracking_uri, cfg.run.experiment, run_name, flatten(cfg), tags,

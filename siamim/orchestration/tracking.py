@@ -114,16 +114,38 @@ def _client(uri: str):
 
 
 # --------------------------------------------------------------------------- driver side
-def git_commit(repo: str | os.PathLike | None = None) -> str | None:
-    """The checked-out commit (``$SIAMIM_GIT_COMMIT`` wins; ``None`` outside a git checkout)."""
+def git_commit(repo: str | os.PathLike | None = None, job_metadata: dict | None = None) -> str | None:
+    """The code's commit: ``$SIAMIM_GIT_COMMIT``, else the Ray job's metadata ``git_commit``, else ``git rev-parse``.
+
+    ``ray job submit`` leaves ``.git`` out of the uploaded working directory; pass
+    ``--metadata-json '{"git_commit": "'$(git rev-parse HEAD)'"}'`` to tag submitted runs.
+    """
     if os.environ.get("SIAMIM_GIT_COMMIT"):
         return os.environ["SIAMIM_GIT_COMMIT"]
+    if job_metadata and job_metadata.get("git_commit"):
+        return str(job_metadata["git_commit"])
     repo = Path(repo or Path(__file__).resolve().parents[2])
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def source_digest(repo: str | os.PathLike | None = None) -> str:
+    """sha256 over the code and presets that define a run (``siamim/**.py``, ``jobs/*.py``, ``configs/*.yaml``).
+
+    Identifies the exact source even without git (submitted jobs) or with uncommitted edits.
+    """
+    import hashlib
+
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    digest = hashlib.sha256()
+    files = sorted([*repo.glob("siamim/**/*.py"), *repo.glob("jobs/*.py"), *repo.glob("configs/*.yaml")])
+    for path in files:
+        digest.update(str(path.relative_to(repo)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

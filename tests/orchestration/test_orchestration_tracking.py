@@ -89,6 +89,18 @@ def test_step_logger_replays_pending_rows_lost_before_flush(uri):
     assert tracking.metric_history(uri, run_id, "loss") == [(1, 1.5), (2, 1.25)]
 
 
-def test_git_commit_of_this_checkout():
+def test_git_commit_sources_and_source_digest(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIAMIM_GIT_COMMIT", raising=False)
     commit = tracking.git_commit()
     assert commit is None or len(commit) == 40
+    assert tracking.git_commit(tmp_path) is None  # not a checkout (e.g. a submitted job's working dir)
+    assert tracking.git_commit(tmp_path, {"git_commit": "abc"}) == "abc"  # ray job submit --metadata-json
+    monkeypatch.setenv("SIAMIM_GIT_COMMIT", "def")
+    assert tracking.git_commit(tmp_path, {"git_commit": "abc"}) == "def"
+
+    (tmp_path / "siamim").mkdir()
+    (tmp_path / "siamim" / "a.py").write_text("x = 1\n")
+    first = tracking.source_digest(tmp_path)
+    assert len(first) == 64 and tracking.source_digest(tmp_path) == first
+    (tmp_path / "siamim" / "a.py").write_text("x = 2\n")
+    assert tracking.source_digest(tmp_path) != first
