@@ -45,7 +45,8 @@ examples:
   python jobs/pretrain.py --config tiny train.max_steps=50 data.train_subset=2048
   python jobs/pretrain.py --num-workers 4 --use-gpu --storage s3://bucket/siamim?endpoint_override=minio:9000
   python jobs/pretrain.py --resume latest train.max_steps=400
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/pretrain.py --config tiny \\
+  ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+      --metadata-json "{\\"git_commit\\": \\"$(git rev-parse HEAD)\\"}" -- python jobs/pretrain.py --config tiny \\
       --storage $PWD/runs/ray --tracking-uri sqlite:///$PWD/mlflow.db
 
 environment:
