@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -269,13 +270,19 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
             raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
 
 
-def _apply_mapping(cfg: Config, mapping: dict, prefix: str = "") -> None:
+def _apply_mapping(cfg: Config, mapping: dict, prefix: str = "", dropped: list[str] | None = None) -> None:
+    """Apply nested ``mapping``; with ``dropped`` given, unknown keys are collected there instead of raising."""
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _apply_mapping(cfg, value, dotted + ".")
-        else:
-            set_value(cfg, dotted, value)
+        try:
+            if isinstance(value, dict):
+                _apply_mapping(cfg, value, dotted + ".", dropped)
+            else:
+                set_value(cfg, dotted, value)
+        except ConfigError as err:
+            if dropped is None or not str(err).startswith("unknown config key"):
+                raise
+            dropped.append(dotted)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -331,8 +338,16 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(data: dict) -> Config:
+    """Rebuild a stored (resolved) config, e.g. from a checkpoint.
+
+    Keys this version no longer has are dropped with a warning, so checkpoints
+    written before a schema change still load; bad values still raise.
+    """
     cfg = Config()
-    _apply_mapping(cfg, data)
+    dropped: list[str] = []
+    _apply_mapping(cfg, data, dropped=dropped)
+    if dropped:
+        warnings.warn(f"stored config keys unknown to this version were ignored: {', '.join(dropped)}", stacklevel=2)
     validate(cfg)
     return cfg
 

@@ -46,3 +46,14 @@ def test_missing_dataset_error_says_how_to_get_it(tmp_path):
     (tmp_path / "fm").mkdir()
     with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte"):
         load_fashion_mnist(tmp_path / "fm")
+
+
+def test_stored_config_with_a_removed_key_still_loads():
+    data = to_dict(load_config("tiny"))
+    data["eval"]["lin_epochs"] = 90  # a key an older version had
+    with pytest.warns(UserWarning, match="eval.lin_epochs"):
+        cfg = from_dict(data)
+    assert cfg == load_config("tiny")
+    data["model"]["depth"] = "deep"
+    with pytest.raises(ConfigError, match="model.depth"):
+        from_dict(data)
