@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -87,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
-            state = load_checkpoint(resolved.path)
+            try:
+                state = load_checkpoint(resolved.path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
             # Protocol settings come from today's defaults + the command line, never from the checkpoint,
             # so every checkpoint is measured the same way (and older eval keys cannot break loading).
             state["config"] = {k: v for k, v in state["config"].items() if k != "eval"}
