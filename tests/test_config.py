@@ -23,7 +23,7 @@ def test_dotted_overrides_are_typed():
     ("model.depth=four", r"model.depth='four' must be an integer"),
     ("mask.type=checker", r"mask.type='checker' is not one of"),
     ("mask.ratio=1.5", r"mask.ratio=1.5 is invalid"),
-    ("model.patch_size=5", r"model.patch_size=5 is invalid: must divide data.img_size=32"),
+    ("model.patch_size=5", r"model.patch_size=5 is invalid: must divide data.img_size=28"),
     ("train.batch_size=255", r"train.batch_size=255 is invalid: must be divisible by run.num_workers=2"),
     ("loss.type=cosine", r"did you mean|is not one of"),
     ("model.depth", r"must look like section.key=value"),

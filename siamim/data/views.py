@@ -82,6 +82,9 @@ def spatial_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool
 
 def colour_view(image: torch.Tensor, recipe: ColourRecipe, gen: torch.Generator, img_size: int) -> torch.Tensor:
     """Apply a view's colour pipeline to a uint8 ``[3, S, S]`` image; returns uint8 ``[3, S, S]``."""
+    # Hue rotation is the identity on achromatic (R=G=B) images, e.g. grey Fashion-MNIST: skip
+    # the expensive RGB<->HSV round trip there (the random draws stay the same).
+    achromatic = bool(torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]))
     if torch.rand((), generator=gen).item() < recipe.jitter_p:
         factors = {
             "brightness": _uniform(gen, 0.6, 1.4),
@@ -90,6 +93,8 @@ def colour_view(image: torch.Tensor, recipe: ColourRecipe, gen: torch.Generator,
             "hue": _uniform(gen, -0.1, 0.1),
         }
         for name in [list(factors)[k] for k in torch.randperm(4, generator=gen).tolist()]:
+            if name == "hue" and achromatic:
+                continue
             image = getattr(TF, f"adjust_{name}")(image, factors[name])
     if torch.rand((), generator=gen).item() < recipe.gray_p:
         image = TF.rgb_to_grayscale(image, num_output_channels=3)

@@ -81,3 +81,15 @@ def test_identity_geometry_maps_to_own_grid():
     rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
     assert torch.allclose(centres, torch.stack([rows, cols], -1).view(-1, 2), atol=1e-5)
     assert centres.shape == (16, 2)
+
+
+def test_hue_skip_on_grey_images_is_exact():
+    """views.colour_view skips hue rotation on R=G=B images because it is the identity there."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from siamim.data.sources import build_source
+
+    src = build_source("fashion_mnist", None, "train")
+    for i in range(20):
+        x = TF.resize(src.image(i), [28, 28], antialias=True)
+        assert torch.equal(TF.adjust_hue(x, 0.1 - 0.01 * i), x)
