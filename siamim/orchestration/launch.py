@@ -115,6 +115,10 @@ def ensure_ray(address: str | None = None) -> None:
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # a submitted job: the supervisor set everything
         ray.init(address=address)
         return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A new local instance, never whatever /tmp/ray/ray_current_cluster names (a stale file from a
+        # dead `ray start` would hang the job); join a running head with --address auto / RAY_ADDRESS.
+        address = "local"
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
