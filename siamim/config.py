@@ -243,7 +243,7 @@ def _field_hints(obj) -> dict[str, Any]:
 def _unknown(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 

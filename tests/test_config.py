@@ -18,7 +18,7 @@ def test_dotted_overrides_are_typed():
 
 
 @pytest.mark.parametrize("override,match", [
-    ("model.deptj=4", r"unknown config key 'model.deptj'.*'depth'"),
+    ("model.deptj=4", r"unknown config key 'model.deptj'; did you mean 'model.depth'\?"),
     ("modle.depth=4", r"unknown config key 'modle'.*'model'"),
     ("model.depth=four", r"model.depth='four' must be an integer"),
     ("mask.type=checker", r"mask.type='checker' is not one of"),
