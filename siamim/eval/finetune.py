@@ -29,24 +29,35 @@ from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 
+from siamim.config import EvalConfig
 from siamim.eval.imageset import ImageSet
 from siamim.eval.linear_probe import lr_at
 
 
+_FT_KEYS = ("epochs", "batch_size", "blr", "layer_decay", "weight_decay", "drop_path", "smoothing", "mixup",
+            "cutmix", "warmup_epochs")
+
+
 @dataclass
 class FinetuneSettings:
-    epochs: float = 10.0
-    batch_size: int = 256
-    blr: float = 5e-4
-    layer_decay: float = 0.65
-    weight_decay: float = 0.05
-    drop_path: float = 0.1
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    warmup_epochs: float = 1.0
+    """FT hyper-parameters; the defaults are ``EvalConfig``'s ``ft_*`` keys (one source of truth)."""
+
+    epochs: float = EvalConfig.ft_epochs
+    batch_size: int = EvalConfig.ft_batch_size
+    blr: float = EvalConfig.ft_blr
+    layer_decay: float = EvalConfig.ft_layer_decay
+    weight_decay: float = EvalConfig.ft_weight_decay
+    drop_path: float = EvalConfig.ft_drop_path
+    smoothing: float = EvalConfig.ft_smoothing
+    mixup: float = EvalConfig.ft_mixup
+    cutmix: float = EvalConfig.ft_cutmix
+    warmup_epochs: float = EvalConfig.ft_warmup_epochs
     min_lr: float = 1e-6
     seed: int = 0
+
+    @classmethod
+    def from_eval(cls, e: EvalConfig) -> "FinetuneSettings":
+        return cls(**{k: getattr(e, f"ft_{k}") for k in _FT_KEYS}, seed=e.seed)
 
 
 @dataclass

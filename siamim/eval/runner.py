@@ -189,10 +189,7 @@ class _Run:
 
     def ft(self, p: Progress) -> dict:
         e, s = self.e, self.suite
-        settings = finetune.FinetuneSettings(
-            epochs=e.ft_epochs, batch_size=e.ft_batch_size, blr=e.ft_blr, layer_decay=e.ft_layer_decay,
-            weight_decay=e.ft_weight_decay, drop_path=e.ft_drop_path, smoothing=e.ft_smoothing, mixup=e.ft_mixup,
-            cutmix=e.ft_cutmix, warmup_epochs=e.ft_warmup_epochs, seed=e.seed)
+        settings = finetune.FinetuneSettings.from_eval(e)
         res = finetune.finetune(self.rep, s.train, s.test, settings, self.dev, progress=p("epoch"))
         self.ft_model = res.model
         return {"ft_top1": res.accuracy, "ft_steps": float(res.steps)}
