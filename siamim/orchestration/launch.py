@@ -157,7 +157,10 @@ def run_pretraining(
         PreflightError / LaunchError / ConfigError with a message for the user.
     """
     launch_time = launch_time or time.time()
-    storage = st.resolve_storage(cfg.run.storage)
+    try:
+        storage = st.resolve_storage(cfg.run.storage)
+    except st.StorageError as err:
+        raise PreflightError(str(err)) from err
     record = None
     if resume is not False:
         try:

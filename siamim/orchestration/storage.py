@@ -89,9 +89,29 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> 
         return Storage(uri=str(path), path=str(path.resolve()), filesystem=None)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
+    except OSError as err:  # pyarrow reached for the endpoint (S3 region lookup) and got no answer
+        raise StorageError(unreachable_endpoint_message(text, err)) from err
     except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or ArrowNotImplementedError
         raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
     return Storage(uri=text, path=path.rstrip("/"), filesystem=fs)
+
+
+def unreachable_endpoint_message(uri: str, err: BaseException) -> str:
+    """The error for a storage URI whose endpoint pyarrow could not reach while resolving it."""
+    scheme, rest = uri.split("://", 1)
+    where = rest.split("?", 1)[0]
+    detail = str(err).split("; Details: ")[-1]
+    text = str(err).lower()
+    network = any(w in text for w in ("network_connection", "resolve", "connect", "timed out", "timeout"))
+    if scheme == "s3" and not network:
+        return (f"run.storage={uri!r}: S3 could not open {where} ({detail}); check the bucket name and the "
+                "AWS_* credentials, or name an S3-compatible endpoint with ?endpoint_override=HOST:PORT&scheme=http")
+    if scheme == "s3":
+        return (f"run.storage={uri!r}: the S3 endpoint could not be reached ({detail}). A plain s3://bucket/prefix "
+                "means AWS S3, found through the bucket's region; for MinIO/moto or another S3-compatible server "
+                f"name the endpoint: --storage 's3://{where}?endpoint_override=HOST:PORT&scheme=http' or export "
+                "AWS_ENDPOINT_URL=http://HOST:PORT. For AWS itself check the network/DNS, or add &region=<region>.")
+    return f"run.storage={uri!r}: the storage endpoint could not be reached ({detail}); check the URI and the network"
 
 
 def _with_timeout(fn, timeout_s: float, what: str):

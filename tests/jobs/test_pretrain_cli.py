@@ -84,3 +84,16 @@ def test_bad_key_and_unknown_resume_are_clear_errors(base_env, tmp_path, capsys)
                      f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "--resume nope: no run of that name" in capsys.readouterr().err
     assert (REPO / "jobs" / "pretrain.py").is_file()
+
+
+def test_plain_s3_uri_without_reachable_endpoint_is_exit_2_with_the_fix(base_env, tmp_path, capsys, monkeypatch):
+    """No endpoint and no route to AWS: the region lookup fails; the message says so and how to name an endpoint."""
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cli = load_cli()
+    rc = cli.main(["--storage", "s3://siamim-no-such-bucket-4f1c/runs", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "S3 endpoint could not be reached" in err and "endpoint_override=" in err and "AWS_ENDPOINT_URL" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
