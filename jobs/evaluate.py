@@ -64,34 +64,71 @@ def cli_overrides(args) -> list[str]:
     return out
 
 
+BASELINE_NAMES = ("pixels", "random")  # siamim.eval.baselines.BASELINES (checked by a test), without its torch import
+
+
+def check_arguments(args, overrides: list[str]):
+    """Everything about the command line that needs no torch: protocols, baselines, overrides, eval settings.
+
+    Runs before the heavy imports, so a typo fails in well under a second. Returns
+    ``(protocols, baselines, cfg)`` (``cfg``: the preset with the overrides, for baselines).
+    """
+    import difflib
+
+    from siamim.config import load_config
+    from siamim.eval.settings import check_eval_config, parse_protocols
+
+    protocols = parse_protocols(args.protocols)
+    baselines = [b.strip() for b in (args.baseline or "").split(",") if b.strip()]
+    for name in baselines:
+        if name not in BASELINE_NAMES:
+            close = difflib.get_close_matches(name, BASELINE_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINE_NAMES)}{hint}")
+    if len(set(baselines)) != len(baselines):
+        raise ValueError(f"--baseline lists a representation twice: {args.baseline}")
+    if not args.checkpoint and not baselines:
+        raise ValueError("nothing to evaluate: give --checkpoint and/or --baseline pixels,random")
+    cfg = load_config(args.config or "tiny", overrides)  # unknown keys / bad values, named with the fix
+    check_eval_config(cfg.eval)
+    return protocols, baselines, cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.checkpoint import load_checkpoint, load_encoder
-    from siamim.config import ConfigError, load_config, parse_override, set_value, validate
-    from siamim.eval.baselines import baseline_representation
-    from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
-    from siamim.eval.representation import EncoderRepresentation
-    from siamim.eval.runner import Suite, evaluate
-    from siamim.eval.settings import check_eval_config, parse_protocols
+    from siamim.config import ConfigError
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     overrides = cli_overrides(args)
     reps, step, ckpt_run_id = [], 0, None
     try:
-        protocols = parse_protocols(args.protocols)
-        baselines = [b.strip() for b in (args.baseline or "").split(",") if b.strip()]
-        if not args.checkpoint and not baselines:
-            raise ValueError("nothing to evaluate: give --checkpoint and/or --baseline pixels,random")
-        if args.checkpoint:
+        protocols, baselines, cfg = check_arguments(args, overrides)
+        resolved = None
+        if args.checkpoint:  # a missing file / run / object is named before torch is imported
             from siamim.orchestration.eval_tracking import resolve_checkpoint
 
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
-            resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
             try:
+                resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
+                from siamim.checkpoint import load_checkpoint
+
                 state = load_checkpoint(resolved.path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+    from siamim.checkpoint import load_encoder
+    from siamim.config import parse_override, set_value, validate
+    from siamim.eval.baselines import baseline_representation
+    from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
+    from siamim.eval.representation import EncoderRepresentation
+    from siamim.eval.runner import Suite, evaluate
+
+    try:
+        if resolved is not None:
             # Protocol settings come from today's defaults + the command line, never from the checkpoint,
             # so every checkpoint is measured the same way (and older eval keys cannot break loading).
             state["config"] = {k: v for k, v in state["config"].items() if k != "eval"}
@@ -103,14 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             validate(cfg)
             reps.append(EncoderRepresentation(encoder, name="checkpoint"))
             log(f"[evaluate] checkpoint {resolved.reference} -> {resolved.path} (step {step})")
-        else:
-            cfg = load_config(args.config or "tiny", overrides)
-        check_eval_config(cfg.eval)
         reps += [baseline_representation(b, cfg, seed=cfg.eval.seed) for b in baselines]
-        if len({r.name for r in reps}) != len(reps):
-            raise ValueError(f"--baseline lists a representation twice: {args.baseline}")
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except (ConfigError, ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {args.checkpoint}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
 
     suite = Suite(cfg, log)

@@ -5,10 +5,18 @@ A checkpoint file (``checkpoint.pt``) is a ``torch.save`` dict:
 and target), "optimizer", "rng"}`` plus any keys a caller adds (the platform
 adds its MLflow run id). Files are written atomically (temp file + rename), so a
 crash mid-save never damages the previous checkpoint.
+
+Each file gets an integrity record beside it, written after the data:
+``checkpoint.pt.integrity.json`` = ``{"file", "size", "sha256", "step", "plan"}``.
+:func:`verify_checkpoint` checks a file against it, and :func:`load_checkpoint`
+does so before unpickling, so a truncated or damaged file (an interrupted copy or
+upload) is reported as such, in one line, instead of as a torch traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import tempfile
@@ -22,6 +30,65 @@ from siamim.model.encoder import build_encoder, timm_kwargs
 
 FORMAT_VERSION = 1
 ENCODER_PREFIX = "online.encoder."
+INTEGRITY_SUFFIX = ".integrity.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is damaged, truncated or not a siamim checkpoint; the message says which and what to do."""
+
+
+def integrity_path(path: str | os.PathLike) -> Path:
+    """Where the integrity record of checkpoint file ``path`` lives."""
+    return Path(str(path) + INTEGRITY_SUFFIX)
+
+
+def digest_stream(read, chunk: int = 1 << 20) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of everything ``read(n)`` yields (a file's or a pyarrow stream's ``read``)."""
+    h, size = hashlib.sha256(), 0
+    while True:
+        block = read(chunk)
+        if not block:
+            return size, h.hexdigest()
+        size += len(block)
+        h.update(block)
+
+
+def integrity_record(path: str | os.PathLike, state: dict | None = None) -> dict:
+    """The integrity record of the file at ``path`` (size, sha256; step and plan from ``state``)."""
+    with open(path, "rb") as f:
+        size, sha = digest_stream(f.read)
+    state = state or {}
+    return {"file": Path(path).name, "size": size, "sha256": sha, "step": state.get("step"), "plan": state.get("plan")}
+
+
+def check_integrity(where: str, record: dict, size: int, sha256: str) -> None:
+    """Raise :class:`CheckpointError` unless ``(size, sha256)`` matches ``record``."""
+    if size != record.get("size"):
+        raise CheckpointError(f"checkpoint {where} is truncated or damaged: {size} bytes, its integrity record says "
+                              f"{record.get('size')}")
+    if sha256 != record.get("sha256"):
+        raise CheckpointError(f"checkpoint {where} is damaged: its sha256 does not match its integrity record")
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict | None:
+    """Check ``path`` against its integrity record; returns the record, or None for a file without one.
+
+    Raises :class:`CheckpointError` (damaged/truncated) or ``FileNotFoundError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    rec_path = integrity_path(path)
+    if not rec_path.is_file():
+        return None
+    try:
+        record = json.loads(rec_path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"integrity record {rec_path} is unreadable ({err})") from err
+    with open(path, "rb") as f:
+        size, sha = digest_stream(f.read)
+    check_integrity(str(path), record, size, sha)
+    return record
 
 
 def rng_state() -> dict:
@@ -45,10 +112,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        record = integrity_record(tmp, state)
+        record["file"] = path.name
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    rec_tmp = integrity_path(tmp)
+    rec_tmp.write_text(json.dumps(record, indent=1))  # after the data: a record vouches for a complete file
+    os.replace(rec_tmp, integrity_path(path))
     return path
 
 
@@ -59,9 +131,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    verify_checkpoint(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or save; use an earlier "
+                              "checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # zip reader / unpickling errors of a truncated or foreign file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read, it is truncated or not a torch "
+                              f"file ({reason}); use an earlier checkpoint") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a siamim checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path} is not a siamim checkpoint (format {FORMAT_VERSION})")
     return state
 
 
