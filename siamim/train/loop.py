@@ -63,10 +63,54 @@ def step_plan(cfg: Config, num_samples: int) -> tuple[int, int, int]:
     return steps_per_epoch, total, warmup
 
 
-def training_state(model: SiameseIM, optimizer, step: int, cfg: Config) -> dict:
+def schedule_plan(cfg: Config, num_samples: int, resume_state: dict | None = None) -> dict:
+    """The lr/EMA plan: ``{"steps_per_epoch", "total_steps", "warmup_steps", "restarts"}``.
+
+    When a resumed run's plan length differs from its checkpoint's (``train.epochs``
+    changed, or ``jobs/pretrain.py --more-steps`` grew it), the cosine is re-planned
+    over the new length and a *restart* is recorded: from the checkpoint's step the
+    lr ramps linearly, over the plan's warm-up length, from the lr it last used to
+    the re-planned curve (no jump). EMA momentum follows the re-planned cosine.
+    Restarts are stored in every checkpoint, so a further resume continues them exactly.
+    """
+    steps_per_epoch, total, warmup = step_plan(cfg, num_samples)
+    plan = {"steps_per_epoch": steps_per_epoch, "total_steps": total, "warmup_steps": warmup, "restarts": []}
+    if resume_state is None:
+        return plan
+    old = resume_state.get("plan")
+    if old is not None:
+        plan["restarts"] = [dict(r) for r in old.get("restarts", [])]
+        old_total = int(old["total_steps"])
+    else:  # a checkpoint from before plans were recorded: its plan from its config
+        old_total = max(1, int(round(float(resume_state["config"]["train"]["epochs"]) * steps_per_epoch)))
+    step = int(resume_state["step"])
+    if old_total != total and step > 0:
+        groups = resume_state.get("optimizer", {}).get("param_groups") or [{}]
+        from_lr = float(groups[0].get("lr", 0.0))
+        plan["restarts"].append({"step": step, "from_lr": from_lr, "steps": max(1, warmup),
+                                 "old_total_steps": old_total})
+    return plan
+
+
+def planned_lr(step: int, plan: dict, peak_lr: float, min_lr: float) -> float:
+    """The lr at ``step`` under ``plan``: warm-up + cosine, with the latest restart's ramp blended in."""
+    lr = lr_at(step, plan["total_steps"], plan["warmup_steps"], peak_lr, min_lr)
+    started = [r for r in plan.get("restarts", []) if r["step"] <= step]
+    if started:
+        r = started[-1]
+        if step < r["step"] + r["steps"]:
+            frac = (step + 1 - r["step"]) / r["steps"]
+            lr = r["from_lr"] + (lr - r["from_lr"]) * frac
+    return lr
+
+
+def training_state(model: SiameseIM, optimizer, step: int, cfg: Config, plan: dict | None = None) -> dict:
     """The checkpoint dict. Its tensors are live references: serialise it before training goes on."""
-    return {"format": FORMAT_VERSION, "step": step, "config": to_dict(cfg), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    state = {"format": FORMAT_VERSION, "step": step, "config": to_dict(cfg), "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    if plan is not None:
+        state["plan"] = plan
+    return state
 
 
 def default_saver(cfg: Config) -> CheckpointSaver:
@@ -103,7 +147,8 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
     source = build_source(cfg.data.dataset, cfg.data.root, "train")
     if cfg.data.train_subset is not None and cfg.data.train_subset < len(source):
         source = source.subset(torch.arange(cfg.data.train_subset).numpy())
-    steps_per_epoch, total_steps, warmup_steps = step_plan(cfg, len(source))
+    plan = schedule_plan(cfg, len(source), resume_state)
+    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
     torch.manual_seed(cfg.train.seed)
@@ -134,7 +179,7 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
         if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and resume_state is None:
             raise InjectedFault(f"train.fail_at_step={step}: injected failure on rank {rank}")
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
+        lr = planned_lr(step, plan, peak_lr, cfg.optim.min_lr)
         momentum = momentum_at(step, total_steps, cfg.optim.ema_m0)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -167,8 +212,8 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
             progress.update(metrics, log=step % cfg.train.log_every == 0 or step == stop_step)
         last = step == stop_step
         if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
-            state = training_state(model, optimizer, step, cfg) if rank == 0 else None
+            state = training_state(model, optimizer, step, cfg, plan) if rank == 0 else None
             saver(state, step)
     if step == start_step:  # nothing left to train (resumed at the end): still hand back a state
-        state = training_state(model, optimizer, step, cfg) if rank == 0 else None
+        state = training_state(model, optimizer, step, cfg, plan) if rank == 0 else None
     return {"step": step, "encoder": model.online.encoder, "state": state}

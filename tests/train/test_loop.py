@@ -115,3 +115,53 @@ def test_runs_unchanged_under_gloo_process_group(small_cfg, tmp_path):
     torch.manual_seed(init.train.seed)
     fresh = SiameseIM(init).online.encoder.state_dict()
     assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])  # it trained
+
+
+def collect_lr(cfg, **kwargs):
+    lrs, moms, states = {}, {}, {}
+
+    def reporter(m):
+        lrs[int(m["step"])], moms[int(m["step"])] = m["lr"], m["momentum"]
+
+    def saver(state, step):
+        states[step] = snapshot(state)
+
+    pretrain(cfg, reporter=reporter, checkpoint_saver=saver, verbose=False, **kwargs)
+    return lrs, moms, states
+
+
+def test_growing_the_plan_on_resume_rewarms_to_the_replanned_cosine(small_cfg):
+    """A finished 4-step plan resumed with an 8-step plan: lr ramps from its last value to the new cosine, no jump."""
+    base = ["data.train_subset=640", "optim.warmup_epochs=0.1", "optim.blr=1e-3", "train.checkpoint_every=1"]
+    # 640 images / batch 32 = 20 steps per epoch: warm-up 2 steps; epochs 0.2 -> 4 steps, 0.4 -> 8 steps
+    first, _, states = collect_lr(small_cfg(*base, "train.epochs=0.2"))
+    peak = 1e-3 * 32 / 256
+    assert states[4]["plan"] == {"steps_per_epoch": 20, "total_steps": 4, "warmup_steps": 2, "restarts": []}
+    last_lr = first[4]  # loop step index 3 of the 4-step plan: half way down its cosine
+    assert last_lr == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 1 / 2)))
+
+    longer = small_cfg(*base, "train.epochs=0.4")
+    lrs, moms, ext_states = collect_lr(longer, resume_state=states[4])
+    assert sorted(lrs) == [5, 6, 7, 8]  # continues at the next step
+
+    def curve(i):  # the cosine of an 8-step plan with a 2-step warm-up, at loop step index i
+        return peak * 0.5 * (1 + math.cos(math.pi * (i - 2) / (8 - 2)))
+
+    # ramp over the warm-up length (2 steps) from the last lr to the re-planned curve, then the curve itself
+    assert lrs[5] == pytest.approx(last_lr + (curve(4) - last_lr) * 0.5)
+    assert lrs[6] == pytest.approx(curve(5)) and lrs[8] == pytest.approx(curve(7))
+    assert moms[5] == pytest.approx(momentum_at(4, 8, longer.optim.ema_m0))  # EMA: the re-planned cosine
+    assert ext_states[8]["plan"]["restarts"] == [{"step": 4, "from_lr": pytest.approx(last_lr), "steps": 2,
+                                                  "old_total_steps": 4}]
+
+    # stopped inside the ramp and resumed again: the restart is remembered, the lr is exactly the same
+    again, _, _ = collect_lr(longer, resume_state=ext_states[5])
+    assert again == {k: v for k, v in lrs.items() if k > 5}
+
+
+def test_unchanged_plan_on_resume_has_no_restart(small_cfg):
+    cfg = small_cfg("data.train_subset=640", "train.max_steps=4", "train.checkpoint_every=2", "train.epochs=0.4")
+    full, _, states = collect_lr(cfg)
+    resumed, _, after = collect_lr(cfg, resume_state=states[2])
+    assert resumed == {k: v for k, v in full.items() if k > 2}
+    assert after[4]["plan"]["restarts"] == []
