@@ -211,10 +211,12 @@ def open_run(
         client.update_run(run_id, status="RUNNING")
         logged = run.data.params
         new_params = {k: v for k, v in params.items() if k not in logged}
-        extra_tags = {f"resume.override.{k}": _param_value(v) for k, v in params.items()
-                      if k in logged and logged[k] != _param_value(v)}
+        changed = {k: (logged[k], _param_value(v)) for k, v in params.items()
+                   if k in logged and logged[k] != _param_value(v)}
+        extra_tags = {f"resume.override.{k}": new for k, (_, new) in changed.items()}
         count = int(run.data.tags.get("resume.count", "0")) + 1
         extra_tags["resume.count"] = str(count)
+        extra_tags["mlflow.note.content"] = config_note(changed, count)
     param_list = [Param(k, _param_value(v)) for k, v in new_params.items()]
     for chunk in _chunks(param_list, PARAM_BATCH):
         client.log_batch(run_id, params=chunk)
@@ -222,6 +224,26 @@ def open_run(
     for chunk in _chunks(tag_list, PARAM_BATCH):
         client.log_batch(run_id, tags=chunk)
     return run_id
+
+
+def config_note(changed: dict[str, tuple[str, str]], resumes: int) -> str:
+    """The run description (MLflow's ``mlflow.note.content``) of a resumed run: the config it runs with now.
+
+    MLflow params are immutable, so the params keep the values the run started
+    with; the description, the ``resume.override.<key>`` tags and ``config.yaml``
+    show the configuration the run continued (and finished) with.
+    """
+    lines = [f"**Resumed {resumes}x.** "]
+    if not changed:
+        lines[0] += "Configuration unchanged: the params are the configuration it runs with."
+        return "\n".join(lines)
+    lines[0] += ("The params show the values the run *started* with (MLflow params cannot change); it continued "
+                 "with these (also in the `resume.override.*` tags and `config.yaml`):")
+    lines.append("")
+    lines.append("| key | now | param (at start) |")
+    lines.append("|---|---|---|")
+    lines += [f"| {k} | {new} | {old} |" for k, (old, new) in sorted(changed.items())]
+    return "\n".join(lines)
 
 
 def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
@@ -300,8 +322,12 @@ class StepLogger:
         self.pending = []
 
     def log_now(self, metrics: dict[str, float], step: int) -> None:
-        """Log a few metrics immediately (final kNN top-1, timings)."""
+        """Log a few metrics immediately (final kNN top-1, timings); a key that already has a point at
+        ``step`` (a resume that re-reaches a logged step) is not logged twice."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
+        fresh = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+                 if all(m.step != int(step) for m in self.client.get_metric_history(self.run_id, k))]
+        if fresh:
+            self.client.log_batch(self.run_id, metrics=fresh)

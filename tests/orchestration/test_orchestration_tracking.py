@@ -104,3 +104,30 @@ def test_git_commit_sources_and_source_digest(tmp_path, monkeypatch):
     assert len(first) == 64 and tracking.source_digest(tmp_path) == first
     (tmp_path / "siamim" / "a.py").write_text("x = 2\n")
     assert tracking.source_digest(tmp_path) != first
+
+
+def test_resumed_run_shows_the_configuration_it_finished_with(uri):
+    """Params are immutable: the run description lists every key whose value changed on resume, old and new."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = tracking.open_run(uri, "exp", "r", {"train.epochs": 1.0, "train.max_steps": 4, "model.depth": 2}, {})
+    tracking.open_run(uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {},
+                      run_id=run_id)
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    note = tags["mlflow.note.content"]
+    assert "| train.epochs | 2.0 | 1.0 |" in note and "| train.max_steps | None | 4 |" in note
+    assert "model.depth" not in note and "started" in note
+    # a second resume that changes nothing more still says what the run runs with (vs. the start params)
+    tracking.open_run(uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {},
+                      run_id=run_id)
+    assert "| train.epochs | 2.0 | 1.0 |" in MlflowClient(uri).get_run(run_id).data.tags["mlflow.note.content"]
+
+
+def test_log_now_never_logs_a_second_point_at_a_logged_step(uri):
+    run_id = tracking.open_run(uri, "exp", "r", {}, {})
+    log = tracking.StepLogger(uri, run_id)
+    log.log_now({"knn_top1": 50.0, "restored_from_step": 4}, 4)
+    tracking.StepLogger(uri, run_id).log_now({"knn_top1": 51.0, "restored_from_step": 4}, 4)  # a resume at step 4
+    log.log_now({"knn_top1": 60.0}, 6)
+    assert tracking.metric_history(uri, run_id, "knn_top1") == [(4, 50.0), (6, 60.0)]
+    assert tracking.metric_history(uri, run_id, "restored_from_step") == [(4, 4.0)]
