@@ -1,0 +1,127 @@
+"""The paper's ablation rows (a-k): their switches, published numbers and configs.
+
+SiameseIM (Tao et al., CVPR 2023), Table "ablation" (ViT-B, 400 epochs; FT / LIN
+top-1 on ImageNet, AP box / AP mask on COCO). Row (i) is SiameseIM, row (a) is
+MAE, row (k) an instance-discrimination method (one vector per view). The
+numbers are kept here so the assembled ablation table can show them beside our
+measurements (orientation only: our scale is Fashion-MNIST on CPUs).
+
+A row's config is the preset ``configs/ablation/<row>.yaml`` when it exists
+(``load_config("ablation/<row>")``); until then it is the ``tiny`` preset plus
+the row's switches below. Either way the switches that go to MLflow are read
+back from the *resolved* config (:data:`SWITCH_KEYS`), so every child run of a
+grid has the same param names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from siamim.config import CONFIG_DIR, Config, flatten, load_config
+
+# The config keys of the table's switch columns (docs/method.md), in the paper's column order.
+SWITCH_KEYS = ("model.target", "views.different_views", "views.color_aug", "mask.type", "model.norm",
+               "model.heads", "loss.scope", "loss.type")
+FALLBACK_PRESET = "tiny"  # row (i)'s settings; the fallback for rows without their own preset
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ablation row: its switches (config overrides over ``tiny``) and the paper's numbers."""
+
+    name: str
+    switches: dict
+    ft: float
+    lin: float
+    ap_box: float
+    ap_mask: float
+
+    @property
+    def paper(self) -> dict[str, float]:
+        return {"FT": self.ft, "LIN": self.lin, "AP box": self.ap_box, "AP mask": self.ap_mask}
+
+
+def _row(name, target, different, colour, mask, norm, heads, scope, loss, ft, lin, box, mask_ap) -> Row:
+    return Row(name, {"model.target": target, "views.different_views": different, "views.color_aug": colour,
+                      "mask.type": mask, "model.norm": norm, "model.heads": heads, "loss.scope": scope,
+                      "loss.type": loss}, ft, lin, box, mask_ap)
+
+
+ROWS: dict[str, Row] = {r.name: r for r in (
+    #    target     diff.  colour mask         norm  proj&dec     loss      type       FT    LIN   APb   APm
+    _row("a", "pixel", False, False, "random", "ln", "mae_like", "dense", "l2", 82.8, 62.3, 47.3, 42.5),
+    _row("b", "feature", False, False, "random", "ln", "moco_like", "dense", "unigrad", 81.0, 48.7, 43.5, 39.2),
+    _row("c", "pixel", False, True, "random", "ln", "mae_like", "dense", "l2", 82.0, 59.9, 46.3, 41.8),
+    _row("d", "pixel", True, False, "random", "ln", "mae_like", "dense", "l2", 78.7, 46.2, 38.1, 34.8),
+    _row("e", "feature", True, False, "random", "ln", "moco_like", "dense", "unigrad", 82.9, 69.6, 48.5, 43.4),
+    _row("f", "feature", True, True, "random", "ln", "moco_like", "dense", "unigrad", 83.0, 73.1, 47.9, 43.2),
+    _row("g", "feature", True, True, "random", "bn", "moco_like", "dense", "unigrad", 83.2, 73.6, 48.7, 43.7),
+    _row("h", "feature", True, True, "blockwise", "bn", "moco_like", "dense", "unigrad", 83.5, 74.7, 50.0, 44.5),
+    _row("i", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "unigrad", 83.7, 76.8, 49.8, 44.2),
+    _row("j", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "l2", 83.3, 76.5, 49.8, 44.2),
+    _row("k", "feature", True, True, "random", "bn", "moco_like", "global", "unigrad", 82.7, 72.0, 45.9, 41.4),
+)}
+
+# The paper's key comparisons (first minus second) and what each one isolates.
+KEY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("e", "a", "feature target + different views vs MAE (semantic alignment)"),
+    ("d", "a", "different views with a pixel target (hurts)"),
+    ("h", "k", "dense vs global loss (spatial sensitivity)"),
+    ("i", "h", "MAE-like vs MoCo-like projector & decoder"),
+    ("i", "j", "UniGrad vs L2 loss"),
+    ("g", "f", "BN vs LN in projector & decoder"),
+)
+
+
+def parse_rows(text: str) -> list[str]:
+    """``"a,b,k"`` / ``"all"`` / ``"a-e"`` -> row names in table order; unknown names raise ``ValueError``."""
+    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--rows: no row given; choose from {','.join(ROWS)} or 'all'")
+    names: set[str] = set()
+    for item in items:
+        if item == "all":
+            names.update(ROWS)
+            continue
+        lo, _, hi = item.partition("-")
+        for end in (lo, hi) if hi else (lo,):
+            if end not in ROWS:
+                close = difflib.get_close_matches(end, list(ROWS), n=1)
+                raise ValueError(f"--rows: unknown row {end!r}; the paper's rows are {','.join(ROWS)} (or 'all')"
+                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+        keys = list(ROWS)
+        names.update(keys[keys.index(lo): keys.index(hi) + 1] if hi else [lo])
+    return [r for r in ROWS if r in names]
+
+
+def row_preset(row: str) -> str | None:
+    """``"ablation/<row>"`` when ``configs/ablation/<row>.yaml`` exists, else ``None``."""
+    return f"ablation/{row}" if (CONFIG_DIR / "ablation" / f"{row}.yaml").is_file() else None
+
+
+def row_source(row: str) -> str:
+    """Where a row's settings come from, for logs and MLflow: the preset, or ``tiny`` + switches."""
+    return row_preset(row) or f"{FALLBACK_PRESET}+switches"
+
+
+def row_config(row: str, overrides: list[str] | None = None) -> Config:
+    """The resolved config of ``row``: its preset (or ``tiny`` + switches), then ``overrides``.
+
+    Raises :class:`~siamim.config.ConfigError` for a bad override, naming the key.
+    """
+    preset = row_preset(row)
+    if preset is not None:
+        return load_config(preset, list(overrides or []))
+    switches = [f"{k}={_yaml(v)}" for k, v in ROWS[row].switches.items()]
+    return load_config(FALLBACK_PRESET, switches + list(overrides or []))
+
+
+def _yaml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def switches_of(cfg: Config) -> dict:
+    """The switch columns as read from a resolved config (flat dotted keys present in this version)."""
+    flat = flatten(cfg)
+    return {k: flat[k] for k in SWITCH_KEYS if k in flat}

@@ -1,0 +1,187 @@
+"""The assembled ablation table, the paired differences and the plot (pure functions, no Ray/MLflow).
+
+Input: one dict per finished trial, ``{"row", "seed", <metric>: value, ...}``
+(metric keys as the evaluation suite names them, e.g. ``eval.lin_top1``).
+Output: markdown + CSV of rows x metrics (mean +- std over seeds, n), the
+paper's FT / LIN / AP columns alongside; the paper's key comparisons as paired
+differences (same seed, first row minus second) with their spread and whether
+the sign matches the paper's; a PNG of metric per row with every seed shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from siamim.orchestration.ablation_rows import KEY_COMPARISONS, ROWS
+
+# protocol -> (headline metric key in a trial's results, column title, the paper column it stands in for)
+HEADLINES: dict[str, tuple[str, str, str]] = {
+    "knn": ("eval.knn_top1", "kNN", "LIN"),
+    "lin": ("eval.lin_top1", "LIN", "LIN"),
+    "fewshot": ("eval.fewshot_top1", "1%", "LIN"),
+    "longtail": ("eval.longtail_top1", "long-tail", "AP box"),
+    "dense": ("eval.dense_miou", "dense mIoU", "AP box"),
+    "ft": ("eval.ft_top1", "FT", "FT"),
+    "robust": ("eval.robust_mca", "robust mCA", "FT"),
+}
+PAPER_COLUMNS = ("FT", "LIN", "AP box", "AP mask")
+
+
+def headline_keys(protocols: list[str]) -> list[tuple[str, str, str]]:
+    return [HEADLINES[p] for p in protocols if p in HEADLINES]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN for none)."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _fmt(m: float, s: float | None = None) -> str:
+    if math.isnan(m):
+        return "-"
+    return f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
+
+
+def by_row(results: list[dict], key: str) -> dict[str, dict[int, float]]:
+    """``{row: {seed: value}}`` for one metric."""
+    out: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r.get(key) is not None:
+            out.setdefault(r["row"], {})[int(r["seed"])] = float(r[key])
+    return out
+
+
+def assemble(results: list[dict], protocols: list[str], failed: list[dict] | None = None) -> list[dict]:
+    """One record per row (table order): ``{"row", "n", "seeds", "failed", "ours": {title: (mean, std)}, "paper"}``."""
+    rows = sorted({r["row"] for r in results} | {f["row"] for f in failed or []}, key=list(ROWS).index)
+    table = []
+    for row in rows:
+        mine = [r for r in results if r["row"] == row]
+        rec = {"row": row, "n": len(mine), "seeds": sorted(int(r["seed"]) for r in mine),
+               "failed": sorted(int(f["seed"]) for f in failed or [] if f["row"] == row)}
+        rec["ours"] = {title: mean_std([r.get(key) for r in mine]) for key, title, _ in headline_keys(protocols)}
+        rec["paper"] = ROWS[row].paper
+        table.append(rec)
+    return table
+
+
+def to_markdown(table: list[dict], protocols: list[str]) -> str:
+    heads = [t for _, t, _ in headline_keys(protocols)]
+    lines = ["| row | seeds | " + " | ".join(f"{h} (ours)" for h in heads) + " | "
+             + " | ".join(f"{c} (paper)" for c in PAPER_COLUMNS) + " |",
+             "|---|---|" + "---|" * (len(heads) + len(PAPER_COLUMNS))]
+    for rec in table:
+        n = f"{rec['n']}" + (f" ({len(rec['failed'])} failed)" if rec["failed"] else "")
+        ours = [_fmt(*rec["ours"][h]) for h in heads]
+        paper = [f"{rec['paper'][c]:.1f}" for c in PAPER_COLUMNS]
+        lines.append(f"| {rec['row']} | {n} | " + " | ".join(ours) + " | " + " | ".join(paper) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: list[dict], protocols: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    heads = [t for _, t, _ in headline_keys(protocols)]
+    w.writerow(["row", "n", "failed"] + [c for h in heads for c in (f"{h} mean", f"{h} std")]
+               + [f"paper {c}" for c in PAPER_COLUMNS])
+    for rec in table:
+        w.writerow([rec["row"], rec["n"], len(rec["failed"])]
+                   + [f"{v:.4f}" for h in heads for v in rec["ours"][h]] + [rec["paper"][c] for c in PAPER_COLUMNS])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- paired differences
+def paired_differences(results: list[dict], protocols: list[str]) -> list[dict]:
+    """The paper's key comparisons present in ``results``: per protocol, first row minus second, paired by seed.
+
+    Each record: ``first, second, what, protocol, metric, n`` (common seeds), ``mean, std`` of the
+    per-seed differences, ``paper_column, paper_diff`` and ``sign_matches`` (True/False; None when
+    the paper's difference is 0 or no seed is common).
+    """
+    out = []
+    for first, second, what in KEY_COMPARISONS:
+        for key, title, paper_col in headline_keys(protocols):
+            vals = by_row(results, key)
+            a, b = vals.get(first, {}), vals.get(second, {})
+            common = sorted(set(a) & set(b))
+            if not common:
+                continue
+            diffs = [a[s] - b[s] for s in common]
+            m, s = mean_std(diffs)
+            paper = round(ROWS[first].paper[paper_col] - ROWS[second].paper[paper_col], 2)
+            match = None if paper == 0 or math.isnan(m) else (m > 0) == (paper > 0) and m != 0
+            out.append({"first": first, "second": second, "what": what, "protocol": title, "metric": key,
+                        "n": len(common), "mean": m, "std": s, "paper_column": paper_col, "paper_diff": paper,
+                        "sign_matches": match})
+    return out
+
+
+def paired_markdown(diffs: list[dict]) -> str:
+    if not diffs:
+        return "(no key comparison of the paper has both of its rows in this grid)\n"
+    lines = ["| comparison | what it isolates | protocol | ours (mean ± std over seeds) | n | paper | "
+             "same sign |", "|---|---|---|---|---|---|---|"]
+    for d in diffs:
+        sign = {True: "yes", False: "**no**", None: "n/a"}[d["sign_matches"]]
+        lines.append(f"| {d['first']} − {d['second']} | {d['what']} | {d['protocol']} | "
+                     f"{d['mean']:+.2f} ± {d['std']:.2f} | {d['n']} | {d['paper_diff']:+.1f} "
+                     f"({d['paper_column']}) | {sign} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(diffs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["first", "second", "protocol", "metric", "n", "mean", "std", "paper_column", "paper_diff",
+                "sign_matches"])
+    for d in diffs:
+        w.writerow([d["first"], d["second"], d["protocol"], d["metric"], d["n"], f"{d['mean']:.4f}",
+                    f"{d['std']:.4f}", d["paper_column"], d["paper_diff"], d["sign_matches"]])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- plot
+def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
+    """PNG: one panel per protocol, metric per row (bar = mean over seeds, dots = each seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = headline_keys(protocols)
+    rows = sorted({r["row"] for r in results}, key=list(ROWS).index)
+    fig, axes = plt.subplots(1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)),
+                                                            3.6), squeeze=False)
+    for ax, (key, title, _) in zip(axes[0], heads):
+        vals = by_row(results, key)
+        for x, row in enumerate(rows):
+            seeds = list(vals.get(row, {}).values())
+            if not seeds:
+                continue
+            m, s = mean_std(seeds)
+            ax.bar(x, m, color="tab:orange" if row == "i" else "tab:blue", alpha=0.6, yerr=s, capsize=3)
+            ax.scatter([x] * len(seeds), seeds, color="black", s=10, zorder=3)
+        ax.set_xticks(range(len(rows)), rows)
+        ax.set_xlabel("ablation row (i = SiameseIM)")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(f"{title}: mean ± std, dots = seeds")
+        got = [v for row in rows for v in vals.get(row, {}).values()]
+        if got:
+            lo, hi = min(got), max(got)
+            pad = max(1.0, 0.15 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
