@@ -23,6 +23,7 @@ import torch
 from siamim.config import load_config
 from siamim.data.geometry import relative_geometry
 from siamim.data.masks import make_mask
+from siamim.data.pipeline import mask_indices
 from siamim.data.views import sample_crop
 from siamim.model.siamim import SiameseIM
 from siamim.train.loop import autocast_dtype
@@ -42,8 +43,8 @@ def synthetic_batch(cfg, batch: int, device: torch.device) -> dict:
         "view2": torch.randn(batch, 3, size, size, generator=gen),
         "geometry": relative_geometry(box1, box2, flips[0], flips[1], torch.full((batch,), float(size))),
         "mask": mask,
-        "ids_keep": torch.nonzero(~mask)[:, 1].view(batch, -1),
     }
+    out["ids_keep"], out["ids_masked"] = mask_indices(mask)
     return {k: v.to(device) for k, v in out.items()}
 
 

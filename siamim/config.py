@@ -2,9 +2,13 @@
 
 The same dotted keys (``model.depth=4``) are CLI overrides, Ray Tune
 ``param_space`` entries and MLflow params. Every ablation switch of the paper
-(PAPER.md, ablation rows a-k) is a key here. Validation runs before any
+(docs/method.md, ablation rows a-k) is a key here. Validation runs before any
 compute: an unknown key or a bad value raises :class:`ConfigError` naming the
 key and, for a typo, the closest valid one.
+
+Presets are YAML files under ``configs/`` (``tiny``, ``ablation/i``); a preset may
+name a ``_base_`` preset (a path relative to itself, or a preset name) whose
+values it overrides key by key.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    different_views: bool = True  # ablation: False -> view 2 uses view 1's crop and flip
+    different_views: bool = True  # ablation: False -> view 2 is an exact copy of view 1 (same crop, flip, colour)
     color_aug: bool = True  # ablation: False -> no colour augmentation on either view
     crop_min: float = 0.08  # RandomResizedCrop scale [crop_min, 1]
     flip_prob: float = 0.5
@@ -60,7 +64,9 @@ class ModelConfig:
     decoder_heads: int = 3
     projector_depth: int = 2
     predictor_depth: int = 2
-    norm: Literal["bn", "ln"] = "bn"  # norm inside projector/predictor blocks (ablation g)
+    norm: Literal["bn", "ln"] = "bn"  # norm inside projector/predictor (ablation column "proj/dec norm")
+    target: Literal["feature", "pixel"] = "feature"  # ablation column "target": EMA features or normalised pixels
+    heads: Literal["mae_like", "moco_like"] = "mae_like"  # ablation column "proj & dec" (docs/method.md)
     train_patch_embed: bool = False  # False: frozen patch-embedding projection (MoCo v3 trick)
     drop_path: float = 0.0
     timm_name: str = "vit_tiny_patch16_224"  # timm architecture name the exported encoder loads into
@@ -68,8 +74,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    type: Literal["unigrad", "l2"] = "unigrad"
+    type: Literal["unigrad", "l2", "cosine"] = "unigrad"  # l2: MSE to the normalised target; cosine: 2 - 2 cos
     neg_weight: float = 0.02  # lambda of UniGrad
+    scope: Literal["dense", "global"] = "dense"  # ablation column "loss": per view-2 token, or one vector per view
+    global_pool: Literal["cls", "mean"] = "cls"  # the vector of a global loss: cls token or mean of patch tokens
 
 
 @dataclass
@@ -297,30 +305,62 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset name (``tiny``) or a YAML path to a file path."""
+def _preset_names() -> list[str]:
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
+def resolve_preset(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A preset name (``tiny``, ``ablation/i``) or a YAML path to a file path.
+
+    ``relative_to``: directory a relative ``_base_`` path is resolved against first.
+    """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
+    if path.suffix in (".yaml", ".yml"):
+        for candidate in ([relative_to / path] if relative_to is not None else []) + [path]:
+            if candidate.is_file():
+                return candidate.resolve()
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
-        return candidate
-    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        return candidate.resolve()
+    presets = _preset_names()
     close = difflib.get_close_matches(str(name_or_path), presets, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"config preset {str(name_or_path)!r} not found (presets: {presets}){hint}")
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge: ``over``'s values win, sections merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_preset(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The preset's mapping with its ``_base_`` chain merged in (base first, the preset's keys win)."""
+    path = resolve_preset(name_or_path, _chain[-1].parent if _chain else None)
+    if path in _chain:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: _base_ must be one preset name or path, got {base!r}")
+    return _merge(read_preset(base, (*_chain, path)), data)
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults <- YAML preset <- overrides (``["model.depth=4"]`` or ``{"model.depth": 4}``), validated."""
+    """Defaults <- YAML preset (with its ``_base_`` chain) <- overrides (``["model.depth=4"]`` or ``{"model.depth": 4}``), validated."""
     cfg = Config()
     if preset is not None:
-        path = resolve_preset(preset)
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections")
-        data.pop("_base_", None)
-        _apply_mapping(cfg, data)
+        _apply_mapping(cfg, read_preset(preset))
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
@@ -402,6 +442,12 @@ def validate(cfg: Config) -> None:
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
     _check(0.0 <= m.drop_path < 1.0, "model.drop_path", m.drop_path, "must be in [0, 1)")
     _check(cfg.loss.neg_weight >= 0.0, "loss.neg_weight", cfg.loss.neg_weight, "must be >= 0")
+    _check(m.target == "feature" or m.heads == "mae_like", "model.target", m.target,
+           "a pixel target is predicted by the MAE-like decoder; set model.heads=mae_like")
+    _check(cfg.loss.scope == "dense" or m.target == "feature", "loss.scope", cfg.loss.scope,
+           "a global loss compares pooled features; it needs model.target=feature")
+    _check(cfg.loss.scope == "dense" or m.heads == "moco_like", "loss.scope", cfg.loss.scope,
+           "the global loss (ablation row k) is built on the MoCo-like heads; set model.heads=moco_like")
     _check(o.blr > 0.0, "optim.blr", o.blr, "must be positive")
     _check(0.0 <= o.min_lr, "optim.min_lr", o.min_lr, "must be >= 0")
     _check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "must be >= 0")

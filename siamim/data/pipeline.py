@@ -51,13 +51,18 @@ class ViewPairDataset(Dataset):
         }
 
 
+def mask_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool ``[B, L]`` (same masked count per row) -> ``(ids_keep [B, L - M], ids_masked [B, M])``, ascending."""
+    return torch.nonzero(~mask)[:, 1].view(mask.shape[0], -1), torch.nonzero(mask)[:, 1].view(mask.shape[0], -1)
+
+
 class Collate:
     """Stacks samples into a model batch (picklable for DataLoader workers).
 
     Output keys: ``view1``/``view2`` float ``[B, 3, S, S]`` normalised;
     ``geometry`` ``[B, 6]`` (see :func:`relative_geometry`); ``mask`` bool
     ``[B, L]``; ``ids_keep`` long ``[B, L - num_masked]`` (visible patches,
-    ascending).
+    ascending); ``ids_masked`` long ``[B, num_masked]`` (masked patches, ascending).
     """
 
     def __init__(self, mean, std):
@@ -69,9 +74,10 @@ class Collate:
         norm = lambda v: (v.float().div_(255.0) - self.mean) / self.std  # noqa: E731
         mask = stack["mask"]
         # Same count per row, so the visible indices form a dense [B, Lv] tensor.
-        ids_keep = torch.nonzero(~mask)[:, 1].view(mask.shape[0], -1)
+        ids_keep, ids_masked = mask_indices(mask)
         return {
             "view1": norm(stack["view1"]), "view2": norm(stack["view2"]), "mask": mask, "ids_keep": ids_keep,
+            "ids_masked": ids_masked,
             "geometry": relative_geometry(stack["box1"], stack["box2"], stack["flip1"], stack["flip2"], stack["width"]),
         }
 

@@ -124,20 +124,21 @@ def make_view_pair(image: torch.Tensor, img_size: int, gen: torch.Generator, cro
 
     Args:
         image: uint8 ``[3, H, W]``.
-        different_views: False -> view 2 reuses view 1's flip and crop (ablation rows a-c).
+        different_views: False -> view 2 is an exact copy of view 1: same flip, crop and
+            colours (ablation rows a-c; *interpretation*, docs/method.md).
         color_aug: False -> no colour augmentation on either view.
     """
     _, height, width = image.shape
     flip1 = bool(torch.rand((), generator=gen).item() < flip_prob)
     box1 = sample_crop(height, width, (crop_min, 1.0), gen)
-    if different_views:
-        flip2 = bool(torch.rand((), generator=gen).item() < flip_prob)
-        box2 = sample_crop(height, width, (crop_min, 1.0), gen)
-    else:
-        flip2, box2 = flip1, box1
     v1 = spatial_view(image, box1, flip1, img_size)
-    v2 = spatial_view(image, box2, flip2, img_size)
     if color_aug:
         v1 = colour_view(v1, VIEW1_COLOUR, gen, img_size)
+    if not different_views:
+        return ViewPair(v1, v1.clone(), box1, box1, flip1, flip1, width)
+    flip2 = bool(torch.rand((), generator=gen).item() < flip_prob)
+    box2 = sample_crop(height, width, (crop_min, 1.0), gen)
+    v2 = spatial_view(image, box2, flip2, img_size)
+    if color_aug:
         v2 = colour_view(v2, VIEW2_COLOUR, gen, img_size)
     return ViewPair(v1, v2, box1, box2, flip1, flip2, width)

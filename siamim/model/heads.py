@@ -1,4 +1,9 @@
-"""Projector, predictor and relative position embedding (PAPER.md, "Architecture")."""
+"""Projectors, predictors and the relative position embedding (docs/method.md, "Architecture").
+
+MAE-like (rows d, i, j, a, c): :class:`Projector` (linear + transformer blocks) and
+:class:`Predictor` (transformer decoder over visible tokens + view-2 queries).
+MoCo-like (rows b, e-h, k): :class:`MLPHead` per token, for both.
+"""
 
 from __future__ import annotations
 
@@ -78,19 +83,20 @@ class Predictor(nn.Module):
     """Transformer decoder that predicts view-2 tokens from visible view-1 tokens.
 
     Input sequence: ``[cls + pos_cls, visible + pos(view-1 grid), mask_token +
-    rel_pos(view-2 grid)]``; blocks, a norm, a linear layer; the outputs at the
-    query positions are the prediction.
+    rel_pos(queries)]``; blocks, then the output linear layer directly (the
+    official structure: no norm in between) unless ``pre_head_norm`` (MAE's
+    decoder norm, pixel-target rows); the outputs at the queries are the prediction.
     """
 
-    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float, norm: str, grid: int):
+    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float, norm: str, grid: int,
+                 out_dim: int | None = None, pre_head_norm: bool = False):
         super().__init__()
         self.register_buffer("pos_embed", sincos_2d_grid(dim, grid).unsqueeze(0), persistent=False)  # [1, 1+L, D]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.normal_(self.mask_token, std=0.02)
         self.rel_pos = RelativePositionEmbedding(dim)
         self.blocks = blocks(dim, heads, depth, mlp_ratio, norm)
-        self.norm = norm_layer(norm)(dim)
-        self.head = nn.Linear(dim, dim)
+        self.norm = norm_layer(norm)(dim) if pre_head_norm else nn.Identity()
+        self.head = nn.Linear(dim, out_dim or dim)
 
     def forward(self, tokens: torch.Tensor, ids_keep: torch.Tensor, centres: torch.Tensor,
                 geometry: torch.Tensor) -> torch.Tensor:
@@ -98,14 +104,35 @@ class Predictor(nn.Module):
         Args:
             tokens: projector output ``[B, 1 + Lv, D]`` (cls first).
             ids_keep: ``[B, Lv]`` view-1 grid index of each visible token.
-            centres: ``[B, L2, 2]`` view-2 patch centres in view-1 patch units.
+            centres: ``[B, Q, 2]`` query positions (view-2 patch centres) in view-1 patch units.
             geometry: ``[B, 6]``.
         Returns:
-            ``[B, L2, D]`` predictions of the view-2 target tokens.
+            ``[B, Q, out_dim]`` predictions at the queries.
         """
         pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
         vis_pos = torch.gather(pos[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))  # [B, Lv, D]
-        queries = self.mask_token + self.rel_pos(centres, geometry)  # [B, L2, D]
+        queries = self.mask_token + self.rel_pos(centres, geometry)  # [B, Q, D]
         x = torch.cat([tokens[:, :1] + pos[:, :1], tokens[:, 1:] + vis_pos, queries.to(tokens.dtype)], dim=1)
         x = self.head(self.norm(self.blocks(x)))
         return x[:, -centres.shape[1] :]
+
+
+class MLPHead(nn.Module):
+    """Per-token MLP (MoCo v3 style): ``depth`` x (Linear -> norm -> ReLU), then a Linear.
+
+    ``[B, N, in_dim] -> [B, N, out_dim]``; the norm is :class:`TokenBatchNorm` or
+    LayerNorm (``model.norm``); the last Linear has no norm after it.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, depth: int, norm: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), norm_layer(norm)(hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

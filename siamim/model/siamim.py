@@ -1,58 +1,19 @@
-"""The SiameseIM method object: online branch, EMA target branch, loss.
+"""The SiameseIM method object: online branch, EMA target branch (or pixel target), loss.
 
 ``model(batch)`` returns ``{"loss": ..., <scalars>}``; the training loop calls
 :meth:`SiameseIM.update_target` after each optimiser step (never inside
 ``forward``). Only :attr:`SiameseIM.online` has gradients, so DDP wraps only it.
+Every ablation row (docs/method.md) is this object under a different config.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from siamim.data.geometry import view2_patch_centres
-from siamim.losses import dense_loss
-from siamim.model.encoder import build_encoder, encode_visible
-from siamim.model.heads import Predictor, Projector
-
-
-class OnlineBranch(nn.Module):
-    """Encoder over visible view-1 tokens -> projector -> predictor of view-2 tokens."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        m = cfg.model
-        self.encoder = build_encoder(m, cfg.data.img_size)
-        self.projector = Projector(m.embed_dim, m.decoder_dim, m.decoder_heads, m.projector_depth, m.mlp_ratio, m.norm)
-        self.predictor = Predictor(m.decoder_dim, m.decoder_heads, m.predictor_depth, m.mlp_ratio, m.norm, cfg.grid_size)
-        self.grid = cfg.grid_size
-        self.projector.apply(_init_weights)
-        self.predictor.apply(_init_weights)
-
-    def forward(self, view1: torch.Tensor, ids_keep: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
-        """``view1 [B, 3, S, S]``, ``ids_keep [B, Lv]``, ``geometry [B, 6]`` -> predictions ``[B, G*G, Dd]``."""
-        tokens = self.projector(encode_visible(self.encoder, view1, ids_keep))  # [B, 1 + Lv, Dd]
-        centres = view2_patch_centres(geometry, self.grid)  # [B, G*G, 2]
-        return self.predictor(tokens, ids_keep, centres, geometry)
-
-
-class TargetBranch(nn.Module):
-    """EMA copy of the online encoder and projector; encodes the full view 2."""
-
-    def __init__(self, online: OnlineBranch):
-        super().__init__()
-        self.encoder = copy.deepcopy(online.encoder)
-        self.projector = copy.deepcopy(online.projector)
-        self.requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, view2: torch.Tensor) -> torch.Tensor:
-        """``view2 [B, 3, S, S]`` -> normalised targets ``[B, G*G, Dd]`` (cls dropped, LayerNorm without affine)."""
-        tokens = self.projector(encode_visible(self.encoder, view2, None))[:, 1:]
-        return F.layer_norm(tokens.float(), tokens.shape[-1:])
+from siamim.losses import compute_loss
+from siamim.model.branches import TargetBranch, build_online, gather_tokens
+from siamim.model.pixels import normalised_pixels
 
 
 class SiameseIM(nn.Module):
@@ -60,8 +21,12 @@ class SiameseIM(nn.Module):
         super().__init__()
         self.loss_type = cfg.loss.type
         self.neg_weight = cfg.loss.neg_weight
-        self.online = OnlineBranch(cfg)
-        self.target = TargetBranch(self.online)
+        self.patch_size = cfg.model.patch_size
+        self.pixel_target = cfg.model.target == "pixel"
+        # Same-view rows (a-c): view 2 is view 1, so only the masked positions are predicted (as MAE).
+        self.masked_queries = not cfg.views.different_views and cfg.loss.scope == "dense"
+        self.online = build_online(cfg)
+        self.target = None if self.pixel_target else TargetBranch(self.online, cfg)
 
     def forward(self, batch: dict, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """Loss of one batch from :class:`siamim.data.pipeline.Collate`.
@@ -69,36 +34,40 @@ class SiameseIM(nn.Module):
         Args:
             online: the (possibly DDP-wrapped) online branch; defaults to ``self.online``.
         Returns:
-            ``{"loss": scalar with grad, "loss_pos"/"loss_neg": detached (UniGrad only)}``.
+            ``{"loss": scalar with grad, ...}``; UniGrad adds detached ``loss_pos``/``loss_neg``.
         """
         online = self.online if online is None else online
-        pred = online(batch["view1"], batch["ids_keep"], batch["geometry"])  # [B, L, Dd]
-        target = self.target(batch["view2"])  # [B, L, Dd]
-        return dense_loss(self.loss_type, pred, target, self.neg_weight)
+        query_ids = batch["ids_masked"] if self.masked_queries else None  # [B, Lm] or None (all view-2 patches)
+        pred = online(batch["view1"], batch["mask"], batch["ids_keep"], batch["geometry"], query_ids)
+        target = self.compute_target(batch["view2"], query_ids)
+        return compute_loss(self.loss_type, pred, target, self.neg_weight)
+
+    @torch.no_grad()
+    def compute_target(self, view2: torch.Tensor, query_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``view2 [B, 3, S, S]`` -> targets ``[B, Q, D]`` (dense) or ``[B, D]`` (global), fp32, no grad."""
+        if not self.pixel_target:
+            return self.target(view2, query_ids)
+        pixels = normalised_pixels(view2, self.patch_size)  # [B, L, 3*p*p]
+        return pixels if query_ids is None else gather_tokens(pixels, query_ids)
 
     def target_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Matching (target, online) parameter lists of the EMA-tracked modules."""
+        """Matching (target, online) parameter lists of the EMA-tracked modules (empty for a pixel target)."""
         tgt, src = [], []
+        if self.target is None:
+            return tgt, src
         for name in ("encoder", "projector"):
-            t_params = list(getattr(self.target, name).parameters())
-            o_params = list(getattr(self.online, name).parameters())
-            tgt += t_params
-            src += o_params
+            tgt += list(getattr(self.target, name).parameters())
+            src += list(getattr(self.online, name).parameters())
         return tgt, src
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """``t <- m * t + (1 - m) * o`` for every target parameter; buffers copied."""
+        """``t <- m * t + (1 - m) * o`` for every target parameter; buffers copied. No-op for a pixel target."""
+        if self.target is None:
+            return
         tgt, src = self.target_pairs()
         torch._foreach_mul_(tgt, momentum)
         torch._foreach_add_(tgt, src, alpha=1.0 - momentum)
         for name in ("encoder", "projector"):
             for t_buf, o_buf in zip(getattr(self.target, name).buffers(), getattr(self.online, name).buffers()):
                 t_buf.copy_(o_buf)
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -2,15 +2,10 @@ import timm
 import torch
 
 from siamim.checkpoint import encoder_timm_spec, export_encoder, load_encoder
-from siamim.data.pipeline import build_loader
-from siamim.data.sources import build_source
 from siamim.model.siamim import SiameseIM
 from siamim.train.loop import training_state
 from siamim.train.optim import build_optimizer
-
-
-def one_batch(cfg):
-    return next(iter(build_loader(build_source("fashion_mnist", None, "train"), cfg, 0, 1, 0, 1)))
+from tests.model.helpers import one_batch
 
 
 def test_gradients_reach_online_branch_only(small_cfg):
@@ -24,9 +19,11 @@ def test_gradients_reach_online_branch_only(small_cfg):
     trainable = [(n, p) for n, p in model.online.named_parameters() if p.requires_grad]
     missing = [n for n, p in trainable if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, missing
-    # frozen by design: the patch projection and the fixed sin-cos position embedding
+    # frozen by design: the patch projection, the fixed sin-cos position embedding and the final
+    # encoder norm, which the official model does not apply in pretraining (identity affine)
     frozen = {n for n, p in model.online.named_parameters() if not p.requires_grad}
-    assert frozen == {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias", "encoder.pos_embed"}
+    assert frozen == {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias", "encoder.pos_embed",
+                      "encoder.norm.weight", "encoder.norm.bias"}
 
 
 def test_ema_update_matches_formula(small_cfg):
@@ -59,14 +56,6 @@ def test_frozen_patch_embedding_does_not_change(small_cfg):
 def test_train_patch_embed_option(small_cfg):
     model = SiameseIM(small_cfg("model.train_patch_embed=true"))
     assert model.online.encoder.patch_embed.proj.weight.requires_grad
-
-
-def test_ablation_switches_build_and_run(small_cfg):
-    for overrides in (["model.norm=ln", "loss.type=l2"], ["mask.type=random", "views.different_views=false",
-                                                           "views.color_aug=false"]):
-        cfg = small_cfg(*overrides)
-        loss = SiameseIM(cfg)(one_batch(cfg))["loss"]
-        assert torch.isfinite(loss)
 
 
 def test_exported_encoder_loads_into_timm(small_cfg):
