@@ -1,4 +1,4 @@
-"""Relative geometry of view 2 inside view 1 (PAPER.md, "Views and geometry").
+"""Relative geometry of view 2 inside view 1 (docs/method.md, "Views and geometry").
 
 Crop boxes are ``(i, j, h, w)`` = (top, left, height, width) in pixels of the
 image *after* that view's horizontal flip; ``W`` is the full image width.

@@ -1,4 +1,4 @@
-"""Two augmented views per image, drawn on the CPU (PAPER.md, "Views and geometry").
+"""Two augmented views per image, drawn on the CPU (docs/method.md, "Views and geometry").
 
 Spatial: horizontal flip (p=0.5) of the whole image, then RandomResizedCrop
 (scale ``[crop_min, 1]``, ratio ``[3/4, 4/3]``), resized to ``img_size``; the two
