@@ -1,0 +1,142 @@
+"""jobs/ablate.py without a cluster: bad flags fail before anything starts (naming the flag), the dry run,
+the ablation rows, and the assembled table / paired differences / plot (pure functions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+
+import pytest
+
+from siamim.orchestration import ablation_table as tbl
+from siamim.orchestration.ablation_rows import KEY_COMPARISONS, ROWS, SWITCH_KEYS, parse_rows, row_config, switches_of
+from tests.jobs.helpers import REPO
+
+ABLATE = REPO / "jobs" / "ablate.py"
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("ablate_cli", ABLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_lists_the_flags():
+    proc = subprocess.run([sys.executable, str(ABLATE), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--rows", "--seeds", "--steps", "--epochs", "--protocols", "--workers-per-trial", "--cpus-per-worker",
+                 "--gpus-per-worker", "--max-concurrent", "--storage", "--tracking-uri", "--name", "--resume",
+                 "--max-retries", "--dry-run", "ray job submit", "tensorboard"):
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--rows", "i,z"], "--rows: unknown row 'z'"),
+    (["--rows", "i", "--seeds", "0"], "--seeds 0"),
+    (["--rows", "i", "--gpus-per-worker", "1"], "--gpus-per-worker 1"),  # this machine has no GPU
+    (["--rows", "i", "--workers-per-trial", "64"], "--workers-per-trial 64"),  # more CPUs than the machine
+    (["--rows", "i", "--protocols", "knn,linn"], "--protocols: unknown protocol 'linn'"),
+    (["--rows", "i", "--steps", "0"], "--steps 0"),
+    (["--rows", "i", "model.deptj=2"], "model.deptj"),
+    (["--rows", "i", "--max-concurrent", "0"], "--max-concurrent 0"),
+])
+def test_bad_flags_fail_before_anything_starts(args, flag, tmp_path, capsys):
+    import ray
+
+    cli = load_cli()
+    storage = tmp_path / "store"
+    db = tmp_path / "mlflow.db"
+    rc = cli.main([*args, "--name", "bad", "--storage", str(storage), "--tracking-uri", f"sqlite:///{db}"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT, err
+    assert flag in err, err
+    assert not ray.is_initialized()  # no Ray started, so no trial either
+    assert not (storage / "bad").exists()  # no grid directory, no grid record
+    assert not db.exists()  # no MLflow parent run
+
+
+def test_dry_run_prints_trials_resources_and_packing(capsys):
+    cli = load_cli()
+    rc = cli.main(["--rows", "e,a", "--seeds", "3", "--steps", "10", "--gpus-per-worker", "0", "--cpus-per-worker",
+                   "0.5", "--workers-per-trial", "2", "--dry-run", "--name", "dry"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 rows x 3 seeds = 6 trials" in out
+    assert "2 Ray Train worker(s) x (0.5 CPU) = 1 CPU" in out
+    for key in ("a/0", "a/2", "e/0", "e/2"):
+        assert f"| {key} |" in out
+    assert out.index("| a/0 |") < out.index("| e/0 |")  # table order, whatever order --rows gave
+    assert "fit at once" in out and "wave(s)" in out
+    assert not (REPO / "runs" / "ablation" / "dry").exists()
+
+
+def test_packing_counts_cpus_gpus_and_the_cap():
+    from siamim.orchestration.ablation import GridSpec, packing
+
+    spec = GridSpec(name="p", rows=["i", "j"], seeds=3, protocols=["knn"], workers_per_trial=2, cpus_per_worker=2,
+                    gpus_per_worker=0.25)
+    have = {"CPU": 16.0, "GPU": 1.0, "max_node_GPU": 1.0}
+    assert packing(spec, have) == {"by_resources": 2, "concurrent": 2, "waves": 3, "trials": 6}  # GPU-bound: 1/0.5
+    spec.gpus_per_worker = 0.0
+    assert packing(spec, have)["by_resources"] == 4  # CPU-bound: 16/4
+    spec.max_concurrent = 3
+    assert packing(spec, have)["concurrent"] == 3
+
+
+def test_rows_parse_and_resolve_to_their_switches():
+    assert parse_rows("all") == list(ROWS)
+    assert parse_rows("k,a-c") == ["a", "b", "c", "k"]
+    for row in ("i", "j"):
+        sw = switches_of(row_config(row))
+        assert set(sw) <= set(SWITCH_KEYS) and sw["mask.type"] == "blockwise" and sw["model.norm"] == "bn"
+    assert switches_of(row_config("i"))["loss.type"] == "unigrad"
+    assert switches_of(row_config("j"))["loss.type"] != "unigrad"
+    assert {a for a, _, _ in KEY_COMPARISONS} | {b for _, b, _ in KEY_COMPARISONS} <= set(ROWS)
+
+
+def _results():
+    # row e beats row a by exactly 2 points on every seed; i and j tie on seed 0 and differ on seed 1
+    out = []
+    for seed, base in enumerate((50.0, 54.0, 52.0)):
+        out.append({"row": "a", "seed": seed, "eval.knn_top1": base})
+        out.append({"row": "e", "seed": seed, "eval.knn_top1": base + 2.0})
+    out += [{"row": "i", "seed": 0, "eval.knn_top1": 60.0}, {"row": "j", "seed": 0, "eval.knn_top1": 61.0},
+            {"row": "i", "seed": 1, "eval.knn_top1": 63.0}]
+    return out
+
+
+def test_table_is_mean_and_std_over_seeds_with_the_paper_columns():
+    table = tbl.assemble(_results(), ["knn"], failed=[{"row": "j", "seed": 1}])
+    by = {r["row"]: r for r in table}
+    assert [r["row"] for r in table] == ["a", "e", "i", "j"]
+    m, s = by["a"]["ours"]["kNN"]
+    assert m == pytest.approx(52.0) and s == pytest.approx(2.0)  # sample std of 50, 54, 52
+    assert by["i"]["ours"]["kNN"] == pytest.approx((61.5, math.sqrt(4.5)))
+    assert by["j"]["n"] == 1 and by["j"]["failed"] == [1]
+    md = tbl.to_markdown(table, ["knn"])
+    assert "| a | 3 | 52.00 ± 2.00 | 82.8 | 62.3 | 47.3 | 42.5 |" in md
+    assert "| j | 1 (1 failed) |" in md
+    csv_lines = tbl.to_csv(table, ["knn"]).splitlines()
+    assert csv_lines[0].startswith("row,n,failed,kNN mean,kNN std,paper FT,paper LIN")
+    assert csv_lines[1].startswith("a,3,0,52.0000,2.0000,82.8,62.3")
+
+
+def test_paired_differences_pair_by_seed_and_check_the_paper_sign():
+    diffs = {(d["first"], d["second"]): d for d in tbl.paired_differences(_results(), ["knn"])}
+    assert set(diffs) == {("e", "a"), ("i", "j")}  # the others lack a row
+    ea = diffs["e", "a"]
+    assert ea["n"] == 3 and ea["mean"] == pytest.approx(2.0) and ea["std"] == pytest.approx(0.0)
+    assert ea["paper_column"] == "LIN" and ea["paper_diff"] == pytest.approx(7.3) and ea["sign_matches"] is True
+    ij = diffs["i", "j"]
+    assert ij["n"] == 1 and ij["mean"] == pytest.approx(-1.0)  # only seed 0 has both rows
+    assert ij["sign_matches"] is False  # the paper has i above j on LIN
+    md = tbl.paired_markdown(list(diffs.values()))
+    assert "| e − a |" in md and "+2.00 ± 0.00" in md and "**no**" in md
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tbl.plot(_results(), ["knn", "lin"], tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
