@@ -299,16 +299,23 @@ def run_ablation(spec: GridSpec | None = None, *, resume: str | None = None, sto
         tracking.finish_run(spec.tracking_uri, parent, "KILLED")
         log(f"[ablate] interrupted; continue with --resume {spec.name} --storage '{spec.storage}'")
         raise
-    finished, failed = [], []
+    finished, failed, unfinished = [], [], []
     for result in grid:
         cfg = result.config or {}
         if "row" not in cfg:
             continue
         entry = {"row": cfg["row"], "seed": int(cfg["seed"]), **(result.metrics or {})}
-        if result.error is not None or not any(k.startswith("eval.") for k in entry):
+        if result.error is not None:
             failed.append({**entry, "error": f"{type(result.error).__name__}: {result.error}"[:500]})
-        else:
+        elif any(k.startswith("eval.") for k in entry):
             finished.append(entry)
+        else:
+            unfinished.append(entry)
+    if unfinished:  # Tune returns early on SIGINT (Ctrl-C) with its state saved
+        tracking.finish_run(spec.tracking_uri, parent, "KILLED")
+        log(f"[ablate] interrupted with {len(unfinished)} trial(s) unfinished; continue with --resume {spec.name} "
+            f"--storage '{spec.storage}'")
+        raise KeyboardInterrupt
     summary = _assemble(spec, parent, root, finished, failed, t0, log)
     if failed:
         raise AblationFailed(f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "

@@ -196,6 +196,9 @@ def run_trial(config: dict, spec: dict) -> None:
         tracking.set_tags(uri, run_id, {"ablation.error": f"{type(err).__name__}: {err}"[:5000]})
         tracking.finish_run(uri, run_id, "FAILED")
         raise
+    if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
+        tracking.set_tags(uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags[
+            "ablation.error"]})
     tracking.finish_run(uri, run_id, "FINISHED")
     tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
 
