@@ -31,11 +31,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "image_folder"] = "fashion_mnist"
-    root: str | None = None  # None: Debian's /usr/share/datasets/fashion-mnist (or $SIAMIM_FASHION_MNIST)
+    dataset: Literal["fashion_mnist", "image_folder", "parquet"] = "fashion_mnist"
+    # fashion_mnist: None -> Debian's /usr/share/datasets/fashion-mnist (or $SIAMIM_FASHION_MNIST);
+    # parquet: a directory or s3://bucket/prefix[?endpoint_override=HOST:PORT&scheme=http] (jobs/prepare_data.py)
+    root: str | None = None
     img_size: int = 32
     num_workers: int = 1  # DataLoader worker processes per training process
     train_subset: int | None = None  # use the first N training images (smoke tests)
+    # map: batches a pure function of (seed, step), exact resume. ray_data: Ray Data streams parquet shards
+    # (read -> decode + views + mask on the cluster's CPUs -> each Train worker); docs/platform.md
+    loader: Literal["map", "ray_data"] = "map"
+    stream_tasks: int | None = None  # ray_data: concurrent decode/augment tasks (None: as many as CPUs allow)
+    stream_batch: int = 64  # ray_data: images per decode/augment task batch
+    shuffle_buffer: int = 1024  # ray_data: rows in each Train worker's seeded local shuffle buffer (0: off)
 
 
 @dataclass
@@ -425,6 +433,13 @@ def validate(cfg: Config) -> None:
            f"must divide data.img_size={d.img_size}")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", d.train_subset, "must be positive")
+    _check(d.dataset == "parquet" or d.loader == "map", "data.loader", d.loader,
+           "ray_data streams Parquet shards; set data.dataset=parquet (convert with jobs/prepare_data.py)")
+    _check(d.dataset != "parquet" or bool(d.root), "data.root", d.root,
+           "data.dataset=parquet needs data.root=<directory or s3://bucket/prefix of shards>")
+    _check(d.stream_tasks is None or d.stream_tasks >= 1, "data.stream_tasks", d.stream_tasks, "must be >= 1 or null")
+    _check(d.stream_batch >= 1, "data.stream_batch", d.stream_batch, "must be >= 1")
+    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", d.shuffle_buffer, "must be >= 0")
     _check(0.0 < cfg.views.crop_min <= 1.0, "views.crop_min", cfg.views.crop_min, "must be in (0, 1]")
     _check(0.0 <= cfg.views.flip_prob <= 1.0, "views.flip_prob", cfg.views.flip_prob, "must be in [0, 1]")
     _check(0.0 < mk.ratio < 1.0, "mask.ratio", mk.ratio, "must be in (0, 1)")

@@ -119,8 +119,23 @@ class StepBatchSampler:
             yield [(e, int(i)) for i in mine]
 
 
+# Loaders other than the map-style one, by ``data.loader`` name. The platform layer registers them
+# (``ray_data``: siamim/orchestration/ray_data.py, inside Ray Train workers); the core imports no Ray.
+LOADERS: dict = {}
+
+
+def register_loader(name: str, factory) -> None:
+    """``factory(source, cfg, rank, world_size, start_step, total_steps)`` -> iterable of collated batches."""
+    LOADERS[name] = factory
+
+
 def build_loader(source: ImageSource, cfg, rank: int, world_size: int, start_step: int, total_steps: int) -> DataLoader:
     """The training DataLoader of one rank, starting at ``start_step``."""
+    if getattr(cfg.data, "loader", "map") != "map":  # e.g. ray_data: views rendered by the stream's CPU tasks
+        if cfg.data.loader not in LOADERS:
+            raise RuntimeError(f"data.loader={cfg.data.loader!r} streams through Ray Data inside Ray Train workers "
+                               "(jobs/pretrain.py); run it there, or use data.loader=map")
+        return LOADERS[cfg.data.loader](source, cfg, rank, world_size, start_step, total_steps)
     sampler = StepBatchSampler(len(source), cfg.train.batch_size, rank, world_size, cfg.train.seed,
                                start_step, total_steps)
     workers = cfg.data.num_workers

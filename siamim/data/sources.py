@@ -8,6 +8,7 @@ is an int64 array ``[N]``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -91,8 +92,12 @@ class ImageFolderSource:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def build_source(dataset: str, root: str | None, split: str) -> ImageSource:
+def build_source(dataset: str, root: str | None, split: str, cache_dir: str | None = None) -> ImageSource:
     """The source of ``split`` ('train' or 'test') for ``data.dataset`` / ``data.root``.
+
+    ``parquet``: shards written by ``jobs/prepare_data.py`` (a directory or
+    ``s3://`` URI); ``cache_dir`` (default ``$SIAMIM_DATA_CACHE``) keeps local
+    copies of remote shards.
 
     For ``image_folder`` the root holds ``train/`` and ``test/`` (or ``val/``)
     class trees; a root without ``train/`` is itself the train tree.
@@ -111,7 +116,13 @@ def build_source(dataset: str, root: str | None, split: str) -> ImageSource:
             if (base / name).is_dir():
                 return ImageFolderSource(base / name)
         raise FileNotFoundError(f"ImageFolder root {base} has no test/ or val/ tree for evaluation")
-    raise ValueError(f"unknown data.dataset {dataset!r}; choose 'fashion_mnist' or 'image_folder'")
+    if dataset == "parquet":
+        from siamim.data.parquet import ParquetSource
+
+        if root is None:
+            raise ValueError("data.dataset=parquet needs data.root=<directory or s3://bucket/prefix of shards>")
+        return ParquetSource(root, split, cache_dir=cache_dir or os.environ.get("SIAMIM_DATA_CACHE") or None)
+    raise ValueError(f"unknown data.dataset {dataset!r}; choose 'fashion_mnist', 'image_folder' or 'parquet'")
 
 
 def eval_batch(source: ImageSource, indices, img_size: int) -> torch.Tensor:
