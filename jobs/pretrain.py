@@ -10,16 +10,18 @@ On a running Ray cluster:
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/pretrain.py --config tiny --storage /shared/siamim/runs
 
-Resume the run NAME (or the latest one) from its last checkpoint, continuing the
-same MLflow run (overrides apply on top of the stored config):
+Resume the run NAME (or the latest one) from its last intact checkpoint, continuing
+the same MLflow run (overrides apply on top of the stored config); train it longer:
 
-    python jobs/pretrain.py --resume NAME train.max_steps=400
+    python jobs/pretrain.py --resume NAME                    # finish a stopped/killed run
+    python jobs/pretrain.py --resume NAME --more-steps 200   # 200 steps past its checkpoint
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -30,6 +32,7 @@ if REPO_ROOT not in sys.path:  # run as a script from a checkout (no pip install
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +47,9 @@ examples:
   python jobs/pretrain.py                                   # configs/tiny.yaml, 2 CPU workers, local Ray
   python jobs/pretrain.py --config tiny train.max_steps=50 data.train_subset=2048
   python jobs/pretrain.py --num-workers 4 --use-gpu --storage s3://bucket/siamim?endpoint_override=minio:9000
-  python jobs/pretrain.py --resume latest train.max_steps=400
-  ray job submit --address http://127.0.0.1:8265 --working-dir . \\
-      --metadata-json "{\\"git_commit\\": \\"$(git rev-parse HEAD)\\"}" -- python jobs/pretrain.py --config tiny \\
-      --storage $PWD/runs/ray --tracking-uri sqlite:///$PWD/mlflow.db
+  python jobs/pretrain.py --resume latest --more-steps 200  # train the latest run 200 steps longer
+  python jobs/submit.py --address http://127.0.0.1:8265 -- --config tiny \\
+      --storage $PWD/runs/ray --tracking-uri http://127.0.0.1:5000   # ray job submit, tagged with the git commit
 
 environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
@@ -69,8 +71,14 @@ environment:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
-                        help="continue run NAME (default: the latest run) under --storage from its last checkpoint, "
-                             "in the same MLflow run; overrides apply on top of its stored config")
+                        help="continue run NAME (default: the latest run) under --storage from its last intact "
+                             "checkpoint, in the same MLflow run; overrides apply on top of its stored config")
+    parser.add_argument("--more-steps", type=int, metavar="N",
+                        help="with --resume: train N steps past the checkpoint; past the end of the plan the plan "
+                             "grows and the lr re-warms to the re-planned cosine (docs/platform.md)")
+    parser.add_argument("--wait-for-resources", type=float, default=300.0, metavar="S",
+                        help="on a running cluster that cannot fit the workers yet, wait S seconds for it to grow, "
+                             "then fail (default 300; -1: for ever). A local Ray instance that cannot fit fails at once")
     return parser
 
 
@@ -90,10 +98,16 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _terminate(signum, frame):
+    raise SystemExit(EXIT_TERMINATED)  # unwinds through the launcher, which marks the MLflow run KILLED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the process's own entry point (not a test calling main): SIGTERM -> clean exit
+        signal.signal(signal.SIGTERM, _terminate)
     from siamim.config import ConfigError, load_config
-    from siamim.orchestration.launch import LaunchError, LaunchInputError, run_pretraining
+    from siamim.orchestration.launch import LaunchError, LaunchInputError, run_pretraining, shutdown_embedded_ray
     from siamim.orchestration.preflight import PreflightError
 
     overrides = cli_overrides(args)
@@ -106,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         # On resume, storage/tracking flags locate the run; the rest override its stored config.
         resume_overrides = [o for o in overrides if not o.startswith(("run.storage=", "run.name="))]
         summary = run_pretraining(cfg, tracking_uri=args.tracking_uri, resume=resume,
-                                  resume_overrides=resume_overrides, address=args.address, launch_time=LAUNCH_TIME)
+                                  resume_overrides=resume_overrides, more_steps=args.more_steps,
+                                  address=args.address, wait_for_resources=args.wait_for_resources,
+                                  launch_time=LAUNCH_TIME)
     except (ConfigError, PreflightError, LaunchInputError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
@@ -115,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TRAINING_FAILED
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:  # SIGTERM (our handler before Ray starts, Ray's own after ray.init)
+        if exc.code in (signal.SIGTERM, EXIT_TERMINATED):
+            print("[siamim] terminated (SIGTERM)", file=sys.stderr, flush=True)
+            return EXIT_TERMINATED
+        raise
+    if argv is None:
+        shutdown_embedded_ray()  # only a local instance this process started (a no-op otherwise)
     print("\n".join(summary.lines()), flush=True)
     return 0
 

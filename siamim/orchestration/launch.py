@@ -17,7 +17,7 @@ from pathlib import Path
 from siamim.config import Config, ConfigError, dump_yaml, flatten, parse_override, set_value, to_dict, validate
 from siamim.orchestration import storage as st
 from siamim.orchestration import tracking
-from siamim.orchestration.preflight import PreflightError, check_cluster, preflight
+from siamim.orchestration.preflight import PreflightError, ResourceWatch, check_cluster, fit_hint, preflight, resource_shortfall
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,8 @@ class PretrainSummary:
             f"  MLflow run       {self.mlflow_run_id} (experiment {self.experiment!r}, run {self.run_name!r})",
             f"  tracking URI     {self.tracking_uri}",
             f"  checkpoint       {self.checkpoint}",
-            f"  resume with      python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage}'"
-            " train.max_steps=<more>",
+            f"  train longer     python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage}'"
+            " --more-steps N",
             "=" * 72,
         ]
 
@@ -106,21 +106,89 @@ def submission_id() -> str | None:
     return job_config().get("metadata", {}).get("job_submission_id")
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` / ``$RAY_ADDRESS`` / the job's cluster, or start a local Ray instance."""
+def _python_sigterm() -> None:
+    """Give SIGTERM back to Python's handler (``sys.exit`` as ``ray.init`` set it, or the job's own).
+
+    Ray's core worker installs a C++ failure-signal handler over it, which dumps a
+    stack and sometimes aborts the driver (exit -6) before Python can unwind and mark
+    the MLflow run KILLED.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Connect to ``address`` / ``$RAY_ADDRESS`` / the job's cluster, or start a local Ray instance.
+
+    Returns True when this call started an embedded (local, autoscaler-less) instance.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # a submitted job: the supervisor set everything
         ray.init(address=address)
-        return
+        _python_sigterm()
+        return False
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A new local instance, never whatever /tmp/ray/ray_current_cluster names (a stale file from a
         # dead `ray start` would hang the job); join a running head with --address auto / RAY_ADDRESS.
         address = "local"
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    env_vars = {"PYTHONPATH": pythonpath}
+    kwargs = {}
+    if address == "local":
+        # One node that is never drained: Ray Train's node-preemption watcher has nothing to watch, and its
+        # creation logs an ERROR line ("PreemptionWatcher ... constructor arguments in the object store").
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        # Ray Train's detached PlacementGroupCleaner polls the state API with no address: with another Ray
+        # instance on the host it fails ("Found multiple active Ray instances") and prints tracebacks. Tell
+        # every actor of this job which dashboard is ours.
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            kwargs["dashboard_port"] = sock.getsockname()[1]
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+    ray.init(address=address, runtime_env={"env_vars": env_vars}, **kwargs)
+    _python_sigterm()
+    global _STARTED_LOCAL
+    _STARTED_LOCAL = address == "local"
+    return _STARTED_LOCAL
+
+
+_STARTED_LOCAL = False  # ensure_ray started a local instance in this process
+
+
+def shutdown_embedded_ray(timeout_s: float = 15.0) -> None:
+    """Stop the local Ray instance this process started, after Ray Train's helpers have exited.
+
+    Ray Train leaves a detached ``PlacementGroupCleaner`` actor polling the GCS for a
+    moment after ``fit()``; stopping the instance under it (interpreter exit) prints
+    "Timed out while waiting for GCS" tracebacks. Waiting for it first ends runs cleanly.
+    """
+    import ray
+
+    if not (_STARTED_LOCAL and ray.is_initialized()):
+        return
+    try:
+        from ray.util.state import list_actors
+
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            alive = list_actors(filters=[("class_name", "=", "PlacementGroupCleaner"), ("state", "=", "ALIVE")],
+                                raise_on_missing_output=False)
+            if not alive:
+                break
+            time.sleep(0.5)
+    except Exception:  # the state API is best effort here; shut down regardless
+        pass
+    ray.shutdown()
 
 
 def _checkpoint_location(storage: st.Storage, checkpoint) -> str | None:
@@ -134,6 +202,72 @@ def _log_checkpoint_artifact(tracking_uri: str, run_id: str, checkpoint) -> None
         tracking.log_artifacts(tracking_uri, run_id, directory, "checkpoint")
 
 
+# --------------------------------------------------------------------------- plans
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps per epoch of ``cfg``'s training data (reads the dataset's size)."""
+    from siamim.data.sources import build_source
+    from siamim.train.loop import step_plan
+
+    n = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
+    if cfg.data.train_subset is not None:
+        n = min(n, cfg.data.train_subset)
+    try:
+        return step_plan(cfg, n)[0]
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def plan_total(cfg: Config, spe: int) -> int:
+    return max(1, int(round(cfg.train.epochs * spe)))
+
+
+def plan_resume(cfg: Config, run_name: str, step: int, spe: int, more_steps: int | None, resume_cmd: str,
+                log=print) -> Config:
+    """Set ``cfg``'s stop (and, for ``--more-steps`` past the plan, its length) for a resume at ``step``.
+
+    ``--more-steps N`` trains N steps past the checkpoint: within the plan it only
+    moves ``train.max_steps``; past it, ``train.epochs`` grows to cover
+    ``step + N`` and the loop re-warms the lr to the re-planned cosine
+    (:func:`siamim.train.loop.schedule_plan`). Raises :class:`LaunchInputError` when
+    there is nothing to train or ``train.max_steps`` lies past the plan.
+    """
+    total = plan_total(cfg, spe)
+    if more_steps is not None:
+        target = step + more_steps
+        if target > total:
+            cfg.train.epochs = target / spe
+            total = plan_total(cfg, spe)
+            log(f"[siamim] --more-steps {more_steps}: the plan grows to {total} steps (train.epochs="
+                f"{cfg.train.epochs:.6g}); the lr re-warms from its last value to the re-planned cosine, "
+                "EMA momentum follows the re-planned cosine")
+        cfg.train.max_steps = None if target >= total else target
+    elif cfg.train.max_steps is not None and cfg.train.max_steps > total:
+        raise LaunchInputError(
+            f"train.max_steps={cfg.train.max_steps} lies past the end of run {run_name}'s plan "
+            f"(train.epochs={cfg.train.epochs:g} x {spe} steps per epoch = {total} steps), so training would stop "
+            f"at {total}. Train longer with: {resume_cmd} --more-steps {cfg.train.max_steps - step}")
+    stop = min(total, cfg.train.max_steps or total)
+    if stop <= step:
+        raise LaunchInputError(
+            f"run {run_name} is already at step {step}" + (f" (train.max_steps={cfg.train.max_steps})"
+                                                          if cfg.train.max_steps else f", the end of its {total}-step plan")
+            + f": nothing to train. Train longer with: {resume_cmd} --more-steps N")
+    return cfg
+
+
+def check_fresh_plan(cfg: Config) -> None:
+    """``train.max_steps`` past the end of a new run's plan is an error naming the key to raise."""
+    if cfg.train.max_steps is None:
+        return
+    spe = steps_per_epoch(cfg)
+    total = plan_total(cfg, spe)
+    if cfg.train.max_steps > total:
+        raise ConfigError(
+            f"train.max_steps={cfg.train.max_steps} lies past the end of the plan (train.epochs={cfg.train.epochs:g} "
+            f"x {spe} steps per epoch = {total} steps); raise train.epochs to {cfg.train.max_steps / spe:.6g} "
+            "for that many steps, or lower train.max_steps")
+
+
 # --------------------------------------------------------------------------- the job
 def run_pretraining(
     cfg: Config,
@@ -141,7 +275,9 @@ def run_pretraining(
     tracking_uri: str | None = None,
     resume: str | None | bool = False,
     resume_overrides: list[str] | dict | None = None,
+    more_steps: int | None = None,
     address: str | None = None,
+    wait_for_resources: float = 300.0,
     launch_time: float | None = None,
     log=print,
 ) -> PretrainSummary:
@@ -152,16 +288,25 @@ def run_pretraining(
             the stored config plus ``resume_overrides`` is used then).
         tracking_uri: explicit MLflow URI (else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
         resume: False for a new run; a run name, or None/"latest" for the most recent run in storage.
+        more_steps: with ``resume``: train this many steps past the checkpoint it continues from,
+            growing the plan when needed (see :func:`plan_resume`).
         address: Ray cluster address (None: the job's cluster, ``$RAY_ADDRESS``, or a local instance).
+        wait_for_resources: on a cluster, seconds to wait for it to fit the worker group before
+            failing (negative: for ever). An embedded local instance that cannot fit fails at once.
     Raises:
-        PreflightError / LaunchError / ConfigError with a message for the user.
+        PreflightError / LaunchError / ConfigError with a message for the user. The MLflow run is
+        never left RUNNING: FAILED on errors, KILLED on KeyboardInterrupt / SystemExit (SIGTERM).
     """
     launch_time = launch_time or time.time()
     try:
         storage = st.resolve_storage(cfg.run.storage)
     except st.StorageError as err:
         raise PreflightError(str(err)) from err
-    record = None
+    if more_steps is not None and resume is False:
+        raise LaunchInputError("--more-steps continues a run: use it with --resume NAME")
+    if more_steps is not None and more_steps < 1:
+        raise LaunchInputError(f"--more-steps {more_steps}: give a positive number of steps")
+    record, point = None, None
     if resume is not False:
         try:
             st.check_writable(storage)
@@ -182,16 +327,42 @@ def run_pretraining(
         log(f"[siamim] note: run {run_name} was tracked at {record['tracking_uri']}; now using {tracking_uri}")
 
     preflight(cfg, storage, tracking_uri)
-    if record is None and (st.exists(storage, run_name, st.RUN_RECORD) or st.exists(storage, run_name, st.RAY_SNAPSHOT)):
-        raise LaunchInputError(f"a run named {run_name!r} already exists under {storage.display()}; "
-                          f"continue it with --resume {run_name}, or pick another run.name")
+    if record is None:
+        if st.exists(storage, run_name, st.RUN_RECORD) or st.exists(storage, run_name, st.RAY_SNAPSHOT):
+            raise LaunchInputError(f"a run named {run_name!r} already exists under {storage.display()}; "
+                                   f"continue it with --resume {run_name}, or pick another run.name")
+        check_fresh_plan(cfg)
+    else:
+        from siamim.orchestration.checkpoints import resume_point
 
-    ensure_ray(address)
+        point = resume_point(storage, run_name)
+        for ckpt, why in point.skipped:
+            log(f"[siamim] skipping damaged checkpoint {ckpt.name}: {why}")
+        if point.checkpoint is None and point.skipped:
+            raise LaunchInputError(f"run {run_name} has no intact checkpoint under {storage.display(run_name)} "
+                                   f"({len(point.skipped)} damaged, listed above); start a new run with another name")
+        if point.checkpoint is not None:
+            log(f"[siamim] resuming from {point.checkpoint.name} (step {point.step}"
+                + (", verified against its integrity record)" if point.checkpoint.record else ", no integrity record)"))
+        rec_plan = (point.checkpoint.record or {}).get("plan") if point.checkpoint else None
+        spe = int(rec_plan["steps_per_epoch"]) if rec_plan else steps_per_epoch(cfg)
+        resume_cmd = f"python jobs/pretrain.py --resume {run_name} --storage '{storage.uri}'"
+        cfg = plan_resume(cfg, run_name, point.step, spe, more_steps, resume_cmd, log)
+
+    embedded = ensure_ray(address)
     log(f"[siamim] Ray ready {time.time() - launch_time:.1f} s after launch")
-    for warning in check_cluster(cfg):
-        log(f"[siamim] warning: {warning}")
-
     import ray
+
+    short = resource_shortfall(cfg, ray.cluster_resources())
+    if short and embedded:
+        raise LaunchInputError(f"{short}: this job started a local Ray instance (this machine's resources, no "
+                               f"autoscaler), so the workers would wait for ever. {fit_hint(cfg, ray.cluster_resources())}"
+                               ", or run on a cluster (--address, ray job submit)")
+    if short:
+        bound = f"up to {wait_for_resources:g} s (--wait-for-resources)" if wait_for_resources >= 0 else "for ever"
+        log(f"[siamim] warning: {short}; waiting {bound} for the cluster to grow")
+    for warning in check_cluster(cfg) if not short else []:
+        log(f"[siamim] warning: {warning}")
 
     tags = {
         "siamim.run_name": run_name,
@@ -211,49 +382,71 @@ def run_pretraining(
         raise LaunchError(str(err)) from err
     except Exception as err:
         raise LaunchError(f"MLflow tracking store {tracking_uri} failed: {type(err).__name__}: {err}") from err
-    now = time.time()
-    st.write_json(storage, {
-        "name": run_name, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": cfg.run.experiment,
-        "config": to_dict(cfg), "created": record["created"] if record else now, "updated": now,
-    }, run_name, st.RUN_RECORD)
-    tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
-    log(f"[siamim] {'resuming' if record else 'starting'} run {run_name!r}: {cfg.run.num_workers} workers"
-        f" ({'GPU' if cfg.run.use_gpu else 'CPU'}), MLflow run {run_id} at {tracking_uri}, "
-        f"checkpoints under {storage.display(run_name)}")
+    resume_hint = f"--resume {run_name} --storage '{storage.uri}'"
+    watch = ResourceWatch(cfg, wait_for_resources if short else -1.0)
+    try:  # from here on the MLflow run exists: every exit marks it
+        now = time.time()
+        st.write_json(storage, {
+            "name": run_name, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": cfg.run.experiment,
+            "config": to_dict(cfg), "created": record["created"] if record else now, "updated": now,
+        }, run_name, st.RUN_RECORD)
+        tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
+        log(f"[siamim] {'resuming' if record else 'starting'} run {run_name!r}: {cfg.run.num_workers} workers"
+            f" ({'GPU' if cfg.run.use_gpu else 'CPU'}), MLflow run {run_id} at {tracking_uri}, "
+            f"checkpoints under {storage.display(run_name)}")
 
-    from siamim.orchestration.trainer import build_trainer
+        from siamim.orchestration.trainer import build_trainer
 
-    trainer = build_trainer(cfg, storage, run_name, tracking_uri, run_id, launch_time)
-    try:
-        result = trainer.fit()
+        skipped = [c.name for c, _ in point.skipped] if point else []
+        trainer = build_trainer(cfg, storage, run_name, tracking_uri, run_id, launch_time,
+                                restore_from=point.checkpoint.path if point and point.checkpoint and skipped else None,
+                                skip_checkpoints=skipped, start_step=point.step if point else 0)
+        with watch:
+            result = trainer.fit()
     except KeyboardInterrupt:
+        if watch.timed_out:
+            tracking.finish_run(tracking_uri, run_id, "FAILED")
+            raise LaunchInputError(watch.timed_out) from None
         tracking.finish_run(tracking_uri, run_id, "KILLED")
-        log(f"[siamim] interrupted; continue from the last checkpoint with --resume {run_name} "
-            f"--storage {storage.uri}")
+        log(f"[siamim] interrupted; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
+            f"{resume_hint}")
         raise
-    except Exception as err:
+    except SystemExit:  # SIGTERM (ray job stop): ray.init turns it into SystemExit in the driver
+        tracking.finish_run(tracking_uri, run_id, "KILLED")
+        log(f"[siamim] terminated; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
+            f"{resume_hint}")
+        raise
+    except BaseException as err:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise LaunchError(f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with "
-                          f"--resume {run_name}") from err
+                          f"{resume_hint}") from err
     if getattr(result, "error", None) is not None:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise LaunchError(f"training failed: {result.error}")
+        raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
 
-    checkpoint = _checkpoint_location(storage, result.checkpoint)
-    if result.checkpoint is not None:
-        _log_checkpoint_artifact(tracking_uri, run_id, result.checkpoint)
-    tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": checkpoint})
+    try:
+        checkpoint = _checkpoint_location(storage, result.checkpoint)
+        if result.checkpoint is not None:
+            _log_checkpoint_artifact(tracking_uri, run_id, result.checkpoint)
+        tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": checkpoint})
+    except BaseException:
+        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        raise
     tracking.finish_run(tracking_uri, run_id, "FINISHED")
     metrics = dict(result.metrics or {})
+    step = int(metrics.get("step", 0))
+
+    def at_final_step(key: str) -> float | None:  # this launch's value: rank 0 logs it at the final step
+        return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
+
     return PretrainSummary(
         run_name=run_name, mlflow_run_id=run_id, tracking_uri=tracking_uri, experiment=cfg.run.experiment,
-        step=int(metrics.get("step", 0)), checkpoint=checkpoint,
-        knn_top1=tracking.latest_metric(tracking_uri, run_id, "knn_top1"),
-        wall_s=time.time() - launch_time,
-        time_to_first_step_s=tracking.latest_metric(tracking_uri, run_id, "time_to_first_step_s"),
+        step=step, checkpoint=checkpoint, knn_top1=at_final_step("knn_top1"), wall_s=time.time() - launch_time,
+        time_to_first_step_s=at_final_step("time_to_first_step_s"),
         resumed=record is not None, storage=storage.uri, metrics=metrics,
     )
 
 
 __all__ = ["ConfigError", "LaunchError", "LaunchInputError", "PreflightError", "PretrainSummary", "run_pretraining", "find_run",
-           "apply_overrides", "new_run_name", "ensure_ray"]
+           "apply_overrides", "new_run_name", "ensure_ray", "shutdown_embedded_ray", "plan_resume",
+           "resource_shortfall"]

@@ -7,6 +7,8 @@ missing dataset costs seconds, not a worker-group start and a crash later.
 
 from __future__ import annotations
 
+import time
+
 from siamim.config import Config
 from siamim.orchestration.storage import Storage, StorageError, check_writable
 from siamim.orchestration.tracking import TrackingError, check_tracking
@@ -53,6 +55,73 @@ def check_cluster(cfg: Config) -> list[str]:
         warnings.append(f"the Ray cluster has {total.get('GPU', 0.0):g} GPUs; {r.num_workers} workers x "
                         f"{r.gpus_per_worker:g} GPUs requested. Training waits until GPU nodes join")
     return warnings
+
+
+def resource_shortfall(cfg: Config, total: dict) -> str | None:
+    """What ``total`` (``ray.cluster_resources()``) lacks for the worker group of ``cfg``; None when it fits."""
+    r = cfg.run
+    need_cpu = r.num_workers * r.cpus_per_worker
+    if total.get("CPU", 0.0) < need_cpu:
+        return (f"run.num_workers={r.num_workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
+                f"CPUs; the Ray cluster has {total.get('CPU', 0.0):g}")
+    need_gpu = r.num_workers * r.gpus_per_worker if r.use_gpu else 0.0
+    if total.get("GPU", 0.0) < need_gpu:
+        return (f"run.num_workers={r.num_workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
+                f"GPUs; the Ray cluster has {total.get('GPU', 0.0):g}")
+    return None
+
+
+def fit_hint(cfg: Config, total: dict) -> str:
+    """How to make the request fit ``total``."""
+    if cfg.run.use_gpu:
+        gpus = total.get("GPU", 0.0)
+        return f"lower --num-workers to {int(gpus // cfg.run.gpus_per_worker)}" if gpus else "use a cluster with GPUs"
+    cpus = total.get("CPU", 0.0)
+    return (f"lower --num-workers to {max(1, int(cpus // cfg.run.cpus_per_worker))} or --cpus-per-worker to "
+            f"{cpus / cfg.run.num_workers:g}")
+
+
+class ResourceWatch:
+    """Interrupts ``trainer.fit()`` when the cluster still cannot fit the worker group after ``wait_s`` seconds.
+
+    Ray Train waits for its placement group for ever (an autoscaler may add nodes);
+    this bounds the wait. ``wait_s < 0``: no bound.
+    """
+
+    def __init__(self, cfg: Config, wait_s: float):
+        import threading
+
+        self.cfg, self.wait_s = cfg, wait_s
+        self.timed_out: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="siamim-resource-watch", daemon=True)
+
+    def __enter__(self):
+        if self.wait_s >= 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        return False
+
+    def _run(self) -> None:
+        import _thread
+
+        import ray
+
+        deadline = time.time() + self.wait_s
+        while not self._stop.is_set():
+            total = ray.cluster_resources()
+            short = resource_shortfall(self.cfg, total)
+            if short is None:
+                return  # it fits: Ray schedules the workers as soon as the resources are free
+            if time.time() >= deadline:
+                self.timed_out = (f"{short} after waiting {self.wait_s:g} s (--wait-for-resources); "
+                                  f"{fit_hint(self.cfg, total)}, or add nodes")
+                _thread.interrupt_main()
+                return
+            self._stop.wait(1.0)
 
 
 def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True) -> None:

@@ -65,30 +65,51 @@ def build_trainer(
     tracking_uri: str,
     mlflow_run_id: str,
     launch_time: float | None = None,
+    restore_from: str | None = None,
+    skip_checkpoints: list[str] | None = None,
+    start_step: int = 0,
 ) -> TorchTrainer:
-    """The TorchTrainer of one pretraining run (call ``.fit()`` on it)."""
+    """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
+
+    ``restore_from`` / ``skip_checkpoints``: on a resume whose newest checkpoints
+    are damaged, the storage path of the newest intact checkpoint directory and
+    the directory names of the damaged ones; a worker that Ray hands one of those
+    restores ``restore_from`` instead, and new checkpoints avoid their names.
+    """
     loop_config = {
         "cfg": to_dict(cfg),
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
         "launch_time": launch_time or time.time(),
         "ray_train_log_level": _train_log_level(),
+        "storage": storage.uri,
+        "restore_from": restore_from,
+        "skip_checkpoints": list(skip_checkpoints or []),
     }
+    from siamim.orchestration.ray_data import trainer_datasets
+
     return TorchTrainer(
         train_loop_per_worker,
+        datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg),
         run_config=run_config(cfg, storage, run_name),
     )
 
 
-def _restore_state() -> dict | None:
-    """The state dict of Ray's latest checkpoint for this run, or None on a fresh start."""
+def _restore_state(config: dict | None = None) -> dict | None:
+    """The state dict of Ray's latest checkpoint for this run (or of the intact one the driver chose), or None."""
     from siamim.checkpoint import load_checkpoint
 
+    config = config or {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    if os.path.basename(checkpoint.path.rstrip("/")) in config.get("skip_checkpoints", ()):
+        from siamim.orchestration.storage import resolve_storage
+
+        storage = resolve_storage(config["storage"])
+        checkpoint = ray.train.Checkpoint(config["restore_from"], filesystem=storage.fs)
     with checkpoint.as_directory() as directory:
         return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
 
@@ -102,8 +123,10 @@ class RaySaver:
     left to train) is not reported twice.
     """
 
-    def __init__(self, rank: int, mlflow_run_id: str, step_logger=None, last_step: int = -1):
+    def __init__(self, rank: int, mlflow_run_id: str, step_logger=None, last_step: int = -1,
+                 taken_names: list[str] | None = None):
         self.rank = rank
+        self.taken_names = set(taken_names or [])  # damaged checkpoint dirs still in Ray's list: never reuse
         self.mlflow_run_id = mlflow_run_id
         self.step_logger = step_logger
         self.last_step = last_step
@@ -129,7 +152,10 @@ class RaySaver:
                 state["pending_metrics"] = list(self.step_logger.pending) if self.step_logger else []
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:08d}")
+            name = f"checkpoint_{step:08d}"
+            while name in self.taken_names:
+                name += "_r"  # same step as a damaged checkpoint that Ray still lists: a new directory
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if self.step_logger is not None:
             self.step_logger.flush()
 
@@ -151,9 +177,13 @@ def train_loop_per_worker(config: dict) -> None:
     except ImportError:
         pass
     cfg = from_dict(config["cfg"])
+    if cfg.data.loader == "ray_data":
+        from siamim.orchestration.ray_data import install_worker_loader
+
+        install_worker_loader(cfg)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    resume_state = _restore_state()
+    resume_state = _restore_state(config)
     step_logger = None
     if rank == 0:
         step_logger = StepLogger(config["tracking_uri"], config["mlflow_run_id"])
@@ -163,7 +193,8 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_at = int(resume_state["step"]) if resume_state is not None else 0
     if rank == 0:  # one point per worker-group start: restarts after failures show in MLflow
         step_logger.log_now({"restored_from_step": resumed_at}, resumed_at)
-    saver = RaySaver(rank, config["mlflow_run_id"], step_logger, last_step=resumed_at if resume_state else -1)
+    saver = RaySaver(rank, config["mlflow_run_id"], step_logger, last_step=resumed_at if resume_state else -1,
+                     taken_names=config.get("skip_checkpoints"))
 
     first_step: list[float] = []
 

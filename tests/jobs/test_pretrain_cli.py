@@ -97,3 +97,57 @@ def test_plain_s3_uri_without_reachable_endpoint_is_exit_2_with_the_fix(base_env
     assert rc == 2, err
     assert "S3 endpoint could not be reached" in err and "endpoint_override=" in err and "AWS_ENDPOINT_URL" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _mlflow_runs(db: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+TINY_EMBEDDED = ["train.checkpoint_every=2", "train.log_every=1", "train.batch_size=32", "data.train_subset=512",
+                 "data.num_workers=0", "eval.knn_train_subset=500", "eval.knn_test_subset=1000"]
+
+
+def test_embedded_ray_that_cannot_fit_the_workers_fails_fast(base_env, tmp_path):
+    """A local Ray instance has no autoscaler: asking for more CPUs than it has fails before any worker starts."""
+    import os
+
+    cpus = os.cpu_count() or 2
+    rc, out, elapsed = run_cli(["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                                "--num-workers", "2", "--cpus-per-worker", str(cpus), *TINY_EMBEDDED],
+                               base_env, tmp_path, timeout=240)
+    assert rc == 2, out[-3000:]
+    assert f"needs {2 * cpus} CPUs" in out and "local Ray instance" in out and "--num-workers" in out, out[-3000:]
+    assert "RayTrainWorker" not in out
+    assert elapsed < 150
+    assert all(r.info.status != "RUNNING" for r in _mlflow_runs(f"{tmp_path}/m.db"))
+
+
+def test_sigterm_to_the_driver_marks_the_mlflow_run_killed(base_env, tmp_path):
+    """`ray job stop` sends SIGTERM to the driver: the run must end KILLED, never stay RUNNING."""
+    import signal
+
+    db = f"{tmp_path}/m.db"
+    env = {**base_env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(PRETRAIN), "--storage", str(tmp_path / "runs"), "--tracking-uri",
+                             f"sqlite:///{db}", "--name", "term", *TINY_EMBEDDED], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "starting run 'term'" in line:  # the MLflow run exists and trainer.fit() is about to run
+                time.sleep(2.0)
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + (rest or "")
+    assert proc.returncode == 143, out[-3000:]
+    (run,) = _mlflow_runs(db)
+    assert run.info.status == "KILLED", out[-3000:]
+    assert "--resume term" in out
