@@ -38,6 +38,7 @@ class DataConfig:
     img_size: int = 32
     num_workers: int = 1  # DataLoader worker processes per training process
     train_subset: int | None = None  # use the first N training images (smoke tests)
+    views_on: Literal["auto", "cpu", "device"] = "auto"  # where views are rendered; auto: device when on CUDA
     # map: batches a pure function of (seed, step), exact resume. ray_data: Ray Data streams parquet shards
     # (read -> decode + views + mask on the cluster's CPUs -> each Train worker); docs/platform.md
     loader: Literal["map", "ray_data"] = "map"

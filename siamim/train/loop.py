@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from siamim import dist
 from siamim.checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from siamim.config import Config, to_dict
-from siamim.data.pipeline import build_loader
+from siamim.data.pipeline import build_loader, prepare_batch, views_on_device
 from siamim.data.sources import build_source
 from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
@@ -169,7 +169,7 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
     amp = autocast_dtype(cfg, device)
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
     params = [p for p in model.online.parameters() if p.requires_grad]
-    loader = build_loader(source, cfg, rank, world, start_step, stop_step)
+    loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
     progress = Progress(total_steps=total_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
                         enabled=verbose and rank == 0, stop_step=stop_step)
     step = start_step
@@ -178,7 +178,7 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
     for batch in loader:
         if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and resume_state is None:
             raise InjectedFault(f"train.fail_at_step={step}: injected failure on rank {rank}")
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = prepare_batch(batch, device, cfg.data.img_size, source.mean, source.std)
         lr = planned_lr(step, plan, peak_lr, cfg.optim.min_lr)
         momentum = momentum_at(step, total_steps, cfg.optim.ema_m0)
         for group in optimizer.param_groups:
