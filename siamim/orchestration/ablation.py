@@ -311,9 +311,10 @@ def run_ablation(spec: GridSpec | None = None, *, resume: str | None = None, sto
             finished.append(entry)
         else:
             unfinished.append(entry)
-    if unfinished:  # Tune returns early on SIGINT (Ctrl-C) with its state saved
+    missing = len(spec.trials) - len(finished) - len(failed)  # Tune returns early on SIGINT (Ctrl-C), state saved
+    if unfinished or missing > 0:
         tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        log(f"[ablate] interrupted with {len(unfinished)} trial(s) unfinished; continue with --resume {spec.name} "
+        log(f"[ablate] interrupted with {missing} trial(s) unfinished; continue with --resume {spec.name} "
             f"--storage '{spec.storage}'")
         raise KeyboardInterrupt
     summary = _assemble(spec, parent, root, finished, failed, t0, log)
