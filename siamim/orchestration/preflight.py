@@ -37,6 +37,13 @@ def check_data(cfg: Config) -> None:
 
         if cfg.data.root is None or not Path(cfg.data.root).is_dir():
             raise PreflightError(f"data.root={cfg.data.root!r} is not a directory of class folders")
+    elif cfg.data.dataset == "parquet":  # the manifest answers within seconds, or the error names the endpoint
+        from siamim.data.parquet import ParquetDataError, read_manifest
+
+        try:
+            read_manifest(cfg.data.root)
+        except ParquetDataError as err:
+            raise PreflightError(str(err)) from err
 
 
 def check_cluster(cfg: Config) -> list[str]:
