@@ -158,7 +158,10 @@ def ray_head(base_env, service_dir):
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
            "--object-store-memory", "1000000000", "--disable-usage-stats"]
-    proc = subprocess.Popen(cmd, env=base_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    # Ray Train's PlacementGroupCleaner actor finds "its" cluster through the state API: name it (another
+    # Ray instance on the host otherwise makes it print "Found multiple active Ray instances" every second).
+    env = {**base_env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/version", 90, proc, log)
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}

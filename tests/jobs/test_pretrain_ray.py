@@ -229,3 +229,67 @@ def test_failure_without_retries_marks_the_mlflow_run_failed(ray_driver, fashion
     assert [s for s, _ in losses(tracking_uri, run.info.run_id)] == [1, 2]
     assert (tmp_path / "no-retry" / "checkpoint_00000002" / "checkpoint.pt").is_file()
     assert MlflowClient(tracking_uri).get_run(run.info.run_id).data.tags["siamim.run_name"] == "no-retry"
+
+
+def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist_available, tracking_uri, tmp_path):
+    """A 4-step plan; its latest checkpoint truncated -> resume verifies, skips it, restarts from step 2 and
+    finishes; then --more-steps 2 grows the plan to 6 with the documented schedule. MLflow: every step once,
+    one kNN point per final step, and the description shows the configuration the run finished with."""
+    from mlflow.tracking import MlflowClient
+
+    from siamim.checkpoint import integrity_path
+
+    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "longer", "run.experiment": "e2e-longer",
+                      "train.max_steps": None, "train.epochs": 0.25, "run.keep_checkpoints": 3})  # 16 steps/epoch
+    first = run_pretraining(cfg, tracking_uri=tracking_uri)
+    assert first.step == 4
+    latest = tmp_path / "longer" / "checkpoint_00000004" / "checkpoint.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 3])  # an interrupted copy
+    assert integrity_path(latest).is_file()
+
+    # past the plan: names the flag to use, counted from the intact checkpoint it would resume from (step 2)
+    with pytest.raises(LaunchInputError, match="--more-steps 38"):
+        run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer",
+                        resume_overrides={"train.max_steps": 40})
+
+    lines: list[str] = []
+    again = run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer",
+                            log=lambda m: lines.append(str(m)))
+    text = "\n".join(lines)
+    assert "skipping damaged checkpoint checkpoint_00000004" in text and "truncated" in text, text
+    assert "resuming from checkpoint_00000002" in text, text
+    assert again.step == 4 and again.mlflow_run_id == first.mlflow_run_id
+    assert latest.read_bytes() == data[: len(data) // 3]  # the damaged file is left as it was (nothing deleted)
+    assert (tmp_path / "longer" / "checkpoint_00000004_r" / "checkpoint.pt").is_file()
+
+    with pytest.raises(LaunchInputError, match="nothing to train.*--more-steps"):
+        run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer")
+
+    longer = run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri,
+                             resume="longer", more_steps=2)
+    assert longer.step == 6 and longer.knn_top1 is not None and longer.time_to_first_step_s is not None
+    run_id = first.mlflow_run_id
+    assert [s for s, _ in losses(tracking_uri, run_id)] == list(range(1, 7))  # each step once
+    for key in ("lr", "momentum", "epoch"):
+        assert [s for s, _ in tracking.metric_history(tracking_uri, run_id, key)] == list(range(1, 7)), key
+    assert [s for s, _ in tracking.metric_history(tracking_uri, run_id, "knn_top1")] == [4, 6]
+    assert tracking.metric_history(tracking_uri, run_id, "restored_from_step") == [(0, 0.0), (2, 2.0), (4, 4.0)]
+
+    # the documented schedule: the 4-step plan grows to 6; lr ramps over the warm-up length (2 steps) from the
+    # lr of step 4 to the re-planned cosine (warm-up 2, total 6); EMA momentum follows the re-planned cosine
+    peak = cfg.optim.blr * cfg.train.batch_size / 256
+    lr = dict(tracking.metric_history(tracking_uri, run_id, "lr"))
+    curve = lambda i: peak * 0.5 * (1 + math.cos(math.pi * (i - 2) / (6 - 2)))  # noqa: E731
+    assert lr[4] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * (3 - 2) / (4 - 2))))
+    assert lr[5] == pytest.approx(lr[4] + (curve(4) - lr[4]) * 0.5)
+    assert lr[6] == pytest.approx(curve(5))
+    momentum = dict(tracking.metric_history(tracking_uri, run_id, "momentum"))
+    from siamim.train.schedules import momentum_at
+
+    assert momentum[6] == pytest.approx(momentum_at(5, 6, cfg.optim.ema_m0))
+
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "0.25"
+    assert "| train.epochs | 0.375 | 0.25 |" in run.data.tags["mlflow.note.content"]
+    assert load_checkpoint(longer.checkpoint)["config"]["train"]["epochs"] == 0.375
