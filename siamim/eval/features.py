@@ -17,12 +17,14 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     pool: str = "cls",
+    progress=None,
 ) -> torch.Tensor:
     """Features of ``source`` images under the encoder in eval mode.
 
     Args:
         pool: ``"cls"`` (the cls token after the final norm), ``"mean"`` (mean
             of the patch tokens) or ``"tokens"`` (all patch tokens).
+        progress: optional ``progress(done, total)`` called after every batch.
     Returns:
         float32 ``[N, D]`` for cls/mean, ``[N, L, D]`` for tokens (on CPU).
     """
@@ -42,5 +44,7 @@ def extract_features(
         else:
             feats = tokens[:, 1:]
         out.append(feats.float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(idx)), len(idx))
     encoder.train(was_training)
     return torch.cat(out)

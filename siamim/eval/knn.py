@@ -47,11 +47,35 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes
     return 100.0 * (pred == test_labels).float().mean().item()
 
 
-def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu") -> float:
+def progress_reporter(log, what: str, every: float = 5.0):
+    """``report(done, total)`` that logs ``what done/total (img/s, ETA)`` at most every ``every`` seconds
+    (and at the end); ``log=None``: silent."""
+    import time
+
+    from siamim.train.progress import format_seconds
+
+    start = time.monotonic()
+    last = [start]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if log is None or (done < total and now - last[0] < every):
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-9)
+        eta = format_seconds((total - done) / rate) if done < total else "done"
+        log(f"{what} {done}/{total} ({rate:.0f} img/s, ETA {eta})")
+
+    return report
+
+
+def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu", log=None,
+                 every: float = 5.0) -> float:
     """kNN top-1 (%) of ``encoder``'s cls features: train split as memory bank, test split as queries.
 
     Uses ``cfg.data`` for the dataset and ``cfg.eval.knn_k / knn_temperature /
-    knn_train_subset / knn_test_subset / batch_size``. With ``knn_train_subset``
+    knn_train_subset / knn_test_subset / batch_size``. ``log`` (e.g. ``print``) gets
+    progress lines (what is extracted, n/N, img/s, ETA) every ``every`` seconds. With ``knn_train_subset``
     the bank is a fixed, seeded random subset of the training set; with
     ``knn_test_subset`` the queries are the first N test images.
     """
@@ -65,12 +89,18 @@ def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cp
     idx = None
     if cfg.eval.knn_train_subset is not None and cfg.eval.knn_train_subset < len(train):
         idx = np.sort(np.random.default_rng(0).choice(len(train), cfg.eval.knn_train_subset, replace=False))
-    bank = extract_features(encoder, train, cfg.data.img_size, idx, cfg.eval.batch_size, device)
+    n_train = len(train) if idx is None else len(idx)
+    n_test = len(test) if cfg.eval.knn_test_subset is None else min(len(test), cfg.eval.knn_test_subset)
+    if log is not None:
+        log(f"[siamim] kNN: features of {n_train} train (memory bank) + {n_test} test images, k={cfg.eval.knn_k}")
+    bank = extract_features(encoder, train, cfg.data.img_size, idx, cfg.eval.batch_size, device,
+                            progress=progress_reporter(log, "[siamim] kNN: train features", every))
     bank_labels = torch.from_numpy(train.labels if idx is None else train.labels[idx])
     q_idx = None
     if cfg.eval.knn_test_subset is not None and cfg.eval.knn_test_subset < len(test):
         q_idx = np.arange(cfg.eval.knn_test_subset)
-    queries = extract_features(encoder, test, cfg.data.img_size, q_idx, cfg.eval.batch_size, device)
+    queries = extract_features(encoder, test, cfg.data.img_size, q_idx, cfg.eval.batch_size, device,
+                               progress=progress_reporter(log, "[siamim] kNN: test features", every))
     q_labels = torch.from_numpy(test.labels if q_idx is None else test.labels[q_idx])
     return knn_accuracy(bank, bank_labels, queries, q_labels, len(train.classes),
                         cfg.eval.knn_k, cfg.eval.knn_temperature)

@@ -58,12 +58,17 @@ class Progress:
         self.log, self.protocol, self.every, self.last = log, protocol, every, 0.0
 
     def __call__(self, what: str) -> Callable:
+        from siamim.train.progress import format_seconds
+
+        start = time.monotonic()
+
         def report(done, total, *extra):
             now = time.monotonic()
             if done == total or now - self.last >= self.every:
                 self.last = now
                 tail = f" loss {extra[0]:.4f}" if extra else ""
-                self.log(f"[{self.protocol}] {what} {done}/{total}{tail}")
+                eta = f" ETA {format_seconds((now - start) / done * (total - done))}" if 0 < done < total else ""
+                self.log(f"[{self.protocol}] {what} {done}/{total}{tail}{eta}")
         return report
 
 

@@ -221,7 +221,7 @@ def train_loop_per_worker(config: dict) -> None:
         local_cpus = int(cfg.run.cpus_per_worker * ray.train.get_context().get_local_world_size())
         torch.set_num_threads(max(threads, local_cpus))
         try:
-            knn = evaluate_knn(out["encoder"], cfg, device)
+            knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
         finally:
             torch.set_num_threads(threads)
         timings["knn_eval_s"] = time.time() - knn_start

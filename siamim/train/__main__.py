@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if dist.rank() == 0:
         line = f"[siamim] done: step {result['step']} | checkpoint {out_dir / 'checkpoint.pt'}"
         if not args.no_knn:
-            line += f" | kNN top-1 {evaluate_knn(result['encoder'], cfg, device):.2f}%"
+            line += f" | kNN top-1 {evaluate_knn(result['encoder'], cfg, device, log=print):.2f}%"
         print(line + f" | wall {format_seconds(time.perf_counter() - start)}", flush=True)
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
