@@ -10,6 +10,11 @@
 #
 # State (pid files, logs, the MLflow db) lives in $SIAMIM_STACK_DIR (default runs/stack, git-ignored).
 # Ports: RAY_PORT (6380), RAY_DASHBOARD_PORT (8265), MLFLOW_PORT (5000), S3_PORT (9000).
+#
+# Lifetimes: the S3 server (moto) keeps objects in memory, so each `up` of it is an empty store. The MLflow
+# db is kept only as long as the artifacts it points at: when MLflow starts against a different S3 session
+# than the one its db was written with, the old db is moved to $SIAMIM_STACK_DIR/archive/<time>/ (nothing is
+# deleted) and MLflow starts empty. Without the S3 server, MLflow keeps artifacts on disk and both persist.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +46,7 @@ up_s3() {
   setsid "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STACK_DIR/s3.log" 2>&1 &
   echo $! >"$STACK_DIR/s3.pid"
   wait_http "http://127.0.0.1:$S3_PORT/" 30
+  echo "$(date +%Y%m%d-%H%M%S)-$$-$RANDOM" >"$STACK_DIR/s3.session"   # a new, empty in-memory store
   "$VENV_BIN/python" - <<EOF
 import boto3
 s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:$S3_PORT")
@@ -52,11 +58,21 @@ EOF
 
 up_mlflow() {
   if [ -f "$STACK_DIR/mlflow.pid" ] && kill -0 "$(cat "$STACK_DIR/mlflow.pid")" 2>/dev/null; then echo "mlflow: already up"; return; fi
-  local artifacts="$STACK_DIR/mlflow-artifacts"
+  local artifacts="$STACK_DIR/mlflow-artifacts" session="local"
   if [ -f "$STACK_DIR/s3.pid" ] && kill -0 "$(cat "$STACK_DIR/s3.pid")" 2>/dev/null; then
     artifacts="s3://$S3_BUCKET/mlflow"   # artifacts on the object store, credentials on the server only
     export MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
+    session="s3:$(cat "$STACK_DIR/s3.session" 2>/dev/null || echo unknown)"
   fi
+  # Keep the runs only while the artifacts (and checkpoints) they point at exist: see "Lifetimes" above.
+  if [ -f "$STACK_DIR/mlflow.db" ] && [ "$(cat "$STACK_DIR/mlflow.session" 2>/dev/null)" != "$session" ]; then
+    local archive; archive="$STACK_DIR/archive/$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$archive"
+    mv "$STACK_DIR/mlflow.db" "$archive/"
+    [ -f "$STACK_DIR/mlflow.session" ] && mv "$STACK_DIR/mlflow.session" "$archive/"
+    echo "mlflow: its runs pointed at artifacts of an S3 server that is gone (in-memory); moved the db to $archive"
+  fi
+  echo "$session" >"$STACK_DIR/mlflow.session"
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$VENV_BIN/mlflow" server \
     --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" --artifacts-destination "$artifacts" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STACK_DIR/mlflow.log" 2>&1 &
@@ -69,7 +85,9 @@ up_ray() {
   if [ -f "$STACK_DIR/ray.pid" ] && kill -0 "$(cat "$STACK_DIR/ray.pid")" 2>/dev/null; then echo "ray: already up"; return; fi
   # --block keeps `ray start` in the foreground of its own session, so `down` stops exactly this head
   # (its process group) and never other Ray clusters on the host, as `ray stop` would.
-  setsid "$VENV_BIN/ray" start --head --block --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
+  # RAY_API_SERVER_ADDRESS: Ray Train's PlacementGroupCleaner queries the state API without an address and,
+  # with another Ray instance on the host, prints "Found multiple active Ray instances" tracebacks.
+  RAY_API_SERVER_ADDRESS="http://127.0.0.1:$RAY_DASHBOARD_PORT" setsid "$VENV_BIN/ray" start --head --block --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
     --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
   echo $! >"$STACK_DIR/ray.pid"
@@ -96,7 +114,9 @@ case "${1:-}" in
     services=("$@"); [ ${#services[@]} -gt 0 ] || services=(s3 mlflow ray)
     for s in "${services[@]}"; do "up_$s"; done ;;
   down)
-    stop_pid ray; stop_pid mlflow; stop_pid s3 ;;
+    stop_pid ray; stop_pid mlflow; stop_pid s3
+    [ -f "$STACK_DIR/s3.session" ] && echo "note: S3 objects were in memory and are gone; the next 'up' archives the MLflow db that pointed at them"
+    true ;;
   status)
     curl -fsS "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" >/dev/null 2>&1 && echo "ray: up (http://127.0.0.1:$RAY_DASHBOARD_PORT)" || echo "ray: down"
     curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && echo "mlflow: up (http://127.0.0.1:$MLFLOW_PORT)" || echo "mlflow: down"
@@ -108,5 +128,5 @@ case "${1:-}" in
     echo "export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION"
     echo "export SIAMIM_S3_STORAGE='s3://$S3_BUCKET/runs?endpoint_override=127.0.0.1:$S3_PORT&scheme=http'" ;;
   *)
-    sed -n '2,13p' "$0"; exit 2 ;;
+    sed -n '2,18p' "$0"; exit 2 ;;
 esac
