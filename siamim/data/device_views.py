@@ -6,19 +6,17 @@ is still a pure function of (seed, step)) and hands over the uint8 source
 images; this module renders a whole batch at once on whatever device the
 batch lives on:
 
-- flip + RandomResizedCrop: one ``grid_sample`` per view over per-sample boxes
-  (bilinear at the output pixel centres, as torchvision's resize, clamped to the
-  crop; when downscaling, ``ceil(source / size)`` points per output pixel and
-  axis spread over its footprint are averaged, a box-filter antialias), then a
-  per-sample horizontal flip;
+- flip + RandomResizedCrop: two batched matmuls per view with per-sample
+  resampling matrices holding torchvision's antialiased bilinear weights (so the
+  crops equal the CPU path's), the flip folded into the column matrix;
 - ColorJitter (brightness, contrast, saturation, hue in each sample's own
-  random order), grayscale, Gaussian blur with a per-sample sigma (one fixed
+  random order; hue only on the samples whose slot holds it, which costs a
+  host sync per slot), grayscale, Gaussian blur with a per-sample sigma (one fixed
   kernel width for the batch, each sample's taps beyond its own torchvision
   kernel size set to zero, so the result equals torchvision's blur), solarize,
   normalisation; all in float32 on ``[0, 1]`` images.
 
-Shapes are fixed by the config (no data-dependent shapes), so the step stays
-friendly to CUDA graphs. The geometry is computed from the same boxes and flips
+The geometry is computed from the same boxes and flips
 by :func:`siamim.data.geometry.relative_geometry`, unchanged.
 """
 
@@ -27,36 +25,45 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from siamim.data.views import BLUR_SIGMA, NEUTRAL_FACTORS, REFERENCE_SIZE, blur_kernel_size
+from siamim.data.views import BLUR_SIGMA, REFERENCE_SIZE, blur_kernel_size
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision
 
 
 # --------------------------------------------------------------------------- spatial
-def _axis_positions(start: torch.Tensor, length: torch.Tensor, size: int, sub: int) -> torch.Tensor:
-    """Source pixel coordinates (pixel-centre units) sampled along one axis of each crop.
+def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size: int) -> torch.Tensor:
+    """Per-sample resampling matrices of one axis: crop ``[start, start + length)`` resized to ``size``.
 
-    Output pixel ``u`` covers ``[start + u*s, start + (u+1)*s)`` with ``s = length / size``. Upscaling
-    (``s <= 1``): its centre, as torchvision's bilinear resize. Downscaling: ``sub`` points spread
-    over that footprint, to be averaged (antialiasing). Clamped to the crop's first/last pixel, as
-    torchvision resizes the crop tensor itself. ``[B]`` x2 -> ``[B, size * sub]``.
+    torchvision's antialiased bilinear filter (``antialias=True``) as weights: output pixel ``u``
+    has centre ``c = s (u + 0.5)`` in crop pixels, ``s = length / size``; crop pixel ``k`` weighs
+    ``max(0, 1 - |k + 0.5 - c| / max(s, 1))``, normalised over the crop (so upscaling is plain
+    bilinear clamped at the crop's edges, downscaling a triangle filter as wide as the scale).
+
+    Args:
+        start, length: ``[B]`` crop offset and length in source pixels.
+    Returns:
+        float ``[B, size, in_size]``, zero outside the crop.
     """
-    dev, dt = start.device, start.dtype
-    u = torch.arange(size, device=dev, dtype=dt).repeat_interleave(sub)  # [size*sub]
-    k = (torch.arange(sub, device=dev, dtype=dt) + 0.5) / sub - 0.5  # sub-sample offsets in (-0.5, 0.5)
-    k = k.repeat(size)
-    scale = (length / size).view(-1, 1)  # [B, 1]
-    spread = (scale > 1).to(dt)  # only downscaling spreads the samples
-    pos = start.view(-1, 1) + (u + 0.5 + k * spread) * scale - 0.5
-    return torch.minimum(torch.maximum(pos, start.view(-1, 1)), (start + length - 1).view(-1, 1))
+    dt = torch.float32
+    start, length = start.to(dt).view(-1, 1, 1), length.to(dt).view(-1, 1, 1)
+    scale = length / size  # [B, 1, 1]
+    centre = scale * (torch.arange(size, device=start.device, dtype=dt).view(1, -1, 1) + 0.5)  # [B, S, 1]
+    rel = torch.arange(in_size, device=start.device, dtype=dt).view(1, 1, -1) - start  # [B, 1, in]
+    inside = (rel >= 0) & (rel < length)
+    weight = (1.0 - (rel + 0.5 - centre).abs() / scale.clamp(min=1.0)).clamp(min=0.0) * inside  # [B, S, in]
+    return weight / weight.sum(dim=-1, keepdim=True)
 
 
 def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, widths: torch.Tensor,
                      size: int) -> torch.Tensor:
-    """Per-sample ``flip(image)[i:i+h, j:j+w]`` resized to ``size x size``: one batched ``grid_sample``.
+    """Per-sample ``flip(image)[i:i+h, j:j+w]`` resized to ``size x size``: two batched matmuls.
+
+    The resize is separable, so each view is ``R_rows @ image @ R_cols^T`` with the per-sample
+    matrices of :func:`resize_weights` (torchvision's antialiased bilinear weights); the flip
+    reverses the rows of ``R_cols``.
 
     Args:
-        images: float ``[B, C, H, W]`` (sources padded to a common size by edge replication).
+        images: float ``[B, C, H, W]`` (sources padded to a common size; padding is never read).
         boxes: ``[B, 4]`` ``(i, j, h, w)`` in pixels of the flipped source image.
         flips: bool ``[B]``.
         widths: ``[B]`` true width ``W_b`` of each source (before padding).
@@ -64,21 +71,13 @@ def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
         float ``[B, C, size, size]``.
     """
     _, _, height, width = images.shape
-    sub = max(1, -(-max(height, width) // size))  # points per output pixel and axis when downscaling
-    boxes = boxes.to(images.dtype)
     i, j, h, w = boxes.unbind(-1)
     # A crop of the flipped image is the flipped crop of the mirrored box in the original.
-    left = torch.where(flips, widths.to(images.dtype) - j - w, j)
-    ys = _axis_positions(i, h, size, sub)  # [B, size*sub]
-    xs = _axis_positions(left, w, size, sub)
-    gy = (ys + 0.5) / height * 2 - 1  # grid_sample's normalised coordinates (align_corners=False)
-    gx = (xs + 0.5) / width * 2 - 1
-    n = size * sub
-    grid = torch.stack([gx[:, None, :].expand(-1, n, -1), gy[:, :, None].expand(-1, -1, n)], dim=-1)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if sub > 1:
-        out = F.avg_pool2d(out, sub)
-    return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
+    left = torch.where(flips, widths.to(boxes.dtype) - j - w, j)
+    rows = resize_weights(i, h, height, size).to(images.dtype)  # [B, S, H]
+    cols = resize_weights(left, w, width, size).to(images.dtype)  # [B, S, W]
+    cols = torch.where(flips.view(-1, 1, 1), cols.flip(1), cols)
+    return rows.unsqueeze(1) @ images @ cols.transpose(1, 2).unsqueeze(1)  # [B, C, S, S]
 
 
 # --------------------------------------------------------------------------- colour ops on [B, 3, S, S] in [0, 1]
@@ -121,26 +120,20 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Closed form: channel ``n`` (r, g, b = 5, 3, 1) is ``v - v s clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``."""
     h, s, v = x.unbind(1)
-    sector = torch.floor(h * 6.0)
-    frac = h * 6.0 - sector
-    sector = sector.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * frac)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - frac))).clamp(0.0, 1.0)
-    table = torch.stack([torch.stack([v, q, p, p, t, v], 1), torch.stack([t, v, v, q, p, p], 1),
-                         torch.stack([p, p, t, v, v, q], 1)], dim=1)  # [B, 3(rgb), 6(sector), S, S]
-    pick = F.one_hot(sector, 6).permute(0, 3, 1, 2).unsqueeze(1).to(x.dtype)  # [B, 1, 6, S, S]
-    return (table * pick).sum(dim=2)
+    h6 = h * 6.0
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + h6, 6.0)
+        out.append(v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, dim=1)
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     hsv = _rgb_to_hsv(x)
     hue = torch.remainder(hsv[:, 0] + factor.view(-1, 1, 1), 1.0)
     return _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
-
-
-JITTER_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -169,6 +162,11 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
 def apply_colour_batch(x: torch.Tensor, params: torch.Tensor, kernel: int) -> torch.Tensor:
     """Each sample's colour pipeline, batched.
 
+    Jitter: in each of the four order slots every sample gets one blend
+    ``f x + (1 - f) other`` (brightness: ``other = 0``; contrast: the mean luma;
+    saturation: the pixel's luma; ``f = 1`` for samples whose slot holds hue or
+    that draw no jitter), and hue rotation runs only on the samples whose slot holds it.
+
     Args:
         x: float ``[B, 3, S, S]`` in [0, 1].
         params: ``[B, 12]`` rows of :meth:`siamim.data.views.ColourParams.as_tensor`.
@@ -180,11 +178,15 @@ def apply_colour_batch(x: torch.Tensor, params: torch.Tensor, kernel: int) -> to
     jitter = params[:, 0] > 0.5
     factors, order = params[:, 1:5], params[:, 5:9].round().long()
     for slot in range(4):
-        for op, fn in enumerate(JITTER_FNS):
-            active = jitter & (order[:, slot] == op)
-            # Samples whose slot holds another op get the neutral factor (an exact identity but for hue,
-            # whose RGB->HSV->RGB round trip is exact to float rounding).
-            x = fn(x, torch.where(active, factors[:, op], torch.full_like(factors[:, op], NEUTRAL_FACTORS[op])))
+        op = torch.where(jitter, order[:, slot], torch.full_like(order[:, slot], -1))  # -1: nothing
+        luma = grayscale(x)  # [B, 1, S, S]
+        other = torch.where((op == 1).view(-1, 1, 1, 1), luma.mean(dim=(-2, -1), keepdim=True), luma)
+        other = torch.where((op == 0).view(-1, 1, 1, 1), torch.zeros_like(luma), other)
+        factor = factors.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1)
+        x = _blend(x, other, torch.where((op >= 0) & (op <= 2), factor, torch.ones_like(factor)))
+        hue_rows = (op == 3).nonzero().squeeze(1)
+        if len(hue_rows):
+            x = x.index_copy(0, hue_rows, adjust_hue(x[hue_rows], factors[hue_rows, 3]))
     x = torch.where((params[:, 9] > 0.5).view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
     x = gaussian_blur(x, params[:, 10], kernel)
     return torch.where((params[:, 11] > 0.5).view(-1, 1, 1, 1) & (x >= 128 / 255), 1.0 - x, x)

@@ -61,17 +61,13 @@ def test_crops_equal_the_cpu_crops():
     gen = torch.Generator().manual_seed(0)
     coarse = torch.rand(B, 3, 10, 14, generator=gen)  # natural-image-like: smooth at the pixel scale
     src = (F.interpolate(coarse, size=(40, 56), mode="bicubic", align_corners=False).clamp(0, 1) * 255).round()
-    for size, tol in ((64, 1e-4), (16, None)):  # upscaling: bilinear, exact; downscaling: antialias filters differ
+    for size in (64, 16):  # upscaling (bilinear) and downscaling (antialiased): the same weights as torchvision
         boxes = torch.tensor([sample_crop(40, 56, (0.2, 1.0), gen) for _ in range(B)], dtype=torch.float32)
         flips = torch.tensor([b % 2 == 0 for b in range(B)])
         got = dv.crop_resize_flip(src / 255, boxes, flips, torch.full((B,), 56.0), size)
         want = torch.stack([spatial_view(src[b] / 255, tuple(int(v) for v in boxes[b]), bool(flips[b]), size)
                             for b in range(B)])
-        err = (got - want).abs()
-        if tol is not None:
-            assert err.max() < tol, err.max()
-        else:  # box vs triangle antialias filter; measured mean 0.0075, max 0.049 (of a [0, 1] range)
-            assert err.mean() < 0.01 and err.max() < 0.08, (err.mean(), err.max())
+        assert (got - want).abs().max() < 1e-5, size  # measured 2.4e-7
 
 
 def test_geometry_holds_on_the_device_path():
@@ -109,9 +105,9 @@ def test_device_batches_match_cpu_batches_from_the_same_draws():
             assert torch.equal(dev[key], cpu[key]), key
         for key in ("view1", "view2"):
             # The CPU path rounds to uint8 after every op; in [0, 1] units the difference stays small
-            # (measured: mean <= 0.0048, max <= 0.050 with colour; mean 0.0014, max 0.014 without).
+            # (measured: mean <= 0.0048, max <= 0.022 with colour; mean 0.0012, max 0.0039 without).
             err = ((dev[key] - cpu[key]) * 0.25).abs()
-            assert err.mean() < 0.01 and err.max() < 0.1, (overrides, key, err.mean(), err.max())
+            assert err.mean() < 0.008 and err.max() < 0.05, (overrides, key, err.mean(), err.max())
         if overrides == ["views.different_views=false"]:
             assert torch.equal(dev["view1"], dev["view2"])
 
