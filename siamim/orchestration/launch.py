@@ -369,6 +369,7 @@ def run_pretraining(
         "siamim.storage": storage.display(run_name),
         "siamim.num_workers": cfg.run.num_workers,
         "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
+        "siamim.git_dirty": (job_config().get("metadata") or {}).get("git_dirty"),  # jobs/submit.py
         "mlflow.source.name": "jobs/pretrain.py",
         "siamim.source_digest": tracking.source_digest(REPO_ROOT),
         "ray.job_id": ray.get_runtime_context().get_job_id(),

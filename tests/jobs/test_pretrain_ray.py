@@ -27,6 +27,7 @@ from tests.jobs.helpers import BIN, REPO, TINY_ARGS
 pytestmark = pytest.mark.slow
 
 STEPS = 4
+CHECKPOINT_ARTIFACTS = ["checkpoint/checkpoint.pt", "checkpoint/checkpoint.pt.integrity.json"]  # data + integrity
 TINY = {
     "train.max_steps": STEPS,
     "train.checkpoint_every": 2,
@@ -107,7 +108,7 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     assert len(tags["mlflow.source.git.commit"]) == 40 and len(tags["siamim.source_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
-    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
+    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
 
 
 def test_checkpoint_restores(reference, tracking_uri, tmp_path):
@@ -188,9 +189,10 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(ray_head, mlflow_server, fash
     entrypoint = [sys.executable, "jobs/pretrain.py", "--config", "configs/tiny.yaml", "--storage", str(storage),
                   "--tracking-uri", mlflow_server, "--experiment", "e2e-submit", "--name", "submitted",
                   "train.max_steps=2", *TINY_ARGS]
-    commit = "0123456789abcdef0123456789abcdef01234567"  # .git is not uploaded: the submitter passes the commit
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
-           "--submission-id", submission_id, "--metadata-json", f'{{"git_commit": "{commit}"}}', "--", *entrypoint]
+    # .git is not uploaded: jobs/submit.py passes the checkout's commit as job metadata, no extra typing
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), "--address", ray_head["dashboard"],
+           "--submission-id", submission_id, "--python", sys.executable, "--", *entrypoint[2:]]
     proc = subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -204,12 +206,13 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(ray_head, mlflow_server, fash
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "submitted"
     assert run.data.tags["ray.submission_id"] == submission_id
-    assert run.data.tags["mlflow.source.git.commit"] == commit
+    assert len(commit) == 40 and run.data.tags["mlflow.source.git.commit"] == commit
+    assert run.data.tags["siamim.git_dirty"] in ("true", "false")
     assert len(run.data.tags["siamim.source_digest"]) == 64
     assert run.data.tags["ray.working_dir"].startswith("gcs://_ray_pkg_")
     assert "knn_top1" in run.data.metrics
     assert [s for s, _ in [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]] == [1, 2]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/checkpoint.pt"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
     assert (storage / "submitted" / "checkpoint_00000002" / "checkpoint.pt").is_file()
 
 
