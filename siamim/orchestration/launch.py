@@ -203,12 +203,16 @@ def _log_checkpoint_artifact(tracking_uri: str, run_id: str, checkpoint) -> None
 
 
 # --------------------------------------------------------------------------- plans
-def steps_per_epoch(cfg: Config) -> int:
-    """Optimizer steps per epoch of ``cfg``'s training data (reads the dataset's size)."""
+def steps_per_epoch(cfg: Config) -> int | None:
+    """Optimizer steps per epoch of ``cfg``'s training data (reads the dataset's size); None when the
+    dataset's size is not known up front (a streamed source): the plan checks are skipped then."""
     from siamim.data.sources import build_source
     from siamim.train.loop import step_plan
 
-    n = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
+    try:
+        n = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
+    except Exception:  # not a map-style source here; the loop reports data problems itself
+        return None
     if cfg.data.train_subset is not None:
         n = min(n, cfg.data.train_subset)
     try:
@@ -260,6 +264,8 @@ def check_fresh_plan(cfg: Config) -> None:
     if cfg.train.max_steps is None:
         return
     spe = steps_per_epoch(cfg)
+    if spe is None:
+        return
     total = plan_total(cfg, spe)
     if cfg.train.max_steps > total:
         raise ConfigError(
@@ -347,7 +353,11 @@ def run_pretraining(
         rec_plan = (point.checkpoint.record or {}).get("plan") if point.checkpoint else None
         spe = int(rec_plan["steps_per_epoch"]) if rec_plan else steps_per_epoch(cfg)
         resume_cmd = f"python jobs/pretrain.py --resume {run_name} --storage '{storage.uri}'"
-        cfg = plan_resume(cfg, run_name, point.step, spe, more_steps, resume_cmd, log)
+        if spe is not None:
+            cfg = plan_resume(cfg, run_name, point.step, spe, more_steps, resume_cmd, log)
+        elif more_steps is not None:
+            raise LaunchInputError(f"--more-steps: run {run_name}'s checkpoint records no plan and the size of its "
+                                   "training data is unknown; raise train.epochs / train.max_steps instead")
 
     embedded = ensure_ray(address)
     log(f"[siamim] Ray ready {time.time() - launch_time:.1f} s after launch")
