@@ -34,3 +34,31 @@ def test_overrides_apply_on_top_of_a_stored_config():
 def test_run_name_defaults_to_experiment_and_time():
     assert new_run_name(load_config("tiny", {"run.name": "mine"})) == "mine"
     assert new_run_name(load_config("tiny")).startswith("siamim-tiny-")
+
+
+def test_more_steps_moves_the_stop_inside_the_plan_and_grows_it_past_the_end():
+    from siamim.config import load_config
+    from siamim.orchestration.launch import LaunchInputError, plan_resume
+
+    cmd = "python jobs/pretrain.py --resume r"
+    cfg = plan_resume(load_config("tiny", ["train.max_steps=100"]), "r", 100, 234, 50, cmd, log=lambda m: None)
+    assert cfg.train.epochs == 1 and cfg.train.max_steps == 150  # inside the 234-step plan: same schedules
+    cfg = plan_resume(load_config("tiny", ["train.max_steps=100"]), "r", 100, 234, 134, cmd, log=lambda m: None)
+    assert cfg.train.epochs == 1 and cfg.train.max_steps is None  # exactly to the end of the plan
+    cfg = plan_resume(load_config("tiny"), "r", 234, 234, 100, cmd, log=lambda m: None)
+    assert round(cfg.train.epochs * 234) == 334 and cfg.train.max_steps is None  # the plan grows
+    with pytest.raises(LaunchInputError, match=r"already at step 234.*--more-steps N"):
+        plan_resume(load_config("tiny"), "r", 234, 234, None, cmd)
+    with pytest.raises(LaunchInputError, match=r"train.max_steps=400 lies past.*234 steps.*--more-steps 166"):
+        plan_resume(load_config("tiny", ["train.max_steps=400"]), "r", 234, 234, None, cmd)
+
+
+def test_resource_shortfall_names_the_numbers_and_the_fix():
+    from siamim.config import load_config
+    from siamim.orchestration.preflight import fit_hint, resource_shortfall
+
+    cfg = load_config("tiny", ["run.num_workers=4"])
+    assert resource_shortfall(cfg, {"CPU": 4.0}) is None
+    assert resource_shortfall(cfg, {"CPU": 2.0}) == ("run.num_workers=4 x run.cpus_per_worker=1 needs 4 CPUs; "
+                                                     "the Ray cluster has 2")
+    assert fit_hint(cfg, {"CPU": 2.0}) == "lower --num-workers to 2 or --cpus-per-worker to 0.5"
