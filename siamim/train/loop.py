@@ -7,8 +7,6 @@ platform hooks in through two callbacks, ``reporter`` and ``checkpoint_saver``.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +22,7 @@ from siamim.data.sources import build_source
 from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
 from siamim.train.progress import Progress
+from siamim.train.step import MetricBuffer, TrainStep
 from siamim.train.schedules import lr_at, momentum_at
 
 Reporter = Callable[[dict], None]
@@ -166,52 +165,40 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
             model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
         online = DistributedDataParallel(model.online, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
-    amp = autocast_dtype(cfg, device)
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
-    params = [p for p in model.online.parameters() if p.requires_grad]
     loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
     progress = Progress(total_steps=total_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
                         enabled=verbose and rank == 0, stop_step=stop_step)
+    train_step = TrainStep(model, online, optimizer, autocast_dtype(cfg, device), cfg.optim.clip_grad)
+    buffer = MetricBuffer()
     step = start_step
     state = None
-    tick = time.perf_counter()
+    interval_start = time.perf_counter()
+    interval_first = start_step
     for batch in loader:
         if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and resume_state is None:
             raise InjectedFault(f"train.fail_at_step={step}: injected failure on rank {rank}")
         batch = prepare_batch(batch, device, cfg.data.img_size, source.mean, source.std)
         lr = planned_lr(step, plan, peak_lr, cfg.optim.min_lr)
         momentum = momentum_at(step, total_steps, cfg.optim.ema_m0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with ctx:
-            out = model(batch, online=online)
-        loss = out["loss"]
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss {loss_value} at step {step} (lr {lr:.3g}); "
-                                     "lower optim.blr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.clip_grad is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        optimizer.step()
-        model.update_target(momentum)
+        out = train_step(batch, lr, momentum)  # device scalars: no host sync here
         step += 1
-        now = time.perf_counter()
-        metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value, "lr": lr,
-                   "momentum": momentum, "grad_norm": float(grad_norm),
-                   "images_per_s": cfg.train.batch_size / max(now - tick, 1e-9)}
-        metrics.update({k: float(v) for k, v in out.items() if k != "loss"})
-        tick = now
-        if rank == 0:
-            if reporter is not None:
-                reporter(metrics)
-            progress.update(metrics, log=step % cfg.train.log_every == 0 or step == stop_step)
+        buffer.add(out, {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "momentum": momentum})
         last = step == stop_step
-        if last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+        save = last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
+        if last or save or step % cfg.train.log_every == 0:
+            # One transfer per interval; raises on a non-finite loss before anything is saved.
+            flushed = buffer.flush()
+            now = time.perf_counter()
+            rate = cfg.train.batch_size * (step - interval_first) / max(now - interval_start, 1e-9)
+            interval_start, interval_first = now, step
+            for metrics in flushed:
+                metrics["images_per_s"] = rate  # mean over the interval (per-step times would need a sync)
+                if rank == 0:
+                    if reporter is not None:
+                        reporter(metrics)
+                    progress.update(metrics, log=metrics is flushed[-1])
+        if save:
             state = training_state(model, optimizer, step, cfg, plan) if rank == 0 else None
             saver(state, step)
     if step == start_step:  # nothing left to train (resumed at the end): still hand back a state
