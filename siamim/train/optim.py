@@ -22,5 +22,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over ``model``'s trainable parameters; lr is set per step by the loop."""
-    return torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0, betas=tuple(cfg.optim.betas))
+    """AdamW over ``model``'s trainable parameters; lr is set per step by the loop.
+
+    Fused (one kernel for all parameters) when they live on a CUDA device.
+    """
+    fused = all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0, betas=tuple(cfg.optim.betas),
+                             fused=fused or None)
