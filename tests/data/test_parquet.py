@@ -188,3 +188,23 @@ def test_unreachable_s3_fails_in_seconds_naming_the_endpoint():
     with pytest.raises(PreflightError, match=f"http://127.0.0.1:{port}"):
         check_data(cfg)
     assert time.time() - start < 30
+
+
+def test_pretrain_and_evaluate_from_shards(fmnist_shards, tmp_path):
+    """Plain-PyTorch training from the shards, then jobs/evaluate.py reads the manifest's train/test splits."""
+    import subprocess
+    import sys
+
+    from siamim.train import pretrain
+
+    out, _ = fmnist_shards
+    cfg = load_config("tiny", [*SMALL, "data.dataset=parquet", f"data.root={out}", "train.max_steps=1",
+                               f"train.output_dir={tmp_path}/run"])
+    pretrain(cfg, verbose=False)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "evaluate.py"), "--checkpoint",
+                           str(tmp_path / "run" / "checkpoint.pt"), "--protocols", "knn", "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert f"train {N} / test {N} images" in proc.stdout  # the shards' splits, not the 60k/10k IDX files
+    assert "knn_top1" in (tmp_path / "eval" / "evaluation.csv").read_text()
