@@ -107,6 +107,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early; schedules still span `epochs`
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA with bf16 support, else fp32
+    compile: bool = False  # torch.compile the online branch (not measured on a GPU yet: docs/benchmarks.md)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 10
     checkpoint_every: int = 500  # steps between checkpoints (0: only at the end)

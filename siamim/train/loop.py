@@ -164,6 +164,8 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
         if device.type == "cuda" and cfg.model.norm == "bn":
             model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
         online = DistributedDataParallel(model.online, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        online = torch.compile(online)
     model.train()
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
     loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
