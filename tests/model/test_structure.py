@@ -66,3 +66,12 @@ def test_official_initialisation(small_cfg):
             assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0), name
     for token in (model.online.encoder.cls_token, model.online.predictor.mask_token):
         assert 0.005 < token.std().item() < 0.05
+
+
+def test_every_attention_uses_the_fused_sdpa_kernel(small_cfg):
+    """timm's Attention takes F.scaled_dot_product_attention when ``fused_attn`` is set."""
+    from timm.models.vision_transformer import Attention
+
+    model = SiameseIM(small_cfg())
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    assert attns and all(a.fused_attn for a in attns)
