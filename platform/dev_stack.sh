@@ -28,7 +28,7 @@ RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 S3_PORT="${S3_PORT:-9000}"
 S3_BUCKET="${S3_BUCKET:-siamim}"
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # dev/CI: no token auth (see shared STACK.md)
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # dev/CI: no token auth (Ray 2.60 turns it on by default)
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-dev}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-dev}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 mkdir -p "$STACK_DIR"

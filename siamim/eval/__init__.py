@@ -1,4 +1,4 @@
-"""Evaluation protocols on frozen or fine-tuned encoders (PAPER.md, "Evaluation protocols").
+"""Evaluation protocols on frozen or fine-tuned encoders (docs/method.md, "Evaluation protocols").
 
 Pure PyTorch + timm (no Ray, MLflow or boto3); ``jobs/evaluate.py`` drives them,
 docs/evaluation.md defines them at Fashion-MNIST scale.

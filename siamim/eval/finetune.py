@@ -1,4 +1,4 @@
-"""FT: end-to-end fine-tuning, MAE recipe (PAPER.md "Evaluation protocols"), with an epoch budget.
+"""FT: end-to-end fine-tuning, MAE recipe (docs/method.md, "Evaluation protocols"), with an epoch budget.
 
 Recipe (MAE ``main_finetune.py``, timm's implementations): AdamW (betas 0.9,
 0.999) over :func:`timm.optim.param_groups_layer_decay` groups (layer-wise lr

@@ -1,4 +1,4 @@
-"""LIN: linear probe on frozen features, MAE protocol (PAPER.md "Evaluation protocols").
+"""LIN: linear probe on frozen features, MAE protocol (docs/method.md, "Evaluation protocols").
 
 The head is ``BatchNorm1d(D, affine=False, eps=1e-6)`` followed by a linear
 layer (weights trunc-normal, std 0.01; bias 0), trained with LARS (momentum

@@ -90,7 +90,7 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (platform/mlflow_server.sh), "
+                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (platform/dev_stack.sh up), "
                 "fix MLFLOW_TRACKING_URI / --tracking-uri, or unset it to use the local store ./mlflow.db."
             ) from err
         return
