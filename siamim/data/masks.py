@@ -12,8 +12,8 @@ import math
 import torch
 
 
-def random_mask(grid: int, num_masked: int, gen: torch.Generator) -> torch.Tensor:
-    """Uniformly random mask. Returns bool ``[G*G]``, True = masked."""
+def random_mask(grid: int, num_masked: int, gen: torch.Generator, min_block: int = 1) -> torch.Tensor:
+    """Uniformly random mask (``min_block`` is unused). Returns bool ``[G*G]``, True = masked."""
     order = torch.randperm(grid * grid, generator=gen)
     mask = torch.zeros(grid * grid, dtype=torch.bool)
     mask[order[:num_masked]] = True
@@ -80,10 +80,11 @@ def _border(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+MASKS = {"blockwise": blockwise_mask, "random": random_mask}  # mask.type -> fn(grid, num_masked, gen, min_block)
+
+
 def make_mask(kind: str, grid: int, num_masked: int, gen: torch.Generator, min_block: int = 4) -> torch.Tensor:
-    """Dispatch on ``mask.type``: ``'blockwise'`` or ``'random'``. Returns bool ``[G*G]``."""
-    if kind == "blockwise":
-        return blockwise_mask(grid, num_masked, gen, min_block=min_block)
-    if kind == "random":
-        return random_mask(grid, num_masked, gen)
-    raise ValueError(f"unknown mask type {kind!r}; choose 'blockwise' or 'random'")
+    """Dispatch on ``mask.type`` (a key of :data:`MASKS`). Returns bool ``[G*G]``, True = masked."""
+    if kind not in MASKS:
+        raise ValueError(f"unknown mask type {kind!r}; choose one of {sorted(MASKS)}")
+    return MASKS[kind](grid, num_masked, gen, min_block=min_block)

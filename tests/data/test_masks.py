@@ -68,3 +68,12 @@ def test_same_count_across_a_batch(small_cfg):
 def test_unknown_mask_type():
     with pytest.raises(ValueError, match="blockwise"):
         make_mask("checkerboard", 8, 10, torch.Generator())
+
+
+def test_config_choices_match_the_mask_registry():
+    import typing
+
+    from siamim.config import MaskConfig
+    from siamim.data.masks import MASKS
+
+    assert set(typing.get_args(typing.get_type_hints(MaskConfig)["type"])) == set(MASKS)
