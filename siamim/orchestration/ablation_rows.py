@@ -6,11 +6,11 @@ MAE, row (k) an instance-discrimination method (one vector per view). The
 numbers are kept here so the assembled ablation table can show them beside our
 measurements (orientation only: our scale is Fashion-MNIST on CPUs).
 
-A row's config is the preset ``configs/ablation/<row>.yaml`` when it exists
-(``load_config("ablation/<row>")``); until then it is the ``tiny`` preset plus
-the row's switches below. Either way the switches that go to MLflow are read
-back from the *resolved* config (:data:`SWITCH_KEYS`), so every child run of a
-grid has the same param names.
+A row's config is the preset ``configs/ablation/<row>.yaml``
+(``load_config("ablation/<row>")``); :data:`ROWS` restates each row's switches
+as the paper's table gives them (a test checks the presets against it). The
+switches that go to MLflow are read back from the *resolved* config
+(:data:`SWITCH_KEYS`), so every child run of a grid has the same param names.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from siamim.config import CONFIG_DIR, Config, flatten, load_config
+from siamim.config import Config, flatten, load_config
 
 # The config keys of the table's switch columns (docs/method.md), in the paper's column order.
 SWITCH_KEYS = ("model.target", "views.different_views", "views.color_aug", "mask.type", "model.norm",
                "model.heads", "loss.scope", "loss.type")
-FALLBACK_PRESET = "tiny"  # row (i)'s settings; the fallback for rows without their own preset
 
 
 @dataclass(frozen=True)
 class Row:
-    """One ablation row: its switches (config overrides over ``tiny``) and the paper's numbers."""
+    """One ablation row: its switches (dotted config keys, as the paper's table) and the paper's numbers."""
 
     name: str
     switches: dict
@@ -95,30 +94,17 @@ def parse_rows(text: str) -> list[str]:
     return [r for r in ROWS if r in names]
 
 
-def row_preset(row: str) -> str | None:
-    """``"ablation/<row>"`` when ``configs/ablation/<row>.yaml`` exists, else ``None``."""
-    return f"ablation/{row}" if (CONFIG_DIR / "ablation" / f"{row}.yaml").is_file() else None
-
-
 def row_source(row: str) -> str:
-    """Where a row's settings come from, for logs and MLflow: the preset, or ``tiny`` + switches."""
-    return row_preset(row) or f"{FALLBACK_PRESET}+switches"
+    """The preset a row's settings come from (for logs and MLflow): ``ablation/<row>``."""
+    return f"ablation/{row}"
 
 
 def row_config(row: str, overrides: list[str] | None = None) -> Config:
-    """The resolved config of ``row``: its preset (or ``tiny`` + switches), then ``overrides``.
+    """The resolved config of ``row``: its preset, then ``overrides``.
 
     Raises :class:`~siamim.config.ConfigError` for a bad override, naming the key.
     """
-    preset = row_preset(row)
-    if preset is not None:
-        return load_config(preset, list(overrides or []))
-    switches = [f"{k}={_yaml(v)}" for k, v in ROWS[row].switches.items()]
-    return load_config(FALLBACK_PRESET, switches + list(overrides or []))
-
-
-def _yaml(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return load_config(row_source(row), list(overrides or []))
 
 
 def switches_of(cfg: Config) -> dict:

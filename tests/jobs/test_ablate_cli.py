@@ -89,9 +89,9 @@ def test_packing_counts_cpus_gpus_and_the_cap():
 def test_rows_parse_and_resolve_to_their_switches():
     assert parse_rows("all") == list(ROWS)
     assert parse_rows("k,a-c") == ["a", "b", "c", "k"]
-    for row in ("i", "j"):
-        sw = switches_of(row_config(row))
-        assert set(sw) <= set(SWITCH_KEYS) and sw["mask.type"] == "blockwise" and sw["model.norm"] == "bn"
+    for row in ROWS:  # every preset sets exactly the paper's switches for its row
+        assert switches_of(row_config(row)) == ROWS[row].switches, row
+        assert set(ROWS[row].switches) == set(SWITCH_KEYS)
     assert switches_of(row_config("i"))["loss.type"] == "unigrad"
     assert switches_of(row_config("j"))["loss.type"] != "unigrad"
     assert {a for a, _, _ in KEY_COMPARISONS} | {b for _, b, _ in KEY_COMPARISONS} <= set(ROWS)
