@@ -423,6 +423,9 @@ def run_pretraining(
             f"{resume_hint}")
         raise
     except SystemExit:  # SIGTERM (ray job stop): ray.init turns it into SystemExit in the driver
+        if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
+            tracking.finish_run(tracking_uri, run_id, "FAILED")
+            raise LaunchInputError(watch.timed_out) from None
         tracking.finish_run(tracking_uri, run_id, "KILLED")
         log(f"[siamim] terminated; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
             f"{resume_hint}")

@@ -92,7 +92,8 @@ class ResourceWatch:
     """Interrupts ``trainer.fit()`` when the cluster still cannot fit the worker group after ``wait_s`` seconds.
 
     Ray Train waits for its placement group for ever (an autoscaler may add nodes);
-    this bounds the wait. ``wait_s < 0``: no bound.
+    this bounds the wait. ``wait_s < 0``: no bound. The interrupt unwinds ``fit()``; the
+    pending Train controller goes when the driver process exits (``jobs/pretrain.py`` does).
     """
 
     def __init__(self, cfg: Config, wait_s: float):
@@ -126,7 +127,12 @@ class ResourceWatch:
             if time.time() >= deadline:
                 self.timed_out = (f"{short} after waiting {self.wait_s:g} s (--wait-for-resources); "
                                   f"{fit_hint(self.cfg, total)}, or add nodes")
-                _thread.interrupt_main()
+                # As SIGTERM (ray.init's handler: SystemExit in the main thread, out of fit()'s ray.get), not
+                # SIGINT: Ray Train's own SIGINT handler asks the controller to abort and may wait on it.
+                import signal
+
+                sig = signal.SIGTERM if callable(signal.getsignal(signal.SIGTERM)) else signal.SIGINT
+                _thread.interrupt_main(sig)
                 return
             self._stop.wait(1.0)
 

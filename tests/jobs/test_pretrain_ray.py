@@ -296,3 +296,26 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "0.25"
     assert "| train.epochs | 0.375 | 0.25 |" in run.data.tags["mlflow.note.content"]
     assert load_checkpoint(longer.checkpoint)["config"]["train"]["epochs"] == 0.375
+
+
+def test_cluster_that_cannot_fit_the_workers_fails_after_the_bounded_wait(ray_head, fashion_mnist_available,
+                                                                          tmp_path, base_env):
+    """On a cluster (an autoscaler might add nodes) the job waits --wait-for-resources seconds, then fails:
+    exit 2, the numbers and the fix, and its MLflow run FAILED (not RUNNING for ever)."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "m.db"
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "pretrain.py"), "--address", ray_head["gcs"],
+                           "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{db}", "--name", "big",
+                           "--cpus-per-worker", "2", "--wait-for-resources", "3", "train.max_steps=2", *TINY_ARGS],
+                          cwd=tmp_path, env=base_env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "needs 4 CPUs; the Ray cluster has 2 after waiting 3 s (--wait-for-resources)" in out, out[-3000:]
+    assert time.time() - start < 240
+    client = MlflowClient(f"sqlite:///{db}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED"
