@@ -196,10 +196,10 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
             interval_start, interval_first = now, step
             for metrics in flushed:
                 metrics["images_per_s"] = rate  # mean over the interval (per-step times would need a sync)
-                if rank == 0:
-                    if reporter is not None:
-                        reporter(metrics)
-                    progress.update(metrics, log=metrics is flushed[-1])
+                if rank == 0 and reporter is not None:
+                    reporter(metrics)
+            if rank == 0:  # once per interval: its timing is the interval's
+                progress.update(flushed[-1], log=step % cfg.train.log_every == 0 or last)
         if save:
             state = training_state(model, optimizer, step, cfg, plan) if rank == 0 else None
             saver(state, step)
