@@ -59,7 +59,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
             break
-        except Exception:
+        except Exception:  # noqa: BLE001 - not up yet
             time.sleep(0.2)
     import boto3
 
@@ -101,7 +101,7 @@ def main() -> int:
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
     if endpoint:
         roots["Parquet on S3 (moto)"] = f"s3://bench/fmnist?endpoint_override={endpoint}&scheme=http"
-    quiet = lambda *a, **k: None  # noqa: E731
+    quiet = lambda *a, **k: None
     for root in roots.values():
         prepare("fashion_mnist", None, root, rows_per_shard=args.rows_per_shard, row_group_rows=min(256, args.rows_per_shard),
                 limit=args.images, log=quiet)

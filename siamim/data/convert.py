@@ -21,8 +21,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from siamim.data import fashion_mnist
-from siamim.data.parquet import SCHEMA, decode_array, encode_png, join, open_root, row_digest, write_bytes
-from siamim.data.sources import IMAGENET_MEAN, IMAGENET_STD, IMAGE_SUFFIXES
+from siamim.data.parquet import (
+    SCHEMA,
+    decode_array,
+    encode_png,
+    join,
+    open_root,
+    row_digest,
+    write_bytes,
+)
+from siamim.data.sources import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
 
 KEEP_AS_IS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 

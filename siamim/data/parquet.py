@@ -71,7 +71,7 @@ def open_root(root: str, timeout_s: float = S3_TIMEOUT_S) -> tuple[pafs.FileSyst
     """``(filesystem, path)`` for a local directory or an ``s3://bucket/prefix[?query]`` URI."""
     text = str(root).strip()
     if not is_remote(text):
-        local = text[len("file://"):] if text.startswith("file://") else text
+        local = text.removeprefix("file://")
         return pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
     parts = urllib.parse.urlsplit(text)
     if parts.scheme != "s3":
@@ -244,7 +244,7 @@ class ParquetSource:
             self._labels = self._table(["label"]).column("label").to_numpy().astype(np.int64)
         return self._labels if self.indices is None else self._labels[self.indices]
 
-    def load(self) -> "ParquetSource":
+    def load(self) -> ParquetSource:
         """Read every shard's image bytes now (otherwise on the first ``image()``)."""
         if self._images is None:
             table = self._table(["label", "image"])
@@ -260,7 +260,7 @@ class ParquetSource:
         """uint8 ``[3, H, W]``."""
         return decode_image(self.encoded(index))
 
-    def subset(self, indices) -> "ParquetSource":
+    def subset(self, indices) -> ParquetSource:
         idx = np.asarray(indices, dtype=np.int64)
         sub = ParquetSource.__new__(ParquetSource)
         sub.__dict__.update(self.__dict__)

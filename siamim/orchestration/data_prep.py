@@ -17,7 +17,15 @@ import time
 import pyarrow.fs as pafs
 
 from siamim.data.convert import convert_shard, describe_source, plan_tasks
-from siamim.data.parquet import FORMAT, MANIFEST, ParquetDataError, display, join, open_root, write_bytes
+from siamim.data.parquet import (
+    FORMAT,
+    MANIFEST,
+    ParquetDataError,
+    display,
+    join,
+    open_root,
+    write_bytes,
+)
 
 
 def _existing_manifest(fs: pafs.FileSystem, base: str) -> dict | None:

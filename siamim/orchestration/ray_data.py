@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from siamim.config import Config, from_dict, to_dict
-from siamim.data.parquet import COLUMNS, decode_image, open_root, read_manifest, shard_paths
+from siamim.data.parquet import (
+    COLUMNS,
+    decode_image,
+    open_root,
+    read_manifest,
+    shard_paths,
+)
 from siamim.data.pipeline import Collate, ViewPairDataset, register_loader
 
 DATASET = "train"  # the name under TorchTrainer(datasets=...) / get_dataset_shard

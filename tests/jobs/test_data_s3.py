@@ -84,7 +84,7 @@ def _submit(ray_head, base_env, submission_id: str, *args: str, wait: bool = Tru
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
            "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", sys.executable,
            "jobs/pretrain.py", "--config", "tiny", "--tracking-uri", tracking_uri_of(base_env), *args]
-    return subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420)
+    return subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420, check=False)
 
 
 def tracking_uri_of(env) -> str:
