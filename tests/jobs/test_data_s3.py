@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex  # a value that appears nowhere unless something leaks it
 KEY_ID = "AKIA" + uuid.uuid4().hex[:16].upper()
-STEPS = 6
-ARGS = {"train.checkpoint_every": 2, "train.log_every": 1, "train.batch_size": 32, "data.num_workers": 0,
+STEPS = 20  # long enough that a stop issued at the first checkpoint lands mid-run on a quiet machine
+ARGS = {"train.checkpoint_every": 2, "train.log_every": 1, "train.epochs": 2, "train.batch_size": 32, "data.num_workers": 0,
         "eval.knn_train_subset": 256, "eval.knn_test_subset": 256, "run.num_workers": 2, "train.max_steps": STEPS,
         "model.depth": 2, "model.embed_dim": 48, "model.num_heads": 2, "model.decoder_dim": 48,
         "model.decoder_heads": 2, "model.projector_depth": 1, "model.predictor_depth": 1}
