@@ -188,7 +188,7 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
         buffer.add(out, {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "momentum": momentum})
         last = step == stop_step
         save = last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
-        if last or save or step % cfg.train.log_every == 0:
+        if last or save or step % cfg.train.log_every == 0 or step == start_step + 1:  # first step: start-up time
             # One transfer per interval; raises on a non-finite loss before anything is saved.
             flushed = buffer.flush()
             now = time.perf_counter()
