@@ -414,20 +414,13 @@ def run_pretraining(
                                 skip_checkpoints=skipped, start_step=point.step if point else 0)
         with watch:
             result = trainer.fit()
-    except KeyboardInterrupt:
-        if watch.timed_out:
-            tracking.finish_run(tracking_uri, run_id, "FAILED")
-            raise LaunchInputError(watch.timed_out) from None
-        tracking.finish_run(tracking_uri, run_id, "KILLED")
-        log(f"[siamim] interrupted; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
-            f"{resume_hint}")
-        raise
-    except SystemExit:  # SIGTERM (ray job stop): ray.init turns it into SystemExit in the driver
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (ray job stop) as SystemExit
         if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
             tracking.finish_run(tracking_uri, run_id, "FAILED")
             raise LaunchInputError(watch.timed_out) from None
         tracking.finish_run(tracking_uri, run_id, "KILLED")
-        log(f"[siamim] terminated; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
             f"{resume_hint}")
         raise
     except BaseException as err:

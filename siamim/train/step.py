@@ -9,6 +9,7 @@ where it also checks that every loss was finite.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class MetricBuffer:
         out = []
         for (_, host), row in zip(self.pending, values):
             metrics = {**host, **dict(zip(keys, row))}
-            if not torch.isfinite(torch.tensor(metrics["loss"])):
+            if not math.isfinite(metrics["loss"]):
                 self.pending = []
                 raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {int(metrics['step']) - 1} "
                                          f"(lr {metrics['lr']:.3g}); lower optim.blr or check the data")
