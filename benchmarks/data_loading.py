@@ -53,8 +53,11 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
@@ -75,11 +78,16 @@ def main() -> int:
     p.add_argument("--images", type=int, default=8192, help="training images converted and read (default 8192)")
     p.add_argument("--steps", type=int, default=None, help="timed batches per row (default: one pass)")
     p.add_argument("--loader-workers", type=int, default=1, help="DataLoader processes of the map-style rows")
-    p.add_argument("--rows-per-shard", type=int, default=256,
-                   help="shard size; a stream reads one block per shard, so this bounds its parallelism (default 256)")
+    p.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=256,
+        help="shard size; a stream reads one block per shard, so this bounds its parallelism (default 256)",
+    )
     p.add_argument("--tasks", default="1,2,4", help="concurrent Ray Data decode/augment tasks, comma-separated")
-    p.add_argument("--s3", default="auto", help="auto (start moto), none, or HOST:PORT of an S3 endpoint with "
-                   "bucket 'bench'")
+    p.add_argument(
+        "--s3", default="auto", help="auto (start moto), none, or HOST:PORT of an S3 endpoint with bucket 'bench'"
+    )
     args = p.parse_args()
 
     import ray
@@ -97,50 +105,105 @@ def main() -> int:
         moto, endpoint = start_moto()
     else:
         endpoint = None if args.s3 == "none" else args.s3
-    ray.init(num_cpus=max(2, max(tasks) + 1), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}})
+    ray.init(
+        num_cpus=max(2, max(tasks) + 1),
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}},
+    )
     if endpoint:
         roots["Parquet on S3 (moto)"] = f"s3://bench/fmnist?endpoint_override={endpoint}&scheme=http"
-    quiet = lambda *a, **k: None
-    for root in roots.values():
-        prepare("fashion_mnist", None, root, rows_per_shard=args.rows_per_shard, row_group_rows=min(256, args.rows_per_shard),
-                limit=args.images, log=quiet)
 
-    base = load_config(args.config, [f"data.train_subset={args.images}", "run.num_workers=1",
-                                     f"data.num_workers={args.loader_workers}"])
+    def quiet(*_args, **_kwargs):
+        return None
+
+    for root in roots.values():
+        prepare(
+            "fashion_mnist",
+            None,
+            root,
+            rows_per_shard=args.rows_per_shard,
+            row_group_rows=min(256, args.rows_per_shard),
+            limit=args.images,
+            log=quiet,
+        )
+
+    base = load_config(
+        args.config,
+        [f"data.train_subset={args.images}", "run.num_workers=1", f"data.num_workers={args.loader_workers}"],
+    )
     batch = base.train.batch_size
     steps = args.steps or args.images // batch - 1
     rows = []
     try:
         cfg = base
         source = build_source("fashion_mnist", None, "train").subset(list(range(args.images)))
-        rows.append(("IDX file (local)", "map-style", f"{args.loader_workers} loader proc",
-                     time_batches(build_loader(source, cfg, 0, 1, 0, steps + 1), batch, steps)))
+        rows.append(
+            (
+                "IDX file (local)",
+                "map-style",
+                f"{args.loader_workers} loader proc",
+                time_batches(build_loader(source, cfg, 0, 1, 0, steps + 1), batch, steps),
+            )
+        )
         for name, root in roots.items():
-            cfg = load_config(args.config, [f"data.train_subset={args.images}", "run.num_workers=1",
-                                            f"data.num_workers={args.loader_workers}", "data.dataset=parquet",
-                                            f"data.root={root}"])
+            cfg = load_config(
+                args.config,
+                [
+                    f"data.train_subset={args.images}",
+                    "run.num_workers=1",
+                    f"data.num_workers={args.loader_workers}",
+                    "data.dataset=parquet",
+                    f"data.root={root}",
+                ],
+            )
             source = build_source("parquet", root, "train").load()
-            rows.append((name, "map-style", f"{args.loader_workers} loader proc",
-                         time_batches(build_loader(source, cfg, 0, 1, 0, steps + 1), batch, steps)))
+            rows.append(
+                (
+                    name,
+                    "map-style",
+                    f"{args.loader_workers} loader proc",
+                    time_batches(build_loader(source, cfg, 0, 1, 0, steps + 1), batch, steps),
+                )
+            )
         for name, root in roots.items():
             for n in tasks:
-                cfg = load_config(args.config, [f"data.train_subset={args.images}", "run.num_workers=1",
-                                                "data.dataset=parquet", f"data.root={root}", "data.loader=ray_data",
-                                                f"data.stream_tasks={n}"])
+                cfg = load_config(
+                    args.config,
+                    [
+                        f"data.train_subset={args.images}",
+                        "run.num_workers=1",
+                        "data.dataset=parquet",
+                        f"data.root={root}",
+                        "data.loader=ray_data",
+                        f"data.stream_tasks={n}",
+                    ],
+                )
                 manifest = build_source("parquet", root, "train").manifest
                 spe = args.images // batch
-                stream = stream_batches(build_stream(cfg).iterator(), cfg, manifest["mean"], manifest["std"], 0,
-                                        steps + 1, spe, world_size=1)
+                stream = stream_batches(
+                    build_stream(cfg).iterator(),
+                    cfg,
+                    manifest["mean"],
+                    manifest["std"],
+                    0,
+                    steps + 1,
+                    spe,
+                    world_size=1,
+                )
                 rows.append((name, "streaming (Ray Data)", f"{n} tasks", time_batches(stream, batch, steps)))
     finally:
         ray.shutdown()
         if moto is not None:
             moto.terminate()
-    print(f"\nconfig {args.config}: batch {batch}, {args.images} Fashion-MNIST images, {steps} timed batches; "
-          f"{os.cpu_count()} CPUs visible\n")
-    print("| source | mode | parallelism | first batch (s) | images/s after it | images/s whole pass |\n"
-          "|---|---|---|---:|---:|---:|")
+    print(
+        f"\nconfig {args.config}: batch {batch}, {args.images} Fashion-MNIST images, {steps} timed batches; "
+        f"{os.cpu_count()} CPUs visible\n"
+    )
+    print(
+        "| source | mode | parallelism | first batch (s) | images/s after it | images/s whole pass |\n"
+        "|---|---|---|---:|---:|---:|"
+    )
     for source_name, mode, par, (first, steady, whole) in rows:
         print(f"| {source_name} | {mode} | {par} | {first:.2f} | {steady:,.0f} | {whole:,.0f} |")
     return 0

@@ -72,13 +72,20 @@ def step_flops(cfg, batch: int) -> float:
     m, grid = cfg.model, cfg.grid_size
     num, visible = grid * grid, grid * grid - cfg.num_masked
     queries = cfg.num_masked if not cfg.views.different_views else num
-    enc = lambda n: m.depth * _block_flops(n, m.embed_dim, m.mlp_ratio)  # noqa: E731
-    proj = lambda n: 2 * n * m.embed_dim * m.decoder_dim + m.projector_depth * _block_flops(  # noqa: E731
-        n, m.decoder_dim, m.mlp_ratio)
+
+    def enc(n):
+        return m.depth * _block_flops(n, m.embed_dim, m.mlp_ratio)
+
+    def proj(n):
+        return 2 * n * m.embed_dim * m.decoder_dim + m.projector_depth * _block_flops(n, m.decoder_dim, m.mlp_ratio)
+
     seq = 1 + visible + queries
     out_dim = 3 * m.patch_size**2 if m.target == "pixel" else m.decoder_dim
-    pred = (m.predictor_depth * _block_flops(seq, m.decoder_dim, m.mlp_ratio) + 2 * seq * m.decoder_dim * out_dim
-            + 2 * queries * 2 * m.decoder_dim * m.decoder_dim)  # blocks + head + relative position linear
+    pred = (
+        m.predictor_depth * _block_flops(seq, m.decoder_dim, m.mlp_ratio)
+        + 2 * seq * m.decoder_dim * out_dim
+        + 2 * queries * 2 * m.decoder_dim * m.decoder_dim
+    )  # blocks + head + relative position linear
     patch = 2 * num * 3 * m.patch_size**2 * m.embed_dim  # frozen: forward only
     online = enc(1 + visible) + proj(1 + visible) + pred
     target = 0.0 if m.target == "pixel" else enc(1 + num) + proj(1 + num)
@@ -172,8 +179,17 @@ def main() -> None:
         where = f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in where), None)
     flops = step_flops(cfg, batch_size)
-    print(json.dumps({"config": args.config, "device": where, "batch": batch_size,
-                      "analytic_TFLOP_per_step": round(flops / 1e12, 4), "peak_TFLOPs": peak}))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "device": where,
+                "batch": batch_size,
+                "analytic_TFLOP_per_step": round(flops / 1e12, 4),
+                "peak_TFLOPs": peak,
+            }
+        )
+    )
     results = {}
     runs = [("ours", False)] + ([] if args.no_reference else [("reference", True)])
     for name, reference in runs:
@@ -190,13 +206,22 @@ def main() -> None:
         seconds, memory = measure(step, batch, args.steps, args.warmup, device)
         tflops = flops / seconds / 1e12
         results[name] = batch_size / seconds
-        print(json.dumps({
-            "step": name, "precision": precision, "compiled": args.compile and not reference,
-            "params_online_M": round(sum(p.numel() for p in model.online.parameters()) / 1e6, 2),
-            "step_s": round(seconds, 4), "images_per_s": round(batch_size / seconds, 1),
-            "TFLOP_per_s": round(tflops, 3), "MFU": round(tflops / peak, 4) if peak else None,
-            "peak_memory_GiB": round(memory, 2),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "step": name,
+                    "precision": precision,
+                    "compiled": args.compile and not reference,
+                    "params_online_M": round(sum(p.numel() for p in model.online.parameters()) / 1e6, 2),
+                    "step_s": round(seconds, 4),
+                    "images_per_s": round(batch_size / seconds, 1),
+                    "TFLOP_per_s": round(tflops, 3),
+                    "MFU": round(tflops / peak, 4) if peak else None,
+                    "peak_memory_GiB": round(memory, 2),
+                }
+            ),
+            flush=True,
+        )
         del model, step
     if "reference" in results:
         print(json.dumps({"speedup_ours_over_reference": round(results["ours"] / results["reference"], 3)}))

@@ -69,15 +69,25 @@ def cpu_loader(images: torch.Tensor, size: int, workers: int, batch: int) -> flo
     return count / (time.perf_counter() - start)
 
 
-def device_batched(images: torch.Tensor, size: int, device: torch.device, batch: int, repeats: int,
-                   crops_only: bool = False) -> float:
+def device_batched(
+    images: torch.Tensor, size: int, device: torch.device, batch: int, repeats: int, crops_only: bool = False
+) -> float:
     """Pairs/s of :func:`render_views` on ``device`` (uint8 sources already there), batches of ``batch``."""
     params = draw(images[:batch], size, 2)
-    samples = [{"mask": torch.zeros(4, dtype=torch.bool), "box1": torch.tensor(p.box1, dtype=torch.float32),
-                "box2": torch.tensor(p.box2, dtype=torch.float32), "flip1": torch.tensor(p.flip1),
-                "flip2": torch.tensor(p.flip2), "width": torch.tensor(float(images.shape[-1])),
-                "colour1": p.colour1.as_tensor(), "colour2": p.colour2.as_tensor(), "image": img}
-               for p, img in zip(params, images[:batch])]
+    samples = [
+        {
+            "mask": torch.zeros(4, dtype=torch.bool),
+            "box1": torch.tensor(p.box1, dtype=torch.float32),
+            "box2": torch.tensor(p.box2, dtype=torch.float32),
+            "flip1": torch.tensor(p.flip1),
+            "flip2": torch.tensor(p.flip2),
+            "width": torch.tensor(float(images.shape[-1])),
+            "colour1": p.colour1.as_tensor(),
+            "colour2": p.colour2.as_tensor(),
+            "image": img,
+        }
+        for p, img in zip(params, images[:batch])
+    ]
     for s in samples:
         s["mask"][:2] = True
     cpu_batch = Collate(MEAN, STD)(samples)
@@ -106,8 +116,10 @@ def main() -> None:
     pairs, batch, repeats = (4, 4, 1) if args.smoke else (args.pairs, args.batch, 3)
     device = torch.device(args.device)
     cases = [("224 px from 500x375", 375, 500, 224), ("tiny: 28 px from 28x28", 28, 28, 28)]
-    print(f"device path on {device}; per-core figures with torch.set_num_threads(1); {torch.get_num_threads()} "
-          "threads otherwise")
+    print(
+        f"device path on {device}; per-core figures with torch.set_num_threads(1); {torch.get_num_threads()} "
+        "threads otherwise"
+    )
     for name, height, width, size in cases:
         images = sources(max(pairs, batch), height, width)
         threads = torch.get_num_threads()
@@ -116,8 +128,10 @@ def main() -> None:
         batched_1 = device_batched(images, size, torch.device("cpu"), batch, repeats)
         crops_1 = device_batched(images, size, torch.device("cpu"), batch, repeats, crops_only=True)
         torch.set_num_threads(threads)
-        line = (f"{name}: CPU per-sample {per_sample:8.1f} pairs/s/core | batched on CPU {batched_1:8.1f} "
-                f"pairs/s/core ({batched_1 / per_sample:4.2f}x; crops alone {crops_1:8.1f})")
+        line = (
+            f"{name}: CPU per-sample {per_sample:8.1f} pairs/s/core | batched on CPU {batched_1:8.1f} "
+            f"pairs/s/core ({batched_1 / per_sample:4.2f}x; crops alone {crops_1:8.1f})"
+        )
         if device.type != "cpu":
             line += f" | batched on {device} {device_batched(images, size, device, batch, repeats * 10):10.1f} pairs/s"
         print(line, flush=True)

@@ -34,7 +34,8 @@ EXIT_TRIALS_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jobs/ablate.py", description=__doc__.split("\n\n")[0],
+        prog="jobs/ablate.py",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""overrides: dotted config keys applied to every trial after the row's preset, e.g.
   data.train_subset=10000 eval.train_limit=10000 model.depth=6 (a row's switches can be overridden too)
@@ -52,44 +53,73 @@ examples:
 environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
   RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
-""")
+""",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")
     p.add_argument("--rows", default="all", help="comma list of rows a..k, ranges (a-e) or all (default: all)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per row: train.seed = 0..N-1 (default 1)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="pretraining steps per trial (train.max_steps)")
     budget.add_argument("--epochs", type=float, help="pretraining epochs per trial (train.epochs; default: preset)")
-    p.add_argument("--protocols", default=None, help="evaluation protocols of every trial, any of jobs/evaluate.py's "
-                                                    "(knn,lin,fewshot,longtail,dense,ft,robust or all; "
-                                                    "default knn,lin,fewshot,dense)")
+    p.add_argument(
+        "--protocols",
+        default=None,
+        help="evaluation protocols of every trial, any of jobs/evaluate.py's "
+        "(knn,lin,fewshot,longtail,dense,ft,robust or all; "
+        "default knn,lin,fewshot,dense)",
+    )
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs per worker, fractions allowed (0.25: four trials share a GPU); default 0 (CPU)")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs per worker, fractions allowed (0.25: four trials share a GPU); default 0 (CPU)",
+    )
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
-    p.add_argument("--max-retries", type=int, default=1, help="retries of a failed trial before it is FAILED "
-                                                             "(default 1)")
-    p.add_argument("--storage", default=None, help="root of Tune results, checkpoints and the table: directory or "
-                                                  "s3://bucket/prefix[?endpoint_override=host:9000&scheme=http] "
-                                                  "(default runs/ablation)")
+    p.add_argument(
+        "--max-retries", type=int, default=1, help="retries of a failed trial before it is FAILED (default 1)"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="root of Tune results, checkpoints and the table: directory or "
+        "s3://bucket/prefix[?endpoint_override=host:9000&scheme=http] "
+        "(default runs/ablation)",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default="siamim-ablation", help="MLflow experiment (default siamim-ablation)")
-    p.add_argument("--name", help="grid name: Tune experiment directory and MLflow parent run "
-                                  "(default ablation-<timestamp>)")
+    p.add_argument(
+        "--name", help="grid name: Tune experiment directory and MLflow parent run (default ablation-<timestamp>)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
-    p.add_argument("--resume", metavar="NAME", help="continue grid NAME under --storage with Tune's restore: "
-                                                   "finished trials are kept, unfinished ones run")
-    p.add_argument("--dry-run", action="store_true", help="print the trials, per-trial resources and the "
-                                                          "estimated packing; start nothing")
+    p.add_argument(
+        "--resume",
+        metavar="NAME",
+        help="continue grid NAME under --storage with Tune's restore: finished trials are kept, unfinished ones run",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trials, per-trial resources and the estimated packing; start nothing",
+    )
     p.add_argument("--fail-trial", help=argparse.SUPPRESS)  # tests: ROW/SEED raises on every attempt
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.orchestration.ablation import (DEFAULT_PROTOCOLS, AblationFailed, AblationInputError, GridSpec,
-                                               cluster_resources, describe, local_resources, run_ablation,
-                                               validate_spec)
+    from siamim.orchestration.ablation import (
+        DEFAULT_PROTOCOLS,
+        AblationFailed,
+        AblationInputError,
+        GridSpec,
+        cluster_resources,
+        describe,
+        local_resources,
+        run_ablation,
+        validate_spec,
+    )
     from siamim.orchestration.preflight import PreflightError
 
     storage = os.path.abspath(args.storage or "runs/ablation") if "://" not in (args.storage or "") else args.storage
@@ -97,16 +127,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             if args.dry_run:
                 raise AblationInputError("--dry-run and --resume: a resumed grid keeps its trials; drop --dry-run")
-            summary = run_ablation(resume=args.resume, storage=storage, tracking_uri=args.tracking_uri,
-                                   address=args.address)
+            summary = run_ablation(
+                resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
+            )
         else:
-            spec = GridSpec(name=args.name or time.strftime("ablation-%Y%m%d-%H%M%S"), rows=args.rows,
-                            seeds=args.seeds, protocols=args.protocols or DEFAULT_PROTOCOLS,
-                            overrides=list(args.overrides), steps=args.steps, epochs=args.epochs,
-                            workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                            gpus_per_worker=args.gpus_per_worker, max_concurrent=args.max_concurrent,
-                            max_retries=args.max_retries, storage=storage, tracking_uri=args.tracking_uri,
-                            experiment=args.experiment, fail_trial=args.fail_trial)
+            spec = GridSpec(
+                name=args.name or time.strftime("ablation-%Y%m%d-%H%M%S"),
+                rows=args.rows,
+                seeds=args.seeds,
+                protocols=args.protocols or DEFAULT_PROTOCOLS,
+                overrides=list(args.overrides),
+                steps=args.steps,
+                epochs=args.epochs,
+                workers_per_trial=args.workers_per_trial,
+                cpus_per_worker=args.cpus_per_worker,
+                gpus_per_worker=args.gpus_per_worker,
+                max_concurrent=args.max_concurrent,
+                max_retries=args.max_retries,
+                storage=storage,
+                tracking_uri=args.tracking_uri,
+                experiment=args.experiment,
+                fail_trial=args.fail_trial,
+            )
             if args.dry_run:
                 validate_spec(spec)
                 if args.address or os.environ.get("RAY_ADDRESS"):
@@ -128,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TRIALS_FAILED
     except KeyboardInterrupt:
         return 130
-    print("=" * 72, f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in "
-          f"{summary.wall_s:.0f} s", f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
-          f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
-          f"  table              {summary.artifacts.get('ablation_table.md')}", "=" * 72, sep="\n", flush=True)
+    print(
+        "=" * 72,
+        f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s",
+        f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
+        f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
+        f"  table              {summary.artifacts.get('ablation_table.md')}",
+        "=" * 72,
+        sep="\n",
+        flush=True,
+    )
     return 0
 
 

@@ -30,24 +30,37 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="overrides: dotted config keys, e.g. eval.lin_epochs=30 eval.ft_blr=1e-3 "
-                                       "(see EvalConfig in siamim/config.py)")
+    p = argparse.ArgumentParser(
+        prog="jobs/evaluate.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="overrides: dotted config keys, e.g. eval.lin_epochs=30 eval.ft_blr=1e-3 "
+        "(see EvalConfig in siamim/config.py)",
+    )
     p.add_argument("--checkpoint", help="checkpoint file/dir, s3://... URI, MLflow run id or runs:/<id>/<path>")
-    p.add_argument("--baseline", default=None,
-                   help="comma list of floors to evaluate through the same code: pixels, random")
+    p.add_argument(
+        "--baseline", default=None, help="comma list of floors to evaluate through the same code: pixels, random"
+    )
     p.add_argument("--protocols", default="all", help="comma list of knn,lin,fewshot,longtail,dense,ft,robust or all")
-    p.add_argument("--config", default=None, metavar="PRESET",
-                   help="preset for baselines without a checkpoint (default: tiny); a checkpoint brings its own config")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="PRESET",
+        help="preset for baselines without a checkpoint (default: tiny); a checkpoint brings its own config",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (eval.*, data.root)")
     p.add_argument("--limit-train", type=int, help="class-balanced seeded training subset (eval.train_limit)")
     p.add_argument("--limit-test", type=int, help="class-balanced seeded test subset (eval.test_limit)")
     p.add_argument("--ft-epochs", type=float, help="fine-tuning epoch budget (eval.ft_epochs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="eval.device (default auto: GPU if present)")
-    p.add_argument("--out", default=None, help="directory for evaluation.md / evaluation.csv (default runs/eval/<time>)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: "
-                                                        "no MLflow logging)")
+    p.add_argument(
+        "--out", default=None, help="directory for evaluation.md / evaluation.csv (default runs/eval/<time>)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: no MLflow logging)",
+    )
     p.add_argument("--run-id", default=None, help="MLflow run to log into (default: the checkpoint's pretraining run)")
     p.add_argument("--child-run", action="store_true", help="log into a new child run of the pretraining run")
     p.add_argument("--experiment", default=None, help="experiment for a new run (default: run.experiment)")
@@ -57,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_overrides(args) -> list[str]:
     out = list(args.overrides)
-    for flag, key in (("limit_train", "eval.train_limit"), ("limit_test", "eval.test_limit"),
-                      ("ft_epochs", "eval.ft_epochs"), ("device", "eval.device")):
+    for flag, key in (
+        ("limit_train", "eval.train_limit"),
+        ("limit_test", "eval.test_limit"),
+        ("ft_epochs", "eval.ft_epochs"),
+        ("device", "eval.device"),
+    ):
         if getattr(args, flag) is not None:
             out.append(f"{key}={getattr(args, flag)}")
     return out
@@ -146,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     suite = Suite(cfg, log)
-    log(f"[evaluate] protocols {','.join(protocols)} on {', '.join(r.name for r in reps)}; "
-        f"train {len(suite.train_idx)} / test {len(suite.test_idx)} images, device {suite.device}")
+    log(
+        f"[evaluate] protocols {','.join(protocols)} on {', '.join(r.name for r in reps)}; "
+        f"train {len(suite.train_idx)} / test {len(suite.test_idx)} images, device {suite.device}"
+    )
     results = {}
     for rep in reps:
         results[rep.name] = evaluate(rep, cfg, protocols, suite, log)
@@ -168,18 +187,32 @@ def main(argv: list[str] | None = None) -> int:
         run_id = args.run_id or ckpt_run_id
         uri = resolve_tracking_uri(tracking_uri)
         if run_id is not None and args.run_id is None and not run_exists(uri, run_id):
-            print(f"[evaluate] note: the checkpoint's MLflow run {run_id} is not in {uri}; logging to a new run "
-                  "(tag eval.pretraining_run_id)", flush=True)
+            print(
+                f"[evaluate] note: the checkpoint's MLflow run {run_id} is not in {uri}; logging to a new run "
+                "(tag eval.pretraining_run_id)",
+                flush=True,
+            )
             tags_extra, run_id = {"eval.pretraining_run_id": run_id}, None
         else:
             tags_extra = {}
         logged = log_evaluation(
-            uri, flat_metrics(results, primary), markdown, csv_text,
-            run_id=run_id, child=args.child_run, experiment=args.experiment or cfg.run.experiment,
-            run_name=f"evaluate-{'-'.join(names)}", step=step,
-            tags={"eval.protocols": ",".join(protocols), "eval.representations": ",".join(names),
-                  "eval.checkpoint": args.checkpoint or "none", **tags_extra},
-            params={f"eval.{k}": v for k, v in vars(cfg.eval).items()})
+            uri,
+            flat_metrics(results, primary),
+            markdown,
+            csv_text,
+            run_id=run_id,
+            child=args.child_run,
+            experiment=args.experiment or cfg.run.experiment,
+            run_name=f"evaluate-{'-'.join(names)}",
+            step=step,
+            tags={
+                "eval.protocols": ",".join(protocols),
+                "eval.representations": ",".join(names),
+                "eval.checkpoint": args.checkpoint or "none",
+                **tags_extra,
+            },
+            params={f"eval.{k}": v for k, v in vars(cfg.eval).items()},
+        )
         print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
     return 0
 

@@ -27,15 +27,28 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/prepare_data.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="jobs/prepare_data.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--source", required=True, choices=["fashion_mnist", "image_folder"])
-    p.add_argument("--root", default=None, help="input directory (Fashion-MNIST IDX files or root/<class>/<image>, "
-                   "with train/ and test|val/ sub-trees if split); Fashion-MNIST defaults to the Debian package")
-    p.add_argument("--out", required=True, help="output directory or s3://bucket/prefix[?endpoint_override=H:P&scheme=http]")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="input directory (Fashion-MNIST IDX files or root/<class>/<image>, "
+        "with train/ and test|val/ sub-trees if split); Fashion-MNIST defaults to the Debian package",
+    )
+    p.add_argument(
+        "--out", required=True, help="output directory or s3://bucket/prefix[?endpoint_override=H:P&scheme=http]"
+    )
     p.add_argument("--rows-per-shard", type=int, default=10_000, help="images per Parquet file (default 10000)")
-    p.add_argument("--row-group-rows", type=int, default=1_000,
-                   help="images per Parquet row group: the unit a streaming reader fetches (default 1000)")
+    p.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=1_000,
+        help="images per Parquet row group: the unit a streaming reader fetches (default 1000)",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each split (smoke tests)")
     p.add_argument("--concurrency", type=int, default=None, help="parallel conversion tasks (default: all CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already at --out")
@@ -52,9 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_ray(args.address)
         try:
-            manifest = prepare(args.source, args.root, args.out, rows_per_shard=args.rows_per_shard,
-                               row_group_rows=args.row_group_rows, limit=args.limit, overwrite=args.overwrite,
-                               concurrency=args.concurrency)
+            manifest = prepare(
+                args.source,
+                args.root,
+                args.out,
+                rows_per_shard=args.rows_per_shard,
+                row_group_rows=args.row_group_rows,
+                limit=args.limit,
+                overwrite=args.overwrite,
+                concurrency=args.concurrency,
+            )
         finally:
             shutdown_embedded_ray()
     except (ParquetDataError, FileNotFoundError, ValueError) as err:

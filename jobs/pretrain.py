@@ -57,37 +57,67 @@ environment:
   RAY_AUTH_MODE=disabled  for local dev/CI clusters started without tokens
 """,
     )
-    parser.add_argument("--config", default=None, metavar="PRESET",
-                        help="preset name (tiny) or YAML path (configs/tiny.yaml); default: tiny")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="PRESET",
+        help="preset name (tiny) or YAML path (configs/tiny.yaml); default: tiny",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (run.num_workers)")
-    parser.add_argument("--use-gpu", action="store_true", default=None, help="one or more GPUs per worker (run.use_gpu)")
-    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (run.gpus_per_worker; implies --use-gpu)")
+    parser.add_argument(
+        "--use-gpu", action="store_true", default=None, help="one or more GPUs per worker (run.use_gpu)"
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per worker (run.gpus_per_worker; implies --use-gpu)"
+    )
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (run.cpus_per_worker)")
     parser.add_argument("--storage", help="checkpoint storage: directory or URI, e.g. s3://bucket/prefix (run.storage)")
     parser.add_argument("--experiment", help="MLflow experiment name (run.experiment)")
     parser.add_argument("--name", help="run name: Ray Train run directory and MLflow run name (run.name)")
-    parser.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (run.max_failures)")
+    parser.add_argument(
+        "--max-failures", type=int, help="worker-group restarts from the last checkpoint (run.max_failures)"
+    )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
-                        help="continue run NAME (default: the latest run) under --storage from its last intact "
-                             "checkpoint, in the same MLflow run; overrides apply on top of its stored config")
-    parser.add_argument("--more-steps", type=int, metavar="N",
-                        help="with --resume: train N steps past the checkpoint; past the end of the plan the plan "
-                             "grows and the lr re-warms to the re-planned cosine (docs/platform.md)")
-    parser.add_argument("--wait-for-resources", type=float, default=300.0, metavar="S",
-                        help="on a running cluster that cannot fit the workers yet, wait S seconds for it to grow, "
-                             "then fail (default 300; -1: for ever). A local Ray instance that cannot fit fails at once")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="NAME",
+        help="continue run NAME (default: the latest run) under --storage from its last intact "
+        "checkpoint, in the same MLflow run; overrides apply on top of its stored config",
+    )
+    parser.add_argument(
+        "--more-steps",
+        type=int,
+        metavar="N",
+        help="with --resume: train N steps past the checkpoint; past the end of the plan the plan "
+        "grows and the lr re-warms to the re-planned cosine (docs/platform.md)",
+    )
+    parser.add_argument(
+        "--wait-for-resources",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="on a running cluster that cannot fit the workers yet, wait S seconds for it to grow, "
+        "then fail (default 300; -1: for ever). A local Ray instance that cannot fit fails at once",
+    )
     return parser
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
     """The flags as dotted overrides (after the positional ones, so flags win)."""
     out = list(args.overrides)
-    for flag, key in (("num_workers", "run.num_workers"), ("cpus_per_worker", "run.cpus_per_worker"),
-                      ("storage", "run.storage"), ("experiment", "run.experiment"), ("name", "run.name"),
-                      ("max_failures", "run.max_failures")):
+    for flag, key in (
+        ("num_workers", "run.num_workers"),
+        ("cpus_per_worker", "run.cpus_per_worker"),
+        ("storage", "run.storage"),
+        ("experiment", "run.experiment"),
+        ("name", "run.name"),
+        ("max_failures", "run.max_failures"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             out.append(f"{key}={value}")
@@ -115,14 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config or "tiny", overrides)
         resume = False if args.resume is None else args.resume
         if resume is not False and args.config:
-            print(f"[siamim] note: --resume uses the run's stored config; --config {args.config} only sets "
-                  "defaults for the storage location", flush=True)
+            print(
+                f"[siamim] note: --resume uses the run's stored config; --config {args.config} only sets "
+                "defaults for the storage location",
+                flush=True,
+            )
         # On resume, storage/tracking flags locate the run; the rest override its stored config.
         resume_overrides = [o for o in overrides if not o.startswith(("run.storage=", "run.name="))]
-        summary = run_pretraining(cfg, tracking_uri=args.tracking_uri, resume=resume,
-                                  resume_overrides=resume_overrides, more_steps=args.more_steps,
-                                  address=args.address, wait_for_resources=args.wait_for_resources,
-                                  launch_time=LAUNCH_TIME)
+        summary = run_pretraining(
+            cfg,
+            tracking_uri=args.tracking_uri,
+            resume=resume,
+            resume_overrides=resume_overrides,
+            more_steps=args.more_steps,
+            address=args.address,
+            wait_for_resources=args.wait_for_resources,
+            launch_time=LAUNCH_TIME,
+        )
     except (ConfigError, PreflightError, LaunchInputError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT

@@ -29,11 +29,15 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/submit.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--address", default=None,
-                   help="Ray job API (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)")
+    p = argparse.ArgumentParser(
+        prog="jobs/submit.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray job API (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)"
+    )
     p.add_argument("--submission-id", default=None, help="job id (default: Ray picks one)")
     p.add_argument("--no-wait", action="store_true", help="return after submitting (default: follow the logs)")
     p.add_argument("--runtime-env-json", default=None, help="extra runtime env, e.g. '{\"env_vars\": {...}}'")
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def git_provenance(repo: Path = REPO) -> dict:
     """``{"git_commit": sha, "git_dirty": "true"|"false"}`` of ``repo``; {} outside a git checkout."""
+
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
 
@@ -61,8 +66,17 @@ def git_provenance(repo: Path = REPO) -> dict:
 def command(args: argparse.Namespace) -> list[str]:
     ray = Path(sys.executable).parent / "ray"
     address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
-    cmd = [str(ray) if ray.exists() else (shutil.which("ray") or "ray"), "job", "submit", "--address", address,
-           "--working-dir", str(REPO), "--metadata-json", json.dumps(git_provenance())]
+    cmd = [
+        str(ray) if ray.exists() else (shutil.which("ray") or "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--metadata-json",
+        json.dumps(git_provenance()),
+    ]
     if args.submission_id:
         cmd += ["--submission-id", args.submission_id]
     if args.no_wait:

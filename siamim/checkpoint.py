@@ -64,8 +64,9 @@ def integrity_record(path: str | os.PathLike, state: dict | None = None) -> dict
 def check_integrity(where: str, record: dict, size: int, sha256: str) -> None:
     """Raise :class:`CheckpointError` unless ``(size, sha256)`` matches ``record``."""
     if size != record.get("size"):
-        raise CheckpointError(f"checkpoint {where} is truncated or damaged: {size} bytes, its integrity record says "
-                              f"{record.get('size')}")
+        raise CheckpointError(
+            f"checkpoint {where} is truncated or damaged: {size} bytes, its integrity record says {record.get('size')}"
+        )
     if sha256 != record.get("sha256"):
         raise CheckpointError(f"checkpoint {where} is damaged: its sha256 does not match its integrity record")
 
@@ -92,8 +93,12 @@ def verify_checkpoint(path: str | os.PathLike) -> dict | None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -134,14 +139,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     verify_checkpoint(path)
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or save; use an earlier "
-                              "checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): an interrupted copy or save; use an earlier checkpoint"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # zip reader / unpickling errors of a truncated or foreign file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read, it is truncated or not a torch "
-                              f"file ({reason}); use an earlier checkpoint") from err
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) cannot be read, it is truncated or not a torch "
+            f"file ({reason}); use an earlier checkpoint"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a siamim checkpoint (format {FORMAT_VERSION})")
     return state
@@ -153,7 +161,7 @@ def export_encoder(state: dict) -> dict[str, torch.Tensor]:
     ``timm.create_model(cfg.model.timm_name, num_classes=0, **timm_kwargs(...))``
     loads the result with ``strict=True``.
     """
-    return {k[len(ENCODER_PREFIX):]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
+    return {k[len(ENCODER_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
 
 
 def load_encoder(path_or_state: str | os.PathLike | dict) -> tuple[torch.nn.Module, Config]:

@@ -316,8 +316,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _preset_names() -> list[str]:
-    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
-                  if not p.name.startswith("_"))
+    return sorted(
+        str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")
+    )
 
 
 def resolve_preset(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
@@ -431,40 +432,80 @@ def validate(cfg: Config) -> None:
     """Range and consistency checks; raises :class:`ConfigError` naming the key."""
     d, m, mk, o, t = cfg.data, cfg.model, cfg.mask, cfg.optim, cfg.train
     _check(d.img_size > 0, "data.img_size", d.img_size, "must be positive")
-    _check(m.patch_size > 0 and d.img_size % m.patch_size == 0, "model.patch_size", m.patch_size,
-           f"must divide data.img_size={d.img_size}")
+    _check(
+        m.patch_size > 0 and d.img_size % m.patch_size == 0,
+        "model.patch_size",
+        m.patch_size,
+        f"must divide data.img_size={d.img_size}",
+    )
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", d.train_subset, "must be positive")
-    _check(d.dataset == "parquet" or d.loader == "map", "data.loader", d.loader,
-           "ray_data streams Parquet shards; set data.dataset=parquet (convert with jobs/prepare_data.py)")
-    _check(d.dataset != "parquet" or bool(d.root), "data.root", d.root,
-           "data.dataset=parquet needs data.root=<directory or s3://bucket/prefix of shards>")
+    _check(
+        d.dataset == "parquet" or d.loader == "map",
+        "data.loader",
+        d.loader,
+        "ray_data streams Parquet shards; set data.dataset=parquet (convert with jobs/prepare_data.py)",
+    )
+    _check(
+        d.dataset != "parquet" or bool(d.root),
+        "data.root",
+        d.root,
+        "data.dataset=parquet needs data.root=<directory or s3://bucket/prefix of shards>",
+    )
     _check(d.stream_tasks is None or d.stream_tasks >= 1, "data.stream_tasks", d.stream_tasks, "must be >= 1 or null")
     _check(d.stream_batch >= 1, "data.stream_batch", d.stream_batch, "must be >= 1")
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", d.shuffle_buffer, "must be >= 0")
     _check(0.0 < cfg.views.crop_min <= 1.0, "views.crop_min", cfg.views.crop_min, "must be in (0, 1]")
     _check(0.0 <= cfg.views.flip_prob <= 1.0, "views.flip_prob", cfg.views.flip_prob, "must be in [0, 1]")
     _check(0.0 < mk.ratio < 1.0, "mask.ratio", mk.ratio, "must be in (0, 1)")
-    _check(0 < cfg.num_masked < cfg.grid_size**2, "mask.ratio", mk.ratio,
-           f"masks {cfg.num_masked} of {cfg.grid_size**2} patches; at least one must be masked and one visible")
-    _check(1 <= mk.min_block <= cfg.num_masked, "mask.min_block", mk.min_block,
-           f"must be in [1, number of masked patches = {cfg.num_masked}]")
-    for key, dim, heads in (("model.num_heads", m.embed_dim, m.num_heads),
-                            ("model.decoder_heads", m.decoder_dim, m.decoder_heads)):
+    _check(
+        0 < cfg.num_masked < cfg.grid_size**2,
+        "mask.ratio",
+        mk.ratio,
+        f"masks {cfg.num_masked} of {cfg.grid_size**2} patches; at least one must be masked and one visible",
+    )
+    _check(
+        1 <= mk.min_block <= cfg.num_masked,
+        "mask.min_block",
+        mk.min_block,
+        f"must be in [1, number of masked patches = {cfg.num_masked}]",
+    )
+    for key, dim, heads in (
+        ("model.num_heads", m.embed_dim, m.num_heads),
+        ("model.decoder_heads", m.decoder_dim, m.decoder_heads),
+    ):
         _check(heads > 0 and dim % heads == 0, key, heads, f"must divide the width {dim}")
-    _check(m.decoder_dim % 4 == 0, "model.decoder_dim", m.decoder_dim,
-           "must be divisible by 4 (relative position embedding has 4 sin-cos parts)")
-    _check(m.embed_dim % 4 == 0, "model.embed_dim", m.embed_dim, "must be divisible by 4 (2-D sin-cos position embedding)")
+    _check(
+        m.decoder_dim % 4 == 0,
+        "model.decoder_dim",
+        m.decoder_dim,
+        "must be divisible by 4 (relative position embedding has 4 sin-cos parts)",
+    )
+    _check(
+        m.embed_dim % 4 == 0, "model.embed_dim", m.embed_dim, "must be divisible by 4 (2-D sin-cos position embedding)"
+    )
     for key in ("depth", "projector_depth", "predictor_depth"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
     _check(0.0 <= m.drop_path < 1.0, "model.drop_path", m.drop_path, "must be in [0, 1)")
     _check(cfg.loss.neg_weight >= 0.0, "loss.neg_weight", cfg.loss.neg_weight, "must be >= 0")
-    _check(m.target == "feature" or m.heads == "mae_like", "model.target", m.target,
-           "a pixel target is predicted by the MAE-like decoder; set model.heads=mae_like")
-    _check(cfg.loss.scope == "dense" or m.target == "feature", "loss.scope", cfg.loss.scope,
-           "a global loss compares pooled features; it needs model.target=feature")
-    _check(cfg.loss.scope == "dense" or m.heads == "moco_like", "loss.scope", cfg.loss.scope,
-           "the global loss (ablation row k) is built on the MoCo-like heads; set model.heads=moco_like")
+    _check(
+        m.target == "feature" or m.heads == "mae_like",
+        "model.target",
+        m.target,
+        "a pixel target is predicted by the MAE-like decoder; set model.heads=mae_like",
+    )
+    _check(
+        cfg.loss.scope == "dense" or m.target == "feature",
+        "loss.scope",
+        cfg.loss.scope,
+        "a global loss compares pooled features; it needs model.target=feature",
+    )
+    _check(
+        cfg.loss.scope == "dense" or m.heads == "moco_like",
+        "loss.scope",
+        cfg.loss.scope,
+        "the global loss (ablation row k) is built on the MoCo-like heads; set model.heads=moco_like",
+    )
     _check(o.blr > 0.0, "optim.blr", o.blr, "must be positive")
     _check(0.0 <= o.min_lr, "optim.min_lr", o.min_lr, "must be >= 0")
     _check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -480,12 +521,20 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.knn_k > 0, "eval.knn_k", cfg.eval.knn_k, "must be positive")
     for key in ("knn_train_subset", "knn_test_subset"):
         value = getattr(cfg.eval, key)
-        _check(value is None or value >= cfg.eval.knn_k, f"eval.{key}", value,
-               f"must be null or at least eval.knn_k={cfg.eval.knn_k}")
+        _check(
+            value is None or value >= cfg.eval.knn_k,
+            f"eval.{key}",
+            value,
+            f"must be null or at least eval.knn_k={cfg.eval.knn_k}",
+        )
     _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature", cfg.eval.knn_temperature, "must be positive")
     r = cfg.run
     _check(r.num_workers >= 1, "run.num_workers", r.num_workers, "must be >= 1")
-    _check(t.batch_size % r.num_workers == 0, "train.batch_size", t.batch_size,
-           f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)")
+    _check(
+        t.batch_size % r.num_workers == 0,
+        "train.batch_size",
+        t.batch_size,
+        f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)",
+    )
     _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "must be >= -1 (-1: retry forever)")
     _check(r.keep_checkpoints >= 1, "run.keep_checkpoints", r.keep_checkpoints, "must be >= 1")

@@ -8,7 +8,7 @@ UniGrad correlation's all-reduce, taken only when a process group exists.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

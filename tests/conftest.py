@@ -12,9 +12,18 @@ from siamim.config import load_config  # noqa: E402
 
 # A model small enough for a few hundred CPU steps inside the test budget.
 SMALL = [
-    "data.num_workers=0", "model.embed_dim=64", "model.depth=2", "model.num_heads=2",
-    "model.decoder_dim=64", "model.decoder_heads=2", "model.projector_depth=1", "model.predictor_depth=1",
-    "train.batch_size=32", "train.log_every=1000", "train.checkpoint_every=0", "optim.warmup_epochs=0.02",
+    "data.num_workers=0",
+    "model.embed_dim=64",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=64",
+    "model.decoder_heads=2",
+    "model.projector_depth=1",
+    "model.predictor_depth=1",
+    "train.batch_size=32",
+    "train.log_every=1000",
+    "train.checkpoint_every=0",
+    "optim.warmup_epochs=0.02",
 ]
 
 

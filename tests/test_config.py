@@ -2,7 +2,6 @@ import pytest
 
 from siamim.config import ConfigError, flatten, from_dict, load_config, to_dict
 
-
 ROWS = "abcdefghijk"
 
 
@@ -13,27 +12,32 @@ def test_presets_load_and_round_trip():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config("tiny", ["model.depth=6", "optim.blr=3e-4", "views.color_aug=false", "optim.betas=[0.8,0.9]",
-                               "train.max_steps=null"])
+    cfg = load_config(
+        "tiny",
+        ["model.depth=6", "optim.blr=3e-4", "views.color_aug=false", "optim.betas=[0.8,0.9]", "train.max_steps=null"],
+    )
     assert cfg.model.depth == 6 and cfg.optim.blr == 3e-4 and cfg.views.color_aug is False
     assert cfg.optim.betas == (0.8, 0.9) and cfg.train.max_steps is None
     assert flatten(cfg)["model.depth"] == 6
 
 
-@pytest.mark.parametrize("override,match", [
-    ("model.deptj=4", r"unknown config key 'model.deptj'; did you mean 'model.depth'\?"),
-    ("modle.depth=4", r"unknown config key 'modle'.*'model'"),
-    ("model.depth=four", r"model.depth='four' must be an integer"),
-    ("mask.type=checker", r"mask.type='checker' is not one of"),
-    ("mask.ratio=1.5", r"mask.ratio=1.5 is invalid"),
-    ("model.patch_size=5", r"model.patch_size=5 is invalid: must divide data.img_size=28"),
-    ("train.batch_size=255", r"train.batch_size=255 is invalid: must be divisible by run.num_workers=2"),
-    ("loss.type=cosin", r"did you mean .cosine."),
-    ("model.target=pixel model.heads=moco_like", r"model.target='pixel' is invalid: .*model.heads=mae_like"),
-    ("loss.scope=global", r"loss.scope='global' is invalid: .*model.heads=moco_like"),
-    ("loss.scope=global model.target=pixel", r"loss.scope='global' is invalid: .*model.target=feature"),
-    ("model.depth", r"must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.deptj=4", r"unknown config key 'model.deptj'; did you mean 'model.depth'\?"),
+        ("modle.depth=4", r"unknown config key 'modle'.*'model'"),
+        ("model.depth=four", r"model.depth='four' must be an integer"),
+        ("mask.type=checker", r"mask.type='checker' is not one of"),
+        ("mask.ratio=1.5", r"mask.ratio=1.5 is invalid"),
+        ("model.patch_size=5", r"model.patch_size=5 is invalid: must divide data.img_size=28"),
+        ("train.batch_size=255", r"train.batch_size=255 is invalid: must be divisible by run.num_workers=2"),
+        ("loss.type=cosin", r"did you mean .cosine."),
+        ("model.target=pixel model.heads=moco_like", r"model.target='pixel' is invalid: .*model.heads=mae_like"),
+        ("loss.scope=global", r"loss.scope='global' is invalid: .*model.heads=moco_like"),
+        ("loss.scope=global model.target=pixel", r"loss.scope='global' is invalid: .*model.target=feature"),
+        ("model.depth", r"must look like section.key=value"),
+    ],
+)
 def test_bad_keys_and_values_fail_with_a_named_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("tiny", override.split(" "))
@@ -78,11 +82,22 @@ def test_base_inheritance_merges_sections_key_by_key(tmp_path):
 
 
 def test_ablation_rows_differ_from_row_i_only_in_their_switches():
-    switches = {"model.target", "model.heads", "model.norm", "views.different_views", "views.color_aug",
-                "mask.type", "loss.scope", "loss.type", "train.output_dir"}
+    switches = {
+        "model.target",
+        "model.heads",
+        "model.norm",
+        "views.different_views",
+        "views.color_aug",
+        "mask.type",
+        "loss.scope",
+        "loss.type",
+        "train.output_dir",
+    }
     row_i = flatten(load_config("ablation/i"))
-    assert {k for k, v in flatten(load_config("tiny")).items() if row_i[k] != v} <= {"run.experiment",
-                                                                                       "train.output_dir"}
+    assert {k for k, v in flatten(load_config("tiny")).items() if row_i[k] != v} <= {
+        "run.experiment",
+        "train.output_dir",
+    }
     for row in ROWS:
         flat = flatten(load_config(f"ablation/{row}"))
         assert {k for k, v in flat.items() if row_i[k] != v} <= switches, row

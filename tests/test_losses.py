@@ -1,12 +1,11 @@
 import os
 import socket
+import typing
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-import typing
 
 from siamim.config import LossConfig
 from siamim.losses import LOSSES, compute_loss, cosine_loss, l2_loss, unigrad_loss

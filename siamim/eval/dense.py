@@ -67,8 +67,9 @@ def build_mosaics(source: ImageSource, num: int, img_size: int, seed: int = 0, p
     fg = tiles.images.amax(dim=1) >= FOREGROUND_THRESHOLD  # [4M, h, h]
     lab = torch.where(fg, tiles.labels.view(-1, 1, 1) + 1, 0).view(num, 2, 2, half, half)
     masks = lab.permute(0, 1, 3, 2, 4).reshape(num, img_size, img_size)
-    mosaic = ImageSet(images.contiguous(), tiles.labels.view(num, 4)[:, 0].clone(), tiles.mean, tiles.std,
-                      tiles.classes)
+    mosaic = ImageSet(
+        images.contiguous(), tiles.labels.view(num, 4)[:, 0].clone(), tiles.mean, tiles.std, tiles.classes
+    )
     return MosaicSet(mosaic, masks.long(), placed)
 
 
@@ -93,26 +94,49 @@ def _pixel_ce(head, x, y):
     return F.cross_entropy(head(x), y)
 
 
-def train_dense_probe(tokens: torch.Tensor, masks: torch.Tensor, num_labels: int, epochs: int = 30,
-                      batch_size: int = 256, blr: float = 1e-3, warmup_epochs: float = 2, seed: int = 0,
-                      device="cpu", progress=None) -> DenseProbe:
+def train_dense_probe(
+    tokens: torch.Tensor,
+    masks: torch.Tensor,
+    num_labels: int,
+    epochs: int = 30,
+    batch_size: int = 256,
+    blr: float = 1e-3,
+    warmup_epochs: float = 2,
+    seed: int = 0,
+    device="cpu",
+    progress=None,
+) -> DenseProbe:
     """Fit :class:`DenseProbe` on frozen ``tokens`` ``[M, L, D]`` and ``masks`` long ``[M, S, S]``."""
     if tokens.ndim != 3 or len(tokens) != len(masks):
-        raise ValueError(f"tokens must be [M, L, D] matching masks [M, S, S]; got {tuple(tokens.shape)}, "
-                         f"{tuple(masks.shape)}")
+        raise ValueError(
+            f"tokens must be [M, L, D] matching masks [M, S, S]; got {tuple(tokens.shape)}, {tuple(masks.shape)}"
+        )
     torch.manual_seed(seed)
     probe = DenseProbe(tokens.shape[-1], num_labels, masks.shape[-1])
     per_epoch = -(-len(tokens) // max(2, min(batch_size, len(tokens))))
-    return fit_head(probe, tokens, masks, _pixel_ce, epochs * per_epoch, batch_size, blr,
-                    round(warmup_epochs * per_epoch), seed, device, progress, optimizer="adamw")
+    return fit_head(
+        probe,
+        tokens,
+        masks,
+        _pixel_ce,
+        epochs * per_epoch,
+        batch_size,
+        blr,
+        round(warmup_epochs * per_epoch),
+        seed,
+        device,
+        progress,
+        optimizer="adamw",
+    )
 
 
 @torch.no_grad()
 def segment(probe: DenseProbe, tokens: torch.Tensor, batch_size: int = 256, device="cpu") -> torch.Tensor:
     """long ``[M, S, S]`` per-pixel predictions."""
     probe.eval().to(device)
-    return torch.cat([probe(tokens[s : s + batch_size].to(device)).argmax(1).cpu()
-                      for s in range(0, len(tokens), batch_size)])
+    return torch.cat(
+        [probe(tokens[s : s + batch_size].to(device)).argmax(1).cpu() for s in range(0, len(tokens), batch_size)]
+    )
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_labels: int) -> torch.Tensor:

@@ -46,8 +46,9 @@ def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int, num_cl
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, lambd: float = 1e-4,
-                            max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_regression(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, lambd: float = 1e-4, max_iter: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on L2-normalised ``feats`` ``[N, D]``.
 
     Returns ``(W [D, C], b [C])`` minimising ``mean CE(norm(x) W + b, y) + lambd/2 ||W||^2``.
@@ -56,8 +57,15 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
     y = labels.long()
     w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -75,8 +83,15 @@ def logistic_predict(w: torch.Tensor, b: torch.Tensor, feats: torch.Tensor) -> t
     return (F.normalize(feats.float(), dim=1) @ w + b).argmax(1)
 
 
-def fewshot_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                     test_labels: torch.Tensor, num_classes: int, lambd: float = 1e-4, max_iter: int = 200) -> float:
+def fewshot_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    lambd: float = 1e-4,
+    max_iter: int = 200,
+) -> float:
     """Top-1 accuracy in percent of logistic regression fitted on ``train_feats`` ``[K, D]``
     (both sets centred by the mean of ``train_feats``, then L2-normalised per row)."""
     mean = train_feats.float().mean(dim=0, keepdim=True)

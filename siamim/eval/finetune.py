@@ -33,9 +33,18 @@ from siamim.config import EvalConfig
 from siamim.eval.imageset import ImageSet
 from siamim.eval.linear_probe import lr_at
 
-
-_FT_KEYS = ("epochs", "batch_size", "blr", "layer_decay", "weight_decay", "drop_path", "smoothing", "mixup",
-            "cutmix", "warmup_epochs")
+_FT_KEYS = (
+    "epochs",
+    "batch_size",
+    "blr",
+    "layer_decay",
+    "weight_decay",
+    "drop_path",
+    "smoothing",
+    "mixup",
+    "cutmix",
+    "warmup_epochs",
+)
 
 
 @dataclass
@@ -56,7 +65,7 @@ class FinetuneSettings:
     seed: int = 0
 
     @classmethod
-    def from_eval(cls, e: EvalConfig) -> "FinetuneSettings":
+    def from_eval(cls, e: EvalConfig) -> FinetuneSettings:
         return cls(**{k: getattr(e, f"ft_{k}") for k in _FT_KEYS}, seed=e.seed)
 
 
@@ -98,8 +107,10 @@ def param_groups(model: torch.nn.Module, s: FinetuneSettings) -> list[dict]:
         skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
         return param_groups_layer_decay(model, s.weight_decay, no_weight_decay_list=skip, layer_decay=s.layer_decay)
     params = [p for p in model.parameters() if p.requires_grad]
-    return [dict(params=[p for p in params if p.ndim > 1], weight_decay=s.weight_decay, lr_scale=1.0),
-            dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lr_scale=1.0)]
+    return [
+        dict(params=[p for p in params if p.ndim > 1], weight_decay=s.weight_decay, lr_scale=1.0),
+        dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lr_scale=1.0),
+    ]
 
 
 def augment(x01: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -110,7 +121,7 @@ def augment(x01: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tens
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5
     rows = (dy.view(b, 1) + torch.arange(s).view(1, s)).to(x01.device)  # [B, S]
-    cols = (dx.view(b, 1) + torch.arange(s).view(1, s))
+    cols = dx.view(b, 1) + torch.arange(s).view(1, s)
     cols = torch.where(flip.view(b, 1), cols.flip(1), cols).to(x01.device)  # [B, S]
     out = padded[torch.arange(b, device=x01.device).view(b, 1, 1), :, rows.view(b, s, 1), cols.view(b, 1, s)]
     return out.permute(0, 3, 1, 2)  # advanced indexing puts channels last -> [B, 3, S, S]
@@ -128,14 +139,16 @@ def classifier_accuracy(model: torch.nn.Module, images: ImageSet, batch_size: in
     return 100.0 * correct / len(images)
 
 
-def finetune(rep, train: ImageSet, test: ImageSet, settings: FinetuneSettings = FinetuneSettings(),
-             device="cpu", progress=None) -> FinetuneResult:
+def finetune(
+    rep, train: ImageSet, test: ImageSet, settings: FinetuneSettings | None = None, device="cpu", progress=None
+) -> FinetuneResult:
     """Fine-tune ``rep`` (see :func:`build_classifier`) on ``train``; top-1 on ``test``.
 
     The budget is ``settings.epochs`` (fractions allowed: ``0.5`` = half an epoch of steps).
     ``progress(epoch_done, epochs, mean_loss)`` is called after each (partial) epoch.
+    ``settings``: ``None`` -> the defaults.
     """
-    s = settings
+    s = settings if settings is not None else FinetuneSettings()
     bs = min(s.batch_size, len(train)) // 2 * 2  # Mixup needs an even batch
     if bs < 2:
         raise ValueError(f"fine-tuning needs at least 2 training images, got {len(train)}")
@@ -145,8 +158,11 @@ def finetune(rep, train: ImageSet, test: ImageSet, settings: FinetuneSettings = 
     groups = param_groups(model, s)
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
     mixing = s.mixup > 0 or s.cutmix > 0
-    mix = Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.smoothing,
-                num_classes=train.num_classes) if mixing else None
+    mix = (
+        Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.smoothing, num_classes=train.num_classes)
+        if mixing
+        else None
+    )
     criterion = SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(s.smoothing)
     steps_per_epoch = len(train) // bs
     total = max(1, round(s.epochs * steps_per_epoch))

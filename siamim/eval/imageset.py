@@ -29,7 +29,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"ImageSet.images must be uint8 [N, 3, S, S], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"ImageSet.images must be uint8 [N, 3, S, S], got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if len(self.labels) != len(self.images):
             raise ValueError(f"ImageSet has {len(self.images)} images but {len(self.labels)} labels")
 
@@ -54,7 +56,7 @@ class ImageSet:
         """Normalised float ``[end - start, 3, S, S]`` model input for images ``start:end``."""
         return self.normalize(self.images[start:end].to(device).float().div_(255.0))
 
-    def subset(self, indices) -> "ImageSet":
+    def subset(self, indices) -> ImageSet:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], self.mean, self.std, self.classes)
 

@@ -40,8 +40,9 @@ def knn_predict(
     return torch.cat(preds)
 
 
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes: int, k: int = 20,
-                 temperature: float = 0.07) -> float:
+def knn_accuracy(
+    train_feats, train_labels, test_feats, test_labels, num_classes: int, k: int = 20, temperature: float = 0.07
+) -> float:
     """Top-1 accuracy in percent of :func:`knn_predict`."""
     pred = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature)
     return 100.0 * (pred == test_labels).float().mean().item()
@@ -69,8 +70,9 @@ def progress_reporter(log, what: str, every: float = 5.0):
     return report
 
 
-def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu", log=None,
-                 every: float = 5.0) -> float:
+def evaluate_knn(
+    encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu", log=None, every: float = 5.0
+) -> float:
     """kNN top-1 (%) of ``encoder``'s cls features: train split as memory bank, test split as queries.
 
     Uses ``cfg.data`` for the dataset and ``cfg.eval.knn_k / knn_temperature /
@@ -93,14 +95,29 @@ def evaluate_knn(encoder: torch.nn.Module, cfg, device: torch.device | str = "cp
     n_test = len(test) if cfg.eval.knn_test_subset is None else min(len(test), cfg.eval.knn_test_subset)
     if log is not None:
         log(f"[siamim] kNN: features of {n_train} train (memory bank) + {n_test} test images, k={cfg.eval.knn_k}")
-    bank = extract_features(encoder, train, cfg.data.img_size, idx, cfg.eval.batch_size, device,
-                            progress=progress_reporter(log, "[siamim] kNN: train features", every))
+    bank = extract_features(
+        encoder,
+        train,
+        cfg.data.img_size,
+        idx,
+        cfg.eval.batch_size,
+        device,
+        progress=progress_reporter(log, "[siamim] kNN: train features", every),
+    )
     bank_labels = torch.from_numpy(train.labels if idx is None else train.labels[idx])
     q_idx = None
     if cfg.eval.knn_test_subset is not None and cfg.eval.knn_test_subset < len(test):
         q_idx = np.arange(cfg.eval.knn_test_subset)
-    queries = extract_features(encoder, test, cfg.data.img_size, q_idx, cfg.eval.batch_size, device,
-                               progress=progress_reporter(log, "[siamim] kNN: test features", every))
+    queries = extract_features(
+        encoder,
+        test,
+        cfg.data.img_size,
+        q_idx,
+        cfg.eval.batch_size,
+        device,
+        progress=progress_reporter(log, "[siamim] kNN: test features", every),
+    )
     q_labels = torch.from_numpy(test.labels if q_idx is None else test.labels[q_idx])
-    return knn_accuracy(bank, bank_labels, queries, q_labels, len(train.classes),
-                        cfg.eval.knn_k, cfg.eval.knn_temperature)
+    return knn_accuracy(
+        bank, bank_labels, queries, q_labels, len(train.classes), cfg.eval.knn_k, cfg.eval.knn_temperature
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from timm.optim import Lars
@@ -94,8 +94,20 @@ def fit_head(
     step, loss = 0, torch.tensor(float("nan"))
     with single_thread_on_cpu(device):
         while step < steps:
-            step, loss = _one_pass(head, opt, inputs, targets, loss_fn, perm_gen=gen, step=step, steps=steps,
-                                   batch_size=batch_size, base_lr=base_lr, warmup_steps=warmup_steps, device=device)
+            step, loss = _one_pass(
+                head,
+                opt,
+                inputs,
+                targets,
+                loss_fn,
+                perm_gen=gen,
+                step=step,
+                steps=steps,
+                batch_size=batch_size,
+                base_lr=base_lr,
+                warmup_steps=warmup_steps,
+                device=device,
+            )
             if progress is not None:
                 progress(step, steps, loss.item())
     return head.eval()
@@ -116,8 +128,7 @@ def single_thread_on_cpu(device):
         torch.set_num_threads(before)
 
 
-def _one_pass(head, opt, inputs, targets, loss_fn, *, perm_gen, step, steps, batch_size, base_lr, warmup_steps,
-              device):
+def _one_pass(head, opt, inputs, targets, loss_fn, *, perm_gen, step, steps, batch_size, base_lr, warmup_steps, device):
     """One seeded pass over the data (stopping at ``steps``); returns ``(step, last loss)``."""
     n = len(inputs)
     loss = torch.tensor(float("nan"))
@@ -156,20 +167,22 @@ def train_linear_probe(
 ) -> LinearProbe:
     """Fit :class:`LinearProbe` on ``train_feats`` ``[N, D]`` / long ``train_labels`` ``[N]``."""
     if train_feats.ndim != 2 or len(train_feats) != len(train_labels):
-        raise ValueError(f"train_feats must be [N, D] matching labels [N]; got {tuple(train_feats.shape)} "
-                         f"and {tuple(train_labels.shape)}")
+        raise ValueError(
+            f"train_feats must be [N, D] matching labels [N]; got {tuple(train_feats.shape)} "
+            f"and {tuple(train_labels.shape)}"
+        )
     torch.manual_seed(seed)
     probe = LinearProbe(train_feats.shape[1], num_classes)
-    return fit_head(probe, train_feats, train_labels, _ce, steps, batch_size, blr, warmup_steps, seed,
-                    device, progress)
+    return fit_head(probe, train_feats, train_labels, _ce, steps, batch_size, blr, warmup_steps, seed, device, progress)
 
 
 @torch.no_grad()
 def predict(head: torch.nn.Module, feats: torch.Tensor, batch_size: int = 4096, device="cpu") -> torch.Tensor:
     """Argmax predictions long ``[N]`` of ``head`` on ``feats`` ``[N, D]``."""
     head.eval().to(device)
-    return torch.cat([head(feats[s : s + batch_size].to(device)).argmax(1).cpu()
-                      for s in range(0, len(feats), batch_size)])
+    return torch.cat(
+        [head(feats[s : s + batch_size].to(device)).argmax(1).cpu() for s in range(0, len(feats), batch_size)]
+    )
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:

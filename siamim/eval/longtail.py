@@ -25,8 +25,9 @@ def longtail_counts(num_classes: int, n_max: int, imbalance: float) -> np.ndarra
     return np.maximum(1, np.round(n_max * imbalance ** (-r / (num_classes - 1)))).astype(np.int64)
 
 
-def longtail_subset(labels: np.ndarray, imbalance: float = 100.0, seed: int = 0,
-                    num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def longtail_subset(
+    labels: np.ndarray, imbalance: float = 100.0, seed: int = 0, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A long-tailed subset of ``labels`` ``[N]``.
 
     Returns:

@@ -72,7 +72,9 @@ def to_markdown(rows: list[dict], reps: list[str]) -> str:
     head = ["protocol", "paper column", "our metric (Fashion-MNIST)"] + reps
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["protocol"], r["paper"], r["metric"]] + [_fmt(r.get(n)) for n in reps]) + " |")
+        lines.append(
+            "| " + " | ".join([r["protocol"], r["paper"], r["metric"]] + [_fmt(r.get(n)) for n in reps]) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,7 @@ class EncoderRepresentation:
             return tokens[:, 1:].mean(dim=1)
         return tokens[:, 1:]
 
-    def to(self, device) -> "EncoderRepresentation":
+    def to(self, device) -> EncoderRepresentation:
         self.encoder.to(device)
         return self
 
@@ -69,13 +69,14 @@ class PixelRepresentation:
         patches = patches.transpose(1, 2)  # [B, L, 3*p*p], row-major like timm's patch embed
         return patches.mean(dim=1) if pool == "mean" else patches
 
-    def to(self, device) -> "PixelRepresentation":
+    def to(self, device) -> PixelRepresentation:
         return self
 
 
 @torch.no_grad()
-def extract_many(rep, images: ImageSet, pools=("cls",), batch_size: int = 512, device="cpu",
-                 transform=None, progress=None) -> dict[str, torch.Tensor]:
+def extract_many(
+    rep, images: ImageSet, pools=("cls",), batch_size: int = 512, device="cpu", transform=None, progress=None
+) -> dict[str, torch.Tensor]:
     """Features of every image of ``images`` under ``rep`` for several pools in one pass (encoder in eval mode).
 
     Args:
@@ -118,7 +119,8 @@ def extract_many(rep, images: ImageSet, pools=("cls",), batch_size: int = 512, d
     return {pool: torch.cat(parts) for pool, parts in out.items()}
 
 
-def extract(rep, images: ImageSet, pool: str = "cls", batch_size: int = 512, device="cpu",
-            transform=None, progress=None) -> torch.Tensor:
+def extract(
+    rep, images: ImageSet, pool: str = "cls", batch_size: int = 512, device="cpu", transform=None, progress=None
+) -> torch.Tensor:
     """Features of one ``pool`` (see :func:`extract_many`): ``[N, D]`` or ``[N, L, D]``, float32 on CPU."""
     return extract_many(rep, images, (pool,), batch_size, device, transform, progress)[pool]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +99,12 @@ def occlusion(x, severity, gen):
     left = torch.randint(0, s - side + 1, (b,), generator=gen)
     rows = torch.arange(s).view(1, s, 1)
     cols = torch.arange(s).view(1, 1, s)
-    m = ((rows >= top.view(b, 1, 1)) & (rows < (top + side).view(b, 1, 1))
-         & (cols >= left.view(b, 1, 1)) & (cols < (left + side).view(b, 1, 1)))
+    m = (
+        (rows >= top.view(b, 1, 1))
+        & (rows < (top + side).view(b, 1, 1))
+        & (cols >= left.view(b, 1, 1))
+        & (cols < (left + side).view(b, 1, 1))
+    )
     return torch.where(m.unsqueeze(1).to(x.device), torch.full_like(x, 0.5), x)
 
 
@@ -143,8 +147,15 @@ def summarize(acc: dict[str, dict[int, float]]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def corrupted_accuracy(predict: Callable[[torch.Tensor], torch.Tensor], images, name: str | None, severity: int = 1,
-                       seed: int = 0, batch_size: int = 512, device="cpu") -> float:
+def corrupted_accuracy(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    images,
+    name: str | None,
+    severity: int = 1,
+    seed: int = 0,
+    batch_size: int = 512,
+    device="cpu",
+) -> float:
     """Top-1 (%) of ``predict`` (normalised ``[B, 3, S, S]`` -> long ``[B]``) on ``images`` (an
     :class:`~siamim.eval.imageset.ImageSet`) under corruption ``name`` at ``severity``
     (``name=None``: clean)."""

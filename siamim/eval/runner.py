@@ -10,8 +10,8 @@ its baselines) so the data is prepared once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class Progress:
                 tail = f" loss {extra[0]:.4f}" if extra else ""
                 eta = f" ETA {format_seconds((now - start) / done * (total - done))}" if 0 < done < total else ""
                 self.log(f"[{self.protocol}] {what} {done}/{total}{tail}{eta}")
+
         return report
 
 
@@ -117,16 +118,32 @@ class _Run:
         if (split, pool) not in self.feats:
             images = getattr(self.suite, split)
             pools = ("cls", "mean") if pool in ("cls", "mean") else (pool,)  # one forward pass for both
-            feats = extract_many(self.rep, images, pools, self.e.batch_size, self.dev,
-                                 progress=progress(f"{split} {'+'.join(pools)} features"))
+            feats = extract_many(
+                self.rep,
+                images,
+                pools,
+                self.e.batch_size,
+                self.dev,
+                progress=progress(f"{split} {'+'.join(pools)} features"),
+            )
             for name, value in feats.items():
                 self.feats[split, name] = value
         return self.feats[split, pool]
 
     def _lin(self, feats, labels, progress, what):
         e = self.e
-        return train_linear_probe(feats, labels, self.suite.train.num_classes, e.lin_steps, e.lin_batch_size,
-                                  e.lin_blr, e.lin_warmup_steps, e.seed, self.dev, progress(what))
+        return train_linear_probe(
+            feats,
+            labels,
+            self.suite.train.num_classes,
+            e.lin_steps,
+            e.lin_batch_size,
+            e.lin_blr,
+            e.lin_warmup_steps,
+            e.seed,
+            self.dev,
+            progress(what),
+        )
 
     # ------------------------------------------------------------------ protocols
     def knn(self, p: Progress) -> dict:
@@ -135,8 +152,9 @@ class _Run:
         if e.knn_train_subset is not None and e.knn_train_subset < len(bank):
             keep = torch.from_numpy(limit_indices(labels.numpy(), e.knn_train_subset, e.seed))
             bank, labels = bank[keep], labels[keep]
-        acc = knn_accuracy(bank, labels, self.features("test", "cls", p), s.test.labels, s.test.num_classes,
-                           e.knn_k, e.knn_temperature)
+        acc = knn_accuracy(
+            bank, labels, self.features("test", "cls", p), s.test.labels, s.test.num_classes, e.knn_k, e.knn_temperature
+        )
         return {"knn_top1": acc}
 
     def lin(self, p: Progress) -> dict:
@@ -151,7 +169,9 @@ class _Run:
     def fewshot(self, p: Progress) -> dict:
         e, s = self.e, self.suite
         labels = s.train_source.labels
-        subsets = [fewshot.class_balanced_subset(labels, e.fewshot_fraction, e.seed + k) for k in range(e.fewshot_seeds)]
+        subsets = [
+            fewshot.class_balanced_subset(labels, e.fewshot_fraction, e.seed + k) for k in range(e.fewshot_seeds)
+        ]
         union = np.unique(np.concatenate(subsets))
         images = load_image_set(s.train_source, self.cfg.data.img_size, union)
         feats = extract(self.rep, images, "cls", e.batch_size, self.dev, progress=p("labelled-subset features"))
@@ -159,35 +179,55 @@ class _Run:
         accs = []
         for k, sub in enumerate(subsets):
             rows = torch.from_numpy(np.searchsorted(union, sub))
-            accs.append(fewshot.fewshot_accuracy(feats[rows], images.labels[rows], test, s.test.labels,
-                                                 s.test.num_classes, e.fewshot_lambd))
+            accs.append(
+                fewshot.fewshot_accuracy(
+                    feats[rows], images.labels[rows], test, s.test.labels, s.test.num_classes, e.fewshot_lambd
+                )
+            )
             p("seeds")(k + 1, len(subsets))
         stats = fewshot.summarize(accs)
-        return {"fewshot_top1": stats["mean"], "fewshot_top1_std": stats["std"],
-                "fewshot_per_class": float(len(subsets[0]) / s.test.num_classes)}
+        return {
+            "fewshot_top1": stats["mean"],
+            "fewshot_top1_std": stats["std"],
+            "fewshot_per_class": float(len(subsets[0]) / s.test.num_classes),
+        }
 
     def longtail(self, p: Progress) -> dict:
         e, s = self.e, self.suite
-        idx, order = longtail.longtail_subset(s.train.labels.numpy(), e.longtail_imbalance, e.seed,
-                                              s.train.num_classes)
+        idx, order = longtail.longtail_subset(s.train.labels.numpy(), e.longtail_imbalance, e.seed, s.train.num_classes)
         keep = torch.from_numpy(idx)
         probe = self._lin(self.features("train", "cls", p)[keep], s.train.labels[keep], p, "long-tail probe step")
         pred = predict(probe, self.features("test", "cls", p), device=self.dev)
         per_class = per_class_accuracy(pred, s.test.labels, s.test.num_classes)
-        rare = torch.from_numpy(order[-e.longtail_rare:])
-        return {"longtail_top1": accuracy(pred, s.test.labels), "longtail_rare_top1": float(per_class[rare].nanmean()),
-                "longtail_train_size": float(len(idx))}
+        rare = torch.from_numpy(order[-e.longtail_rare :])
+        return {
+            "longtail_top1": accuracy(pred, s.test.labels),
+            "longtail_rare_top1": float(per_class[rare].nanmean()),
+            "longtail_train_size": float(len(idx)),
+        }
 
     def dense(self, p: Progress) -> dict:
         e, s, size = self.e, self.suite, self.cfg.data.img_size
-        tr = s.get("mosaic_train", lambda: dense.build_mosaics(s.train_source, e.dense_train_mosaics, size, e.seed,
-                                                               s.train_idx))
-        te = s.get("mosaic_test", lambda: dense.build_mosaics(s.test_source, e.dense_test_mosaics, size, e.seed + 1,
-                                                              s.test_idx))
+        tr = s.get(
+            "mosaic_train",
+            lambda: dense.build_mosaics(s.train_source, e.dense_train_mosaics, size, e.seed, s.train_idx),
+        )
+        te = s.get(
+            "mosaic_test",
+            lambda: dense.build_mosaics(s.test_source, e.dense_test_mosaics, size, e.seed + 1, s.test_idx),
+        )
         x_tr = extract(self.rep, tr.images, "tokens", e.batch_size, self.dev, progress=p("train mosaic tokens"))
         x_te = extract(self.rep, te.images, "tokens", e.batch_size, self.dev, progress=p("test mosaic tokens"))
-        probe = dense.train_dense_probe(x_tr, tr.masks, tr.num_labels, e.dense_epochs, blr=e.dense_blr, seed=e.seed,
-                                        device=self.dev, progress=p("dense probe step"))
+        probe = dense.train_dense_probe(
+            x_tr,
+            tr.masks,
+            tr.num_labels,
+            e.dense_epochs,
+            blr=e.dense_blr,
+            seed=e.seed,
+            device=self.dev,
+            progress=p("dense probe step"),
+        )
         pred = dense.segment(probe, x_te, device=self.dev)
         m, _ = dense.miou(dense.confusion(pred, te.masks, te.num_labels))
         return {"dense_miou": m, "dense_pixel_acc": 100.0 * (pred == te.masks).float().mean().item()}
@@ -213,7 +253,10 @@ class _Run:
             classifiers["robust_ft"] = lambda x: model(x).argmax(1)
         out = {}
         for prefix, fn in classifiers.items():
-            run = lambda name, sev: robustness.corrupted_accuracy(fn, test, name, sev, e.seed, e.batch_size, self.dev)
+
+            def run(name, sev, fn=fn):
+                return robustness.corrupted_accuracy(fn, test, name, sev, e.seed, e.batch_size, self.dev)
+
             out[f"{prefix}_clean_top1"] = run(None, 1)
             table = {}
             for k, name in enumerate(robustness.CORRUPTIONS):

@@ -35,16 +35,25 @@ def _need(ok: bool, key: str, value, need: str) -> None:
 
 def check_eval_config(e) -> None:
     """Range checks of the suite's ``cfg.eval`` fields; raises :class:`ConfigError` naming the key and the fix."""
-    for key in ("batch_size", "lin_steps", "lin_batch_size", "fewshot_seeds", "dense_train_mosaics",
-                "dense_test_mosaics", "dense_epochs", "longtail_rare", "ft_batch_size", "knn_k"):
+    for key in (
+        "batch_size",
+        "lin_steps",
+        "lin_batch_size",
+        "fewshot_seeds",
+        "dense_train_mosaics",
+        "dense_test_mosaics",
+        "dense_epochs",
+        "longtail_rare",
+        "ft_batch_size",
+        "knn_k",
+    ):
         _need(getattr(e, key) >= 1, key, getattr(e, key), "must be >= 1")
     for key in ("train_limit", "test_limit", "robust_test_limit", "knn_train_subset"):
         v = getattr(e, key)
         _need(v is None or v >= 10, key, v, "must be null (everything) or >= 10 (one image per class at least)")
     for key in ("lin_blr", "dense_blr", "ft_blr", "ft_epochs", "knn_temperature"):
         _need(getattr(e, key) > 0, key, getattr(e, key), "must be positive")
-    for key in ("lin_warmup_steps", "ft_warmup_epochs", "ft_weight_decay", "ft_mixup", "ft_cutmix",
-                "fewshot_lambd"):
+    for key in ("lin_warmup_steps", "ft_warmup_epochs", "ft_weight_decay", "ft_mixup", "ft_cutmix", "fewshot_lambd"):
         _need(getattr(e, key) >= 0, key, getattr(e, key), "must be >= 0")
     _need(0 < e.fewshot_fraction <= 1, "fewshot_fraction", e.fewshot_fraction, "must be in (0, 1]; 0.01 is 1%")
     _need(e.longtail_imbalance >= 1, "longtail_imbalance", e.longtail_imbalance, "must be >= 1 (100 is the protocol)")

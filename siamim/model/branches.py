@@ -52,14 +52,28 @@ class MAELikeOnline(nn.Module):
         self.encoder = build_encoder(m, cfg.data.img_size)
         self.projector = Projector(m.embed_dim, m.decoder_dim, m.decoder_heads, m.projector_depth, m.mlp_ratio, m.norm)
         out_dim = 3 * m.patch_size**2 if pixel else m.decoder_dim
-        self.predictor = Predictor(m.decoder_dim, m.decoder_heads, m.predictor_depth, m.mlp_ratio, m.norm,
-                                   self.grid, out_dim=out_dim, pre_head_norm=pixel)
+        self.predictor = Predictor(
+            m.decoder_dim,
+            m.decoder_heads,
+            m.predictor_depth,
+            m.mlp_ratio,
+            m.norm,
+            self.grid,
+            out_dim=out_dim,
+            pre_head_norm=pixel,
+        )
         self.projector.apply(official_init)
         self.predictor.apply(official_init)
         init_token(self.predictor.mask_token)
 
-    def forward(self, view1: torch.Tensor, mask: torch.Tensor, ids_keep: torch.Tensor, geometry: torch.Tensor,
-                query_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        view1: torch.Tensor,
+        mask: torch.Tensor,
+        ids_keep: torch.Tensor,
+        geometry: torch.Tensor,
+        query_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """-> ``[B, Q, D_out]`` predictions (``Q = G*G`` when ``query_ids`` is None)."""
         tokens = self.projector(encode_visible(self.encoder, view1, ids_keep, self.final_norm))  # [B, 1+Lv, Dd]
         centres = view2_patch_centres(geometry, self.grid)  # [B, G*G, 2]
@@ -89,8 +103,14 @@ class MoCoLikeOnline(nn.Module):
                 module.apply(official_init)
         init_token(self.mask_token)
 
-    def forward(self, view1: torch.Tensor, mask: torch.Tensor, ids_keep: torch.Tensor, geometry: torch.Tensor,
-                query_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        view1: torch.Tensor,
+        mask: torch.Tensor,
+        ids_keep: torch.Tensor,
+        geometry: torch.Tensor,
+        query_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """-> ``[B, Q, Dd]`` (dense) or ``[B, Dd]`` (global)."""
         num_patches = mask.shape[1]
         extra = None

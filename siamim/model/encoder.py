@@ -72,8 +72,9 @@ def _with_cls(enc: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([cls, x], dim=1)
 
 
-def encode_visible(enc: VisionTransformer, images: torch.Tensor, ids_keep: torch.Tensor | None,
-                   final_norm: bool = False) -> torch.Tensor:
+def encode_visible(
+    enc: VisionTransformer, images: torch.Tensor, ids_keep: torch.Tensor | None, final_norm: bool = False
+) -> torch.Tensor:
     """Encode the cls token plus the kept patches (MAE-style: masked ones are dropped).
 
     Args:
@@ -91,8 +92,13 @@ def encode_visible(enc: VisionTransformer, images: torch.Tensor, ids_keep: torch
     return enc.norm(x) if final_norm else x
 
 
-def encode_with_mask_tokens(enc: VisionTransformer, images: torch.Tensor, mask: torch.Tensor,
-                            mask_token: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+def encode_with_mask_tokens(
+    enc: VisionTransformer,
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    mask_token: torch.Tensor,
+    extra: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Encode the full sequence with masked patches replaced by ``mask_token`` (SimMIM/iBOT style).
 
     The mask token replaces the patch embedding; the grid position embedding is

@@ -39,7 +39,9 @@ def norm_layer(kind: str):
 
 
 def blocks(dim: int, heads: int, depth: int, mlp_ratio: float, norm: str) -> nn.Sequential:
-    return nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer(norm)) for _ in range(depth)])
+    return nn.Sequential(
+        *[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer(norm)) for _ in range(depth)]
+    )
 
 
 class Projector(nn.Module):
@@ -88,8 +90,17 @@ class Predictor(nn.Module):
     decoder norm, pixel-target rows); the outputs at the queries are the prediction.
     """
 
-    def __init__(self, dim: int, heads: int, depth: int, mlp_ratio: float, norm: str, grid: int,
-                 out_dim: int | None = None, pre_head_norm: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        depth: int,
+        mlp_ratio: float,
+        norm: str,
+        grid: int,
+        out_dim: int | None = None,
+        pre_head_norm: bool = False,
+    ):
         super().__init__()
         self.register_buffer("pos_embed", sincos_2d_grid(dim, grid).unsqueeze(0), persistent=False)  # [1, 1+L, D]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -98,8 +109,9 @@ class Predictor(nn.Module):
         self.norm = norm_layer(norm)(dim) if pre_head_norm else nn.Identity()
         self.head = nn.Linear(dim, out_dim or dim)
 
-    def forward(self, tokens: torch.Tensor, ids_keep: torch.Tensor, centres: torch.Tensor,
-                geometry: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, ids_keep: torch.Tensor, centres: torch.Tensor, geometry: torch.Tensor
+    ) -> torch.Tensor:
         """
         Args:
             tokens: projector output ``[B, 1 + Lv, D]`` (cls first).

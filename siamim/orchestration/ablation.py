@@ -70,8 +70,10 @@ class GridSpec:
         return [(r, s) for r in self.rows for s in range(self.seeds)]
 
     def trial_need(self) -> dict[str, float]:
-        return {"CPU": self.workers_per_trial * self.cpus_per_worker,
-                "GPU": self.workers_per_trial * self.gpus_per_worker}
+        return {
+            "CPU": self.workers_per_trial * self.cpus_per_worker,
+            "GPU": self.workers_per_trial * self.gpus_per_worker,
+        }
 
 
 @dataclass
@@ -109,14 +111,19 @@ def validate_spec(spec: GridSpec) -> None:
     need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
     need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
     need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
-    need(spec.max_concurrent is None or spec.max_concurrent >= 1,
-         f"--max-concurrent {spec.max_concurrent}: must be >= 1")
+    need(
+        spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
+    )
     need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
-    need(bool(spec.name) and "/" not in spec.name and spec.name not in (".", ".."),
-         f"--name {spec.name!r}: a plain directory name is needed")
+    need(
+        bool(spec.name) and "/" not in spec.name and spec.name not in (".", ".."),
+        f"--name {spec.name!r}: a plain directory name is needed",
+    )
     if spec.fail_trial is not None:
-        need(spec.fail_trial in {trial_key(r, s) for r, s in spec.trials},
-             f"--fail-trial {spec.fail_trial}: not a trial of this grid")
+        need(
+            spec.fail_trial in {trial_key(r, s) for r, s in spec.trials},
+            f"--fail-trial {spec.fail_trial}: not a trial of this grid",
+        )
     for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
         try:
             cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
@@ -143,8 +150,11 @@ def cluster_resources() -> dict[str, float]:
 
     total = ray.cluster_resources()
     node_gpus = [n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    return {"CPU": float(total.get("CPU", 0.0)), "GPU": float(total.get("GPU", 0.0)),
-            "max_node_GPU": float(max(node_gpus, default=0.0))}
+    return {
+        "CPU": float(total.get("CPU", 0.0)),
+        "GPU": float(total.get("GPU", 0.0)),
+        "max_node_GPU": float(max(node_gpus, default=0.0)),
+    }
 
 
 def check_resources(spec: GridSpec, have: dict[str, float]) -> None:
@@ -153,14 +163,18 @@ def check_resources(spec: GridSpec, have: dict[str, float]) -> None:
     if need["CPU"] > have["CPU"] + 1e-9:
         raise AblationInputError(
             f"--workers-per-trial {spec.workers_per_trial} x --cpus-per-worker {spec.cpus_per_worker:g} = "
-            f"{need['CPU']:g} CPUs per trial, but the Ray cluster has {have['CPU']:g}")
+            f"{need['CPU']:g} CPUs per trial, but the Ray cluster has {have['CPU']:g}"
+        )
     if need["GPU"] > have["GPU"] + 1e-9:
         raise AblationInputError(
             f"--gpus-per-worker {spec.gpus_per_worker:g} x --workers-per-trial {spec.workers_per_trial} = "
-            f"{need['GPU']:g} GPUs per trial, but the Ray cluster has {have['GPU']:g}")
+            f"{need['GPU']:g} GPUs per trial, but the Ray cluster has {have['GPU']:g}"
+        )
     if spec.gpus_per_worker > max(have.get("max_node_GPU", have["GPU"]), 0) + 1e-9:
-        raise AblationInputError(f"--gpus-per-worker {spec.gpus_per_worker:g}: no node has that many GPUs "
-                                 f"(largest: {have.get('max_node_GPU', 0):g})")
+        raise AblationInputError(
+            f"--gpus-per-worker {spec.gpus_per_worker:g}: no node has that many GPUs "
+            f"(largest: {have.get('max_node_GPU', 0):g})"
+        )
 
 
 def packing(spec: GridSpec, have: dict[str, float]) -> dict:
@@ -171,8 +185,12 @@ def packing(spec: GridSpec, have: dict[str, float]) -> dict:
         fits.append(math.floor(have["GPU"] / need["GPU"] + 1e-9))
     by_resources = max(1, min(fits))
     concurrent = min(by_resources, spec.max_concurrent or by_resources, len(spec.trials))
-    return {"by_resources": by_resources, "concurrent": concurrent,
-            "waves": math.ceil(len(spec.trials) / concurrent), "trials": len(spec.trials)}
+    return {
+        "by_resources": by_resources,
+        "concurrent": concurrent,
+        "waves": math.ceil(len(spec.trials) / concurrent),
+        "trials": len(spec.trials),
+    }
 
 
 def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
@@ -180,16 +198,22 @@ def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
     pack = packing(spec, have)
     need = spec.trial_need()
     budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"
-    lines = [f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {pack['trials']} trials, "
-             f"budget {budget}, protocols {','.join(spec.protocols)}",
-             f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
-             + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "") + f") = {need['CPU']:g} CPU"
-             + (f", {need['GPU']:g} GPU" if need["GPU"] else "") + "; evaluation task: the same; "
-             "trial actor: 0 CPU",
-             f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
-             f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'}), "
-             f"about {pack['waves']} wave(s)",
-             "", "| trial | row source | switches (resolved config) |", "|---|---|---|"]
+    lines = [
+        f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {pack['trials']} trials, "
+        f"budget {budget}, protocols {','.join(spec.protocols)}",
+        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
+        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
+        + f") = {need['CPU']:g} CPU"
+        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
+        + "; evaluation task: the same; "
+        "trial actor: 0 CPU",
+        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
+        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'}), "
+        f"about {pack['waves']} wave(s)",
+        "",
+        "| trial | row source | switches (resolved config) |",
+        "|---|---|---|",
+    ]
     for row, seed in spec.trials:
         cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, seed)
         sw = ", ".join(f"{k}={v}" for k, v in switches_of(cfg).items())
@@ -213,24 +237,40 @@ def _trainable(spec_dict: dict):
 
 
 def _parent_params(spec: GridSpec) -> dict:
-    return {"ablation.name": spec.name, "ablation.rows": ",".join(spec.rows), "ablation.seeds": spec.seeds,
-            "ablation.protocols": ",".join(spec.protocols), "ablation.steps": spec.steps,
-            "ablation.epochs": spec.epochs, "ablation.workers_per_trial": spec.workers_per_trial,
-            "ablation.cpus_per_worker": spec.cpus_per_worker, "ablation.gpus_per_worker": spec.gpus_per_worker,
-            "ablation.max_concurrent": spec.max_concurrent, "ablation.max_retries": spec.max_retries,
-            "ablation.overrides": " ".join(spec.overrides) or "-", "ablation.storage": spec.storage,
-            "ablation.trials": len(spec.trials)}
+    return {
+        "ablation.name": spec.name,
+        "ablation.rows": ",".join(spec.rows),
+        "ablation.seeds": spec.seeds,
+        "ablation.protocols": ",".join(spec.protocols),
+        "ablation.steps": spec.steps,
+        "ablation.epochs": spec.epochs,
+        "ablation.workers_per_trial": spec.workers_per_trial,
+        "ablation.cpus_per_worker": spec.cpus_per_worker,
+        "ablation.gpus_per_worker": spec.gpus_per_worker,
+        "ablation.max_concurrent": spec.max_concurrent,
+        "ablation.max_retries": spec.max_retries,
+        "ablation.overrides": " ".join(spec.overrides) or "-",
+        "ablation.storage": spec.storage,
+        "ablation.trials": len(spec.trials),
+    }
 
 
-def run_ablation(spec: GridSpec | None = None, *, resume: str | None = None, storage: str | None = None,
-                 tracking_uri: str | None = None, address: str | None = None, log=print) -> AblationSummary:
+def run_ablation(
+    spec: GridSpec | None = None,
+    *,
+    resume: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    log=print,
+) -> AblationSummary:
     """Run the grid ``spec`` (or resume the grid named ``resume`` under ``storage``); returns the summary.
 
     Raises :class:`AblationInputError` / ``PreflightError`` before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
     from siamim.orchestration.launch import ensure_ray, job_config
-    from siamim.orchestration.preflight import PreflightError, preflight
+    from siamim.orchestration.preflight import preflight
 
     t0 = time.time()
     record = None
@@ -249,51 +289,92 @@ def run_ablation(spec: GridSpec | None = None, *, resume: str | None = None, sto
     first_cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, spec.rows[0], 0)
     preflight(first_cfg, root, spec.tracking_uri)
     if record is None and st.exists(root, spec.name):
-        raise AblationInputError(f"--name {spec.name}: {root.display(spec.name)} already exists; continue that "
-                                 f"grid with --resume {spec.name}, or pick another --name")
+        raise AblationInputError(
+            f"--name {spec.name}: {root.display(spec.name)} already exists; continue that "
+            f"grid with --resume {spec.name}, or pick another --name"
+        )
     if address is None and not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         check_resources(spec, local_resources())  # embedded Ray: fail before starting it
     ensure_ray(address)
     have = cluster_resources()
     check_resources(spec, have)
     pack = packing(spec, have)
-    log(f"[ablate] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, "
-        f"{pack['concurrent']} at a time")
+    log(
+        f"[ablate] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, "
+        f"{pack['concurrent']} at a time"
+    )
 
     import ray
     from ray import tune
 
-    tags = {"mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
-            "mlflow.source.name": "jobs/ablate.py", "siamim.source_digest": tracking.source_digest(REPO_ROOT),
-            "ablation.tune_path": root.display(spec.name), "ablation.kind": "parent",
-            "ray.job_id": ray.get_runtime_context().get_job_id()}
-    parent = tracking.open_run(spec.tracking_uri, spec.experiment, spec.name, _parent_params(spec), tags,
-                               run_id=record["parent_run_id"] if record else None)
-    spec_dict = {**asdict(spec), "parent_run_id": parent, "git_commit": tags["mlflow.source.git.commit"],
-                 "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain")}
+    tags = {
+        "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
+        "mlflow.source.name": "jobs/ablate.py",
+        "siamim.source_digest": tracking.source_digest(REPO_ROOT),
+        "ablation.tune_path": root.display(spec.name),
+        "ablation.kind": "parent",
+        "ray.job_id": ray.get_runtime_context().get_job_id(),
+    }
+    parent = tracking.open_run(
+        spec.tracking_uri,
+        spec.experiment,
+        spec.name,
+        _parent_params(spec),
+        tags,
+        run_id=record["parent_run_id"] if record else None,
+    )
+    spec_dict = {
+        **asdict(spec),
+        "parent_run_id": parent,
+        "git_commit": tags["mlflow.source.git.commit"],
+        "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain"),
+    }
     now = time.time()
-    st.write_json(root, {"name": spec.name, "spec": asdict(spec), "parent_run_id": parent,
-                         "tracking_uri": spec.tracking_uri, "created": record["created"] if record else now,
-                         "updated": now}, spec.name, GRID_RECORD)
-    log(f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
-        f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}")
+    st.write_json(
+        root,
+        {
+            "name": spec.name,
+            "spec": asdict(spec),
+            "parent_run_id": parent,
+            "tracking_uri": spec.tracking_uri,
+            "created": record["created"] if record else now,
+            "updated": now,
+        },
+        spec.name,
+        GRID_RECORD,
+    )
+    log(
+        f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
+        f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
+    )
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # Tune's experiment state: at most 5 s old
     trainable = _trainable(spec_dict)
-    run_config = tune.RunConfig(name=spec.name, failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-                                verbose=1, **root.ray_kwargs())
+    run_config = tune.RunConfig(
+        name=spec.name, failure_config=tune.FailureConfig(max_failures=spec.max_retries), verbose=1, **root.ray_kwargs()
+    )
     tune_path = root.join(spec.name)
     try:
         if record is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=root.filesystem):
-            tuner = tune.Tuner.restore(tune_path, trainable, storage_filesystem=root.filesystem,
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+            tuner = tune.Tuner.restore(
+                tune_path,
+                trainable,
+                storage_filesystem=root.filesystem,
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space={"row": tune.grid_search(spec.rows), "seed": tune.grid_search(list(range(spec.seeds)))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=pack["concurrent"],
-                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
-                run_config=run_config)
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=pack["concurrent"],
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=run_config,
+            )
         grid = tuner.fit()
     except KeyboardInterrupt:
         tracking.finish_run(spec.tracking_uri, parent, "KILLED")
@@ -314,19 +395,24 @@ def run_ablation(spec: GridSpec | None = None, *, resume: str | None = None, sto
     missing = len(spec.trials) - len(finished) - len(failed)  # Tune returns early on SIGINT (Ctrl-C), state saved
     if unfinished or missing > 0:
         tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        log(f"[ablate] interrupted with {missing} trial(s) unfinished; continue with --resume {spec.name} "
-            f"--storage '{spec.storage}'")
+        log(
+            f"[ablate] interrupted with {missing} trial(s) unfinished; continue with --resume {spec.name} "
+            f"--storage '{spec.storage}'"
+        )
         raise KeyboardInterrupt
     summary = _assemble(spec, parent, root, finished, failed, t0, log)
     if failed:
-        raise AblationFailed(f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "
-                             f"retries: {', '.join(trial_key(f['row'], f['seed']) for f in failed)}; the table "
-                             f"of the others is in MLflow run {parent}")
+        raise AblationFailed(
+            f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "
+            f"retries: {', '.join(trial_key(f['row'], f['seed']) for f in failed)}; the table "
+            f"of the others is in MLflow run {parent}"
+        )
     return summary
 
 
-def _assemble(spec: GridSpec, parent: str, root: st.Storage, finished: list[dict], failed: list[dict],
-              t0: float, log) -> AblationSummary:
+def _assemble(
+    spec: GridSpec, parent: str, root: st.Storage, finished: list[dict], failed: list[dict], t0: float, log
+) -> AblationSummary:
     import tempfile
 
     from mlflow.entities import Metric
@@ -339,14 +425,26 @@ def _assemble(spec: GridSpec, parent: str, root: st.Storage, finished: list[dict
     diffs = tbl.paired_differences(finished, spec.protocols)
     paired_md, paired_csv = tbl.paired_markdown(diffs), tbl.paired_csv(diffs)
     keys = [k for k, _, _ in tbl.headline_keys(spec.protocols)]
-    trials_csv = "row,seed,status," + ",".join(keys) + "\n" + "".join(
-        f"{r['row']},{r['seed']},{status}," + ",".join(str(r.get(k, "")) for k in keys) + "\n"
-        for status, rows in (("FINISHED", finished), ("FAILED", failed)) for r in rows)
+    trials_csv = (
+        "row,seed,status,"
+        + ",".join(keys)
+        + "\n"
+        + "".join(
+            f"{r['row']},{r['seed']},{status}," + ",".join(str(r.get(k, "")) for k in keys) + "\n"
+            for status, rows in (("FINISHED", finished), ("FAILED", failed))
+            for r in rows
+        )
+    )
     client = MlflowClient(spec.tracking_uri)
     artifacts = {}
     with tempfile.TemporaryDirectory(prefix="siamim-ablate-") as tmp:
-        files = {"ablation_table.md": table_md, "ablation_table.csv": table_csv, "ablation_paired.md": paired_md,
-                 "ablation_paired.csv": paired_csv, "ablation_trials.csv": trials_csv}
+        files = {
+            "ablation_table.md": table_md,
+            "ablation_table.csv": table_csv,
+            "ablation_paired.md": paired_md,
+            "ablation_paired.csv": paired_csv,
+            "ablation_trials.csv": trials_csv,
+        }
         for fname, text in files.items():
             Path(tmp, fname).write_text(text)
         if finished:
@@ -357,17 +455,40 @@ def _assemble(spec: GridSpec, parent: str, root: st.Storage, finished: list[dict
                 out.write(Path(tmp, fname).read_bytes())
             artifacts[fname] = root.display(spec.name, fname)
     ts = int(time.time() * 1000)
-    metrics = {"ablation.trials_finished": len(finished), "ablation.trials_failed": len(failed),
-               "ablation.wall_s": time.time() - t0}
+    metrics = {
+        "ablation.trials_finished": len(finished),
+        "ablation.trials_failed": len(failed),
+        "ablation.wall_s": time.time() - t0,
+    }
     for d in diffs:
         metrics[f"paired.{d['first']}-{d['second']}.{d['metric'].removeprefix('eval.')}"] = d["mean"]
     client.log_batch(parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     client.set_tag(parent, "ablation.failed_trials", ",".join(trial_key(f["row"], f["seed"]) for f in failed) or "-")
     tracking.finish_run(spec.tracking_uri, parent, "FAILED" if failed and not finished else "FINISHED")
     log("\n" + table_md + "\npaired differences (first row minus second, same seed):\n\n" + paired_md)
-    return AblationSummary(spec.name, parent, spec.tracking_uri, root.display(spec.name), finished, failed,
-                           table_md, paired_md, artifacts, time.time() - t0)
+    return AblationSummary(
+        spec.name,
+        parent,
+        spec.tracking_uri,
+        root.display(spec.name),
+        finished,
+        failed,
+        table_md,
+        paired_md,
+        artifacts,
+        time.time() - t0,
+    )
 
 
-__all__ = ["AblationFailed", "AblationInputError", "AblationSummary", "GridSpec", "ROWS", "describe",
-           "local_resources", "packing", "run_ablation", "validate_spec"]
+__all__ = [
+    "AblationFailed",
+    "AblationInputError",
+    "AblationSummary",
+    "GridSpec",
+    "ROWS",
+    "describe",
+    "local_resources",
+    "packing",
+    "run_ablation",
+    "validate_spec",
+]

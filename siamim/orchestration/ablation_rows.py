@@ -21,8 +21,16 @@ from dataclasses import dataclass
 from siamim.config import Config, flatten, load_config
 
 # The config keys of the table's switch columns (docs/method.md), in the paper's column order.
-SWITCH_KEYS = ("model.target", "views.different_views", "views.color_aug", "mask.type", "model.norm",
-               "model.heads", "loss.scope", "loss.type")
+SWITCH_KEYS = (
+    "model.target",
+    "views.different_views",
+    "views.color_aug",
+    "mask.type",
+    "model.norm",
+    "model.heads",
+    "loss.scope",
+    "loss.type",
+)
 
 
 @dataclass(frozen=True)
@@ -42,25 +50,42 @@ class Row:
 
 
 def _row(name, target, different, colour, mask, norm, heads, scope, loss, ft, lin, box, mask_ap) -> Row:
-    return Row(name, {"model.target": target, "views.different_views": different, "views.color_aug": colour,
-                      "mask.type": mask, "model.norm": norm, "model.heads": heads, "loss.scope": scope,
-                      "loss.type": loss}, ft, lin, box, mask_ap)
+    return Row(
+        name,
+        {
+            "model.target": target,
+            "views.different_views": different,
+            "views.color_aug": colour,
+            "mask.type": mask,
+            "model.norm": norm,
+            "model.heads": heads,
+            "loss.scope": scope,
+            "loss.type": loss,
+        },
+        ft,
+        lin,
+        box,
+        mask_ap,
+    )
 
 
-ROWS: dict[str, Row] = {r.name: r for r in (
-    #    target     diff.  colour mask         norm  proj&dec     loss      type       FT    LIN   APb   APm
-    _row("a", "pixel", False, False, "random", "ln", "mae_like", "dense", "l2", 82.8, 62.3, 47.3, 42.5),
-    _row("b", "feature", False, False, "random", "ln", "moco_like", "dense", "unigrad", 81.0, 48.7, 43.5, 39.2),
-    _row("c", "pixel", False, True, "random", "ln", "mae_like", "dense", "l2", 82.0, 59.9, 46.3, 41.8),
-    _row("d", "pixel", True, False, "random", "ln", "mae_like", "dense", "l2", 78.7, 46.2, 38.1, 34.8),
-    _row("e", "feature", True, False, "random", "ln", "moco_like", "dense", "unigrad", 82.9, 69.6, 48.5, 43.4),
-    _row("f", "feature", True, True, "random", "ln", "moco_like", "dense", "unigrad", 83.0, 73.1, 47.9, 43.2),
-    _row("g", "feature", True, True, "random", "bn", "moco_like", "dense", "unigrad", 83.2, 73.6, 48.7, 43.7),
-    _row("h", "feature", True, True, "blockwise", "bn", "moco_like", "dense", "unigrad", 83.5, 74.7, 50.0, 44.5),
-    _row("i", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "unigrad", 83.7, 76.8, 49.8, 44.2),
-    _row("j", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "l2", 83.3, 76.5, 49.8, 44.2),
-    _row("k", "feature", True, True, "random", "bn", "moco_like", "global", "unigrad", 82.7, 72.0, 45.9, 41.4),
-)}
+ROWS: dict[str, Row] = {
+    r.name: r
+    for r in (
+        #    target     diff.  colour mask         norm  proj&dec     loss      type       FT    LIN   APb   APm
+        _row("a", "pixel", False, False, "random", "ln", "mae_like", "dense", "l2", 82.8, 62.3, 47.3, 42.5),
+        _row("b", "feature", False, False, "random", "ln", "moco_like", "dense", "unigrad", 81.0, 48.7, 43.5, 39.2),
+        _row("c", "pixel", False, True, "random", "ln", "mae_like", "dense", "l2", 82.0, 59.9, 46.3, 41.8),
+        _row("d", "pixel", True, False, "random", "ln", "mae_like", "dense", "l2", 78.7, 46.2, 38.1, 34.8),
+        _row("e", "feature", True, False, "random", "ln", "moco_like", "dense", "unigrad", 82.9, 69.6, 48.5, 43.4),
+        _row("f", "feature", True, True, "random", "ln", "moco_like", "dense", "unigrad", 83.0, 73.1, 47.9, 43.2),
+        _row("g", "feature", True, True, "random", "bn", "moco_like", "dense", "unigrad", 83.2, 73.6, 48.7, 43.7),
+        _row("h", "feature", True, True, "blockwise", "bn", "moco_like", "dense", "unigrad", 83.5, 74.7, 50.0, 44.5),
+        _row("i", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "unigrad", 83.7, 76.8, 49.8, 44.2),
+        _row("j", "feature", True, True, "blockwise", "bn", "mae_like", "dense", "l2", 83.3, 76.5, 49.8, 44.2),
+        _row("k", "feature", True, True, "random", "bn", "moco_like", "global", "unigrad", 82.7, 72.0, 45.9, 41.4),
+    )
+}
 
 # The paper's key comparisons (first minus second) and what each one isolates.
 KEY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
@@ -87,10 +112,12 @@ def parse_rows(text: str) -> list[str]:
         for end in (lo, hi) if hi else (lo,):
             if end not in ROWS:
                 close = difflib.get_close_matches(end, list(ROWS), n=1)
-                raise ValueError(f"--rows: unknown row {end!r}; the paper's rows are {','.join(ROWS)} (or 'all')"
-                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+                raise ValueError(
+                    f"--rows: unknown row {end!r}; the paper's rows are {','.join(ROWS)} (or 'all')"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
+                )
         keys = list(ROWS)
-        names.update(keys[keys.index(lo): keys.index(hi) + 1] if hi else [lo])
+        names.update(keys[keys.index(lo) : keys.index(hi) + 1] if hi else [lo])
     return [r for r in ROWS if r in names]
 
 

@@ -66,8 +66,12 @@ def assemble(results: list[dict], protocols: list[str], failed: list[dict] | Non
     table = []
     for row in rows:
         mine = [r for r in results if r["row"] == row]
-        rec = {"row": row, "n": len(mine), "seeds": sorted(int(r["seed"]) for r in mine),
-               "failed": sorted(int(f["seed"]) for f in failed or [] if f["row"] == row)}
+        rec = {
+            "row": row,
+            "n": len(mine),
+            "seeds": sorted(int(r["seed"]) for r in mine),
+            "failed": sorted(int(f["seed"]) for f in failed or [] if f["row"] == row),
+        }
         rec["ours"] = {title: mean_std([r.get(key) for r in mine]) for key, title, _ in headline_keys(protocols)}
         rec["paper"] = ROWS[row].paper
         table.append(rec)
@@ -76,9 +80,14 @@ def assemble(results: list[dict], protocols: list[str], failed: list[dict] | Non
 
 def to_markdown(table: list[dict], protocols: list[str]) -> str:
     heads = [t for _, t, _ in headline_keys(protocols)]
-    lines = ["| row | seeds | " + " | ".join(f"{h} (ours)" for h in heads) + " | "
-             + " | ".join(f"{c} (paper)" for c in PAPER_COLUMNS) + " |",
-             "|---|---|" + "---|" * (len(heads) + len(PAPER_COLUMNS))]
+    lines = [
+        "| row | seeds | "
+        + " | ".join(f"{h} (ours)" for h in heads)
+        + " | "
+        + " | ".join(f"{c} (paper)" for c in PAPER_COLUMNS)
+        + " |",
+        "|---|---|" + "---|" * (len(heads) + len(PAPER_COLUMNS)),
+    ]
     for rec in table:
         n = f"{rec['n']}" + (f" ({len(rec['failed'])} failed)" if rec["failed"] else "")
         ours = [_fmt(*rec["ours"][h]) for h in heads]
@@ -91,11 +100,17 @@ def to_csv(table: list[dict], protocols: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     heads = [t for _, t, _ in headline_keys(protocols)]
-    w.writerow(["row", "n", "failed"] + [c for h in heads for c in (f"{h} mean", f"{h} std")]
-               + [f"paper {c}" for c in PAPER_COLUMNS])
+    w.writerow(
+        ["row", "n", "failed"]
+        + [c for h in heads for c in (f"{h} mean", f"{h} std")]
+        + [f"paper {c}" for c in PAPER_COLUMNS]
+    )
     for rec in table:
-        w.writerow([rec["row"], rec["n"], len(rec["failed"])]
-                   + [f"{v:.4f}" for h in heads for v in rec["ours"][h]] + [rec["paper"][c] for c in PAPER_COLUMNS])
+        w.writerow(
+            [rec["row"], rec["n"], len(rec["failed"])]
+            + [f"{v:.4f}" for h in heads for v in rec["ours"][h]]
+            + [rec["paper"][c] for c in PAPER_COLUMNS]
+        )
     return buf.getvalue()
 
 
@@ -119,33 +134,62 @@ def paired_differences(results: list[dict], protocols: list[str]) -> list[dict]:
             m, s = mean_std(diffs)
             paper = round(ROWS[first].paper[paper_col] - ROWS[second].paper[paper_col], 2)
             match = None if paper == 0 or math.isnan(m) else (m > 0) == (paper > 0) and m != 0
-            out.append({"first": first, "second": second, "what": what, "protocol": title, "metric": key,
-                        "n": len(common), "mean": m, "std": s, "paper_column": paper_col, "paper_diff": paper,
-                        "sign_matches": match})
+            out.append(
+                {
+                    "first": first,
+                    "second": second,
+                    "what": what,
+                    "protocol": title,
+                    "metric": key,
+                    "n": len(common),
+                    "mean": m,
+                    "std": s,
+                    "paper_column": paper_col,
+                    "paper_diff": paper,
+                    "sign_matches": match,
+                }
+            )
     return out
 
 
 def paired_markdown(diffs: list[dict]) -> str:
     if not diffs:
         return "(no key comparison of the paper has both of its rows in this grid)\n"
-    lines = ["| comparison | what it isolates | protocol | ours (mean ± std over seeds) | n | paper | "
-             "same sign |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| comparison | what it isolates | protocol | ours (mean ± std over seeds) | n | paper | same sign |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for d in diffs:
         sign = {True: "yes", False: "**no**", None: "n/a"}[d["sign_matches"]]
-        lines.append(f"| {d['first']} − {d['second']} | {d['what']} | {d['protocol']} | "
-                     f"{d['mean']:+.2f} ± {d['std']:.2f} | {d['n']} | {d['paper_diff']:+.1f} "
-                     f"({d['paper_column']}) | {sign} |")
+        lines.append(
+            f"| {d['first']} − {d['second']} | {d['what']} | {d['protocol']} | "
+            f"{d['mean']:+.2f} ± {d['std']:.2f} | {d['n']} | {d['paper_diff']:+.1f} "
+            f"({d['paper_column']}) | {sign} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def paired_csv(diffs: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["first", "second", "protocol", "metric", "n", "mean", "std", "paper_column", "paper_diff",
-                "sign_matches"])
+    w.writerow(
+        ["first", "second", "protocol", "metric", "n", "mean", "std", "paper_column", "paper_diff", "sign_matches"]
+    )
     for d in diffs:
-        w.writerow([d["first"], d["second"], d["protocol"], d["metric"], d["n"], f"{d['mean']:.4f}",
-                    f"{d['std']:.4f}", d["paper_column"], d["paper_diff"], d["sign_matches"]])
+        w.writerow(
+            [
+                d["first"],
+                d["second"],
+                d["protocol"],
+                d["metric"],
+                d["n"],
+                f"{d['mean']:.4f}",
+                f"{d['std']:.4f}",
+                d["paper_column"],
+                d["paper_diff"],
+                d["sign_matches"],
+            ]
+        )
     return buf.getvalue()
 
 
@@ -159,8 +203,9 @@ def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
 
     heads = headline_keys(protocols)
     rows = sorted({r["row"] for r in results}, key=list(ROWS).index)
-    fig, axes = plt.subplots(1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)),
-                                                            3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)), 3.6), squeeze=False
+    )
     for ax, (key, title, _) in zip(axes[0], heads):
         vals = by_row(results, key)
         for x, row in enumerate(rows):

@@ -51,10 +51,15 @@ def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
     if spec.get("epochs") is not None:
         out.append(f"train.epochs={spec['epochs']}")
     gpus = float(spec.get("gpus_per_worker") or 0.0)
-    out += [f"train.seed={seed}", f"run.num_workers={spec['workers_per_trial']}",
-            f"run.cpus_per_worker={spec['cpus_per_worker']}", f"run.use_gpu={'true' if gpus > 0 else 'false'}",
-            f"run.experiment={spec['experiment']}", f"run.name={trial_run_name(row, seed)}",
-            f"run.max_failures={spec.get('train_max_failures', 0)}"]
+    out += [
+        f"train.seed={seed}",
+        f"run.num_workers={spec['workers_per_trial']}",
+        f"run.cpus_per_worker={spec['cpus_per_worker']}",
+        f"run.use_gpu={'true' if gpus > 0 else 'false'}",
+        f"run.experiment={spec['experiment']}",
+        f"run.name={trial_run_name(row, seed)}",
+        f"run.max_failures={spec.get('train_max_failures', 0)}",
+    ]
     if gpus > 0:
         out.append(f"run.gpus_per_worker={gpus}")
     return out
@@ -88,14 +93,17 @@ def trial_config(spec: dict, row: str, seed: int):
 
 def eval_resources(spec: dict) -> dict:
     """Resources of a trial's evaluation task: the CPUs of its workers and one worker's GPU share."""
-    return {"num_cpus": float(spec["workers_per_trial"] * spec["cpus_per_worker"]),
-            "num_gpus": float(spec.get("gpus_per_worker") or 0.0)}
+    return {
+        "num_cpus": float(spec["workers_per_trial"] * spec["cpus_per_worker"]),
+        "num_gpus": float(spec.get("gpus_per_worker") or 0.0),
+    }
 
 
 # --------------------------------------------------------------------------- MLflow child runs
 def find_child(client, experiment_id: str, parent_id: str, key: str):
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{key}' and "
-                                                             f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
     return runs[0] if runs else None
 
 
@@ -112,12 +120,26 @@ def open_child(spec: dict, cfg, row: str, seed: int, trial_tags: dict) -> tuple[
     key = trial_key(row, seed)
     previous = find_child(client, exp_id, parent, key)
     params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
-    tags = {"mlflow.parentRunId": parent, TRIAL_TAG: key, GRID_TAG: spec["name"], "ablation.row": row,
-            "ablation.seed": seed, "ablation.source": trial_tags.get("source"),
-            "siamim.run_name": trial_run_name(row, seed), "mlflow.source.name": "jobs/ablate.py",
-            "mlflow.source.git.commit": spec.get("git_commit"), **trial_tags}
-    run_id = tracking.open_run(uri, spec["experiment"], trial_run_name(row, seed), params, tags,
-                               run_id=previous.info.run_id if previous else None)
+    tags = {
+        "mlflow.parentRunId": parent,
+        TRIAL_TAG: key,
+        GRID_TAG: spec["name"],
+        "ablation.row": row,
+        "ablation.seed": seed,
+        "ablation.source": trial_tags.get("source"),
+        "siamim.run_name": trial_run_name(row, seed),
+        "mlflow.source.name": "jobs/ablate.py",
+        "mlflow.source.git.commit": spec.get("git_commit"),
+        **trial_tags,
+    }
+    run_id = tracking.open_run(
+        uri,
+        spec["experiment"],
+        trial_run_name(row, seed),
+        params,
+        tags,
+        run_id=previous.info.run_id if previous else None,
+    )
     return run_id, previous
 
 
@@ -172,22 +194,28 @@ def run_trial(config: dict, spec: dict) -> None:
     started = time.time()
     cfg = trial_config(spec, row, seed)
     ctx = tune.get_context()
-    trial_tags = {"tune.trial_id": ctx.get_trial_id(), "tune.trial_name": ctx.get_trial_name(),
-                  "source": row_source(row)}
+    trial_tags = {
+        "tune.trial_id": ctx.get_trial_id(),
+        "tune.trial_name": ctx.get_trial_name(),
+        "source": row_source(row),
+    }
     uri = spec["tracking_uri"]
     run_id, previous = open_child(spec, cfg, row, seed, trial_tags)
     done = _finished_metrics(previous, spec)
     if done is not None:  # finished before the driver was stopped: report, do not redo
-        print(f"[ablate] trial {trial_key(row, seed)} already finished in MLflow run {run_id}; reporting its "
-              "stored metrics", flush=True)
+        print(
+            f"[ablate] trial {trial_key(row, seed)} already finished in MLflow run {run_id}; reporting its "
+            "stored metrics",
+            flush=True,
+        )
         tracking.finish_run(uri, run_id, "FINISHED")
         tune.report({**done, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 1})
         return
-    starts = int((previous.data.tags.get(STARTS_TAG, "0") if previous else "0")) + 1
-    tracking.set_tags(uri, run_id, {STARTS_TAG: starts, **{f"ablation.switch.{k}": v
-                                                           for k, v in switches_of(cfg).items()}})
-    print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}",
-          flush=True)
+    starts = int(previous.data.tags.get(STARTS_TAG, "0") if previous else "0") + 1
+    tracking.set_tags(
+        uri, run_id, {STARTS_TAG: starts, **{f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}}
+    )
+    print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}", flush=True)
     try:
         if spec.get("fail_trial") == trial_key(row, seed):
             raise InjectedTrialFailure(f"injected failure of trial {trial_key(row, seed)} (test setting)")
@@ -197,8 +225,9 @@ def run_trial(config: dict, spec: dict) -> None:
         tracking.finish_run(uri, run_id, "FAILED")
         raise
     if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
-        tracking.set_tags(uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags[
-            "ablation.error"]})
+        tracking.set_tags(
+            uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags["ablation.error"]}
+        )
     tracking.finish_run(uri, run_id, "FINISHED")
     tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
 
@@ -220,9 +249,21 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
     storage = st.resolve_storage(cfg.run.storage)
     name = cfg.run.name
     now = time.time()
-    st.write_json(storage, {"name": name, "mlflow_run_id": run_id, "tracking_uri": uri,
-                            "experiment": cfg.run.experiment, "config": to_dict(cfg), "created": now,
-                            "updated": now, "ablation_grid": spec["name"]}, name, st.RUN_RECORD)
+    st.write_json(
+        storage,
+        {
+            "name": name,
+            "mlflow_run_id": run_id,
+            "tracking_uri": uri,
+            "experiment": cfg.run.experiment,
+            "config": to_dict(cfg),
+            "created": now,
+            "updated": now,
+            "ablation_grid": spec["name"],
+        },
+        name,
+        st.RUN_RECORD,
+    )
     tracking.log_text(uri, run_id, dump_yaml(cfg), "config.yaml")
     trainer = build_trainer(cfg, storage, name, uri, run_id, started)
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
@@ -243,15 +284,29 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
 
     # Outside the trial actor's placement group (which holds no CPU): the task takes the trial's own resources.
     task = ray.remote(evaluate_checkpoint).options(
-        **eval_resources(spec), max_retries=0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+        **eval_resources(spec),
+        max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
     metrics, markdown, csv_text = ray.get(task.remote(checkpoint, to_dict(cfg), list(spec["protocols"])))
     eval_s = time.time() - t0
     step = int(train_metrics.get("step", 0))
-    log_evaluation(uri, metrics, markdown, csv_text, run_id=run_id, step=step,
-                   tags={"eval.protocols": ",".join(spec["protocols"]), "eval.checkpoint": checkpoint})
+    log_evaluation(
+        uri,
+        metrics,
+        markdown,
+        csv_text,
+        run_id=run_id,
+        step=step,
+        tags={"eval.protocols": ",".join(spec["protocols"]), "eval.checkpoint": checkpoint},
+    )
     timings = {"ablation.pretrain_s": pretrain_s, "ablation.eval_s": eval_s}
     ts = int(time.time() * 1000)
     MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in timings.items()])
-    return {**{f"train.{k}": v for k, v in train_metrics.items()}, **metrics, **timings, "step": step,
-            "checkpoint": checkpoint}
+    return {
+        **{f"train.{k}": v for k, v in train_metrics.items()},
+        **metrics,
+        **timings,
+        "step": step,
+        "checkpoint": checkpoint,
+    }

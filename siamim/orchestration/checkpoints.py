@@ -66,7 +66,7 @@ def verify(storage: Storage, ckpt: StoredCheckpoint) -> None:
     """Check ``ckpt`` against its integrity record (fills ``ckpt.record``); raises :class:`CheckpointError`."""
     fs = storage.fs
     data = _join(storage, ckpt.path, CHECKPOINT_FILE)
-    where = storage.display() + data[len(storage.path):] if data.startswith(storage.path) else data
+    where = storage.display() + data[len(storage.path) :] if data.startswith(storage.path) else data
     info = fs.get_file_info(data)
     if info.type == pafs.FileType.NotFound:
         raise CheckpointError(f"checkpoint {where} is missing (an interrupted save or upload)")

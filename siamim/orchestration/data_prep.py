@@ -43,9 +43,17 @@ def _clear(fs: pafs.FileSystem, base: str, splits) -> None:
             fs.delete_dir(path)
 
 
-def prepare(kind: str, root: str | None, out: str, rows_per_shard: int = 10_000, row_group_rows: int = 1_000,
-            limit: int | None = None, overwrite: bool = False, concurrency: int | None = None,
-            log=print) -> dict:
+def prepare(
+    kind: str,
+    root: str | None,
+    out: str,
+    rows_per_shard: int = 10_000,
+    row_group_rows: int = 1_000,
+    limit: int | None = None,
+    overwrite: bool = False,
+    concurrency: int | None = None,
+    log=print,
+) -> dict:
     """Convert ``kind`` (``fashion_mnist`` | ``image_folder``) at ``root`` into shards under ``out``.
 
     ``limit``: the first N images of each split (smoke tests). Needs Ray to be
@@ -64,22 +72,30 @@ def prepare(kind: str, root: str | None, out: str, rows_per_shard: int = 10_000,
     try:
         existing = _existing_manifest(fs, base)
     except OSError as err:
-        raise ParquetDataError(f"--out {display(out)}: cannot reach the storage ({str(err).splitlines()[0][:300]})") from err
+        raise ParquetDataError(
+            f"--out {display(out)}: cannot reach the storage ({str(err).splitlines()[0][:300]})"
+        ) from err
     if existing is not None:
         if existing.get("source", {}).get("fingerprint") == fingerprint and not overwrite:
-            log(f"[prepare_data] {display(out)} already holds this dataset (manifest content hash "
-                f"{existing['content_hash'][:12]}); nothing to do")
+            log(
+                f"[prepare_data] {display(out)} already holds this dataset (manifest content hash "
+                f"{existing['content_hash'][:12]}); nothing to do"
+            )
             return existing
         if not overwrite:
-            raise ParquetDataError(f"--out {display(out)} already holds a different dataset (manifest from "
-                                   f"{existing.get('source', {}).get('kind')}); pass --overwrite or another --out")
+            raise ParquetDataError(
+                f"--out {display(out)} already holds a different dataset (manifest from "
+                f"{existing.get('source', {}).get('kind')}); pass --overwrite or another --out"
+            )
         fs.delete_file(join(fs, base, MANIFEST))  # from here on the root is not a dataset until the new manifest
     _clear(fs, base, list(source["splits"]) + ["train", "test"])
 
     tasks = plan_tasks(kind, source, out, rows_per_shard, row_group_rows)
     started = time.time()
-    log(f"[prepare_data] {kind} -> {display(out)}: {sum(len(v) for v in source['splits'].values())} images in "
-        f"{len(tasks)} shards (Ray Data, {concurrency or 'auto'} concurrent tasks)")
+    log(
+        f"[prepare_data] {kind} -> {display(out)}: {sum(len(v) for v in source['splits'].values())} images in "
+        f"{len(tasks)} shards (Ray Data, {concurrency or 'auto'} concurrent tasks)"
+    )
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     map_kwargs = {"num_cpus": 1}
     if concurrency:
@@ -95,13 +111,16 @@ def prepare(kind: str, root: str | None, out: str, rows_per_shard: int = 10_000,
         digests.update(f"{r['split']}:{r['path']}:{r['digest']};".encode())
     for split, items in source["splits"].items():
         if splits.get(split, {}).get("count") != len(items):
-            raise ParquetDataError(f"conversion of split {split!r} wrote {splits.get(split, {}).get('count')} rows, "
-                                   f"expected {len(items)}; no manifest written")
+            raise ParquetDataError(
+                f"conversion of split {split!r} wrote {splits.get(split, {}).get('count')} rows, "
+                f"expected {len(items)}; no manifest written"
+            )
     train = [r for r in results if r["split"] == "train"]
     n = sum(r["pixel_count"] for r in train)
     pixel_mean = [sum(r["pixel_sum"][c] for r in train) / n for c in range(3)]
-    pixel_std = [math.sqrt(max(0.0, sum(r["pixel_sumsq"][c] for r in train) / n - pixel_mean[c] ** 2))
-                 for c in range(3)]
+    pixel_std = [
+        math.sqrt(max(0.0, sum(r["pixel_sumsq"][c] for r in train) / n - pixel_mean[c] ** 2)) for c in range(3)
+    ]
     manifest = {
         "format": FORMAT,
         "created": time.time(),
@@ -116,6 +135,8 @@ def prepare(kind: str, root: str | None, out: str, rows_per_shard: int = 10_000,
         "content_hash": digests.hexdigest(),
     }
     write_bytes(fs, join(fs, base, MANIFEST), json.dumps(manifest, indent=1).encode())  # last: the dataset exists
-    log(f"[prepare_data] wrote {len(results)} shards + {MANIFEST} in {time.time() - started:.1f} s; "
-        f"content hash {manifest['content_hash'][:12]}")
+    log(
+        f"[prepare_data] wrote {len(results)} shards + {MANIFEST} in {time.time() - started:.1f} s; "
+        f"content hash {manifest['content_hash'][:12]}"
+    )
     return manifest

@@ -55,8 +55,10 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
     try:
         client.get_run(run_id)
     except Exception as err:
-        raise CheckpointNotFound(f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); "
-                                 "pass --tracking-uri of the store the pretraining logged to") from err
+        raise CheckpointNotFound(
+            f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); "
+            "pass --tracking-uri of the store the pretraining logged to"
+        ) from err
     candidates = [artifact] if artifact else list(ARTIFACT_CANDIDATES)
     for cand in candidates:
         try:
@@ -66,8 +68,10 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
         local = local / CHECKPOINT_FILE if local.is_dir() else local
         if local.is_file():
             return local
-    raise CheckpointNotFound(f"MLflow run {run_id} has no checkpoint artifact (tried {', '.join(candidates)}); "
-                             "was the pretraining run finished with a checkpoint?")
+    raise CheckpointNotFound(
+        f"MLflow run {run_id} has no checkpoint artifact (tried {', '.join(candidates)}); "
+        "was the pretraining run finished with a checkpoint?"
+    )
 
 
 def _from_storage(uri: str, dest: Path) -> Path:
@@ -83,8 +87,10 @@ def _from_storage(uri: str, dest: Path) -> Path:
         path = path.rstrip("/") + "/" + CHECKPOINT_FILE
         info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
-        raise CheckpointNotFound(f"no checkpoint at {uri} (looked for {path}); give a checkpoint file or a "
-                                 f"directory holding {CHECKPOINT_FILE}")
+        raise CheckpointNotFound(
+            f"no checkpoint at {uri} (looked for {path}); give a checkpoint file or a "
+            f"directory holding {CHECKPOINT_FILE}"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     local = dest / CHECKPOINT_FILE
     with fs.open_input_stream(path) as src, open(local, "wb") as out:
@@ -104,7 +110,7 @@ def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = No
             raise CheckpointNotFound(f"directory {local} holds no {CHECKPOINT_FILE}")
         return ResolvedCheckpoint(path, None, text)
     if text.startswith("runs:/"):
-        run_id, _, artifact = text[len("runs:/"):].partition("/")
+        run_id, _, artifact = text[len("runs:/") :].partition("/")
         uri = resolve_tracking_uri(tracking_uri)
         return ResolvedCheckpoint(_from_mlflow(run_id, artifact or None, uri, dest), run_id, text)
     if RUN_ID.match(text):
@@ -112,8 +118,10 @@ def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = No
         return ResolvedCheckpoint(_from_mlflow(text, None, uri, dest), text, text)
     if "://" in text and not text.startswith("file://"):
         return ResolvedCheckpoint(_from_storage(text, dest), None, text)
-    raise CheckpointNotFound(f"checkpoint {text!r} is not an existing file or directory, a storage URI "
-                             "(s3://bucket/path), an MLflow run id (32 hex digits) or runs:/<run id>/<path>")
+    raise CheckpointNotFound(
+        f"checkpoint {text!r} is not an existing file or directory, a storage URI "
+        "(s3://bucket/path), an MLflow run id (32 hex digits) or runs:/<run id>/<path>"
+    )
 
 
 def run_exists(tracking_uri: str, run_id: str) -> bool:
@@ -127,10 +135,20 @@ def run_exists(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
-def log_evaluation(tracking_uri: str, metrics: dict[str, float], markdown: str, csv_text: str, *,
-                   run_id: str | None = None, child: bool = False, experiment: str = "siamim",
-                   run_name: str = "evaluate", step: int = 0, tags: dict[str, str] | None = None,
-                   params: dict[str, object] | None = None) -> str:
+def log_evaluation(
+    tracking_uri: str,
+    metrics: dict[str, float],
+    markdown: str,
+    csv_text: str,
+    *,
+    run_id: str | None = None,
+    child: bool = False,
+    experiment: str = "siamim",
+    run_name: str = "evaluate",
+    step: int = 0,
+    tags: dict[str, str] | None = None,
+    params: dict[str, object] | None = None,
+) -> str:
     """Log ``metrics`` and the table (``eval/evaluation.md``, ``eval/evaluation.csv``); returns the run id used.
 
     ``run_id`` given: log into it, or with ``child=True`` into a new child run
@@ -147,8 +165,10 @@ def log_evaluation(tracking_uri: str, metrics: dict[str, float], markdown: str, 
         try:
             parent = client.get_run(run_id)
         except Exception as err:
-            raise RunNotFound(f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); pass the "
-                              "pretraining's --tracking-uri, or --run-id of a run in this store") from err
+            raise RunNotFound(
+                f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); pass the "
+                "pretraining's --tracking-uri, or --run-id of a run in this store"
+            ) from err
         if child:
             tags["mlflow.parentRunId"] = run_id
             run_id = client.create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id

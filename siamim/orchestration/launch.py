@@ -17,7 +17,14 @@ from pathlib import Path
 from siamim.config import Config, ConfigError, dump_yaml, flatten, parse_override, set_value, to_dict, validate
 from siamim.orchestration import storage as st
 from siamim.orchestration import tracking
-from siamim.orchestration.preflight import PreflightError, ResourceWatch, check_cluster, fit_hint, preflight, resource_shortfall
+from siamim.orchestration.preflight import (
+    PreflightError,
+    ResourceWatch,
+    check_cluster,
+    fit_hint,
+    preflight,
+    resource_shortfall,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,8 +92,10 @@ def find_run(storage: st.Storage, name: str | None) -> dict:
         return records[-1]
     if not st.exists(storage, name, st.RUN_RECORD):
         known = [r["name"] for r in st.list_runs(storage)]
-        raise LaunchInputError(f"--resume {name}: no run of that name under storage {storage.display()}"
-                          + (f" (runs there: {', '.join(known[-10:])})" if known else ""))
+        raise LaunchInputError(
+            f"--resume {name}: no run of that name under storage {storage.display()}"
+            + (f" (runs there: {', '.join(known[-10:])})" if known else "")
+        )
     return st.read_json(storage, name, st.RUN_RECORD)
 
 
@@ -181,8 +190,10 @@ def shutdown_embedded_ray(timeout_s: float = 15.0) -> None:
 
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            alive = list_actors(filters=[("class_name", "=", "PlacementGroupCleaner"), ("state", "=", "ALIVE")],
-                                raise_on_missing_output=False)
+            alive = list_actors(
+                filters=[("class_name", "=", "PlacementGroupCleaner"), ("state", "=", "ALIVE")],
+                raise_on_missing_output=False,
+            )
             if not alive:
                 break
             time.sleep(0.5)
@@ -225,8 +236,9 @@ def plan_total(cfg: Config, spe: int) -> int:
     return max(1, int(round(cfg.train.epochs * spe)))
 
 
-def plan_resume(cfg: Config, run_name: str, step: int, spe: int, more_steps: int | None, resume_cmd: str,
-                log=print) -> Config:
+def plan_resume(
+    cfg: Config, run_name: str, step: int, spe: int, more_steps: int | None, resume_cmd: str, log=print
+) -> Config:
     """Set ``cfg``'s stop (and, for ``--more-steps`` past the plan, its length) for a resume at ``step``.
 
     ``--more-steps N`` trains N steps past the checkpoint: within the plan it only
@@ -241,21 +253,29 @@ def plan_resume(cfg: Config, run_name: str, step: int, spe: int, more_steps: int
         if target > total:
             cfg.train.epochs = target / spe
             total = plan_total(cfg, spe)
-            log(f"[siamim] --more-steps {more_steps}: the plan grows to {total} steps (train.epochs="
+            log(
+                f"[siamim] --more-steps {more_steps}: the plan grows to {total} steps (train.epochs="
                 f"{cfg.train.epochs:.6g}); the lr re-warms from its last value to the re-planned cosine, "
-                "EMA momentum follows the re-planned cosine")
+                "EMA momentum follows the re-planned cosine"
+            )
         cfg.train.max_steps = None if target >= total else target
     elif cfg.train.max_steps is not None and cfg.train.max_steps > total:
         raise LaunchInputError(
             f"train.max_steps={cfg.train.max_steps} lies past the end of run {run_name}'s plan "
             f"(train.epochs={cfg.train.epochs:g} x {spe} steps per epoch = {total} steps), so training would stop "
-            f"at {total}. Train longer with: {resume_cmd} --more-steps {cfg.train.max_steps - step}")
+            f"at {total}. Train longer with: {resume_cmd} --more-steps {cfg.train.max_steps - step}"
+        )
     stop = min(total, cfg.train.max_steps or total)
     if stop <= step:
         raise LaunchInputError(
-            f"run {run_name} is already at step {step}" + (f" (train.max_steps={cfg.train.max_steps})"
-                                                          if cfg.train.max_steps else f", the end of its {total}-step plan")
-            + f": nothing to train. Train longer with: {resume_cmd} --more-steps N")
+            f"run {run_name} is already at step {step}"
+            + (
+                f" (train.max_steps={cfg.train.max_steps})"
+                if cfg.train.max_steps
+                else f", the end of its {total}-step plan"
+            )
+            + f": nothing to train. Train longer with: {resume_cmd} --more-steps N"
+        )
     return cfg
 
 
@@ -271,7 +291,8 @@ def check_fresh_plan(cfg: Config) -> None:
         raise ConfigError(
             f"train.max_steps={cfg.train.max_steps} lies past the end of the plan (train.epochs={cfg.train.epochs:g} "
             f"x {spe} steps per epoch = {total} steps); raise train.epochs to {cfg.train.max_steps / spe:.6g} "
-            "for that many steps, or lower train.max_steps")
+            "for that many steps, or lower train.max_steps"
+        )
 
 
 # --------------------------------------------------------------------------- the job
@@ -335,8 +356,10 @@ def run_pretraining(
     preflight(cfg, storage, tracking_uri)
     if record is None:
         if st.exists(storage, run_name, st.RUN_RECORD) or st.exists(storage, run_name, st.RAY_SNAPSHOT):
-            raise LaunchInputError(f"a run named {run_name!r} already exists under {storage.display()}; "
-                                   f"continue it with --resume {run_name}, or pick another run.name")
+            raise LaunchInputError(
+                f"a run named {run_name!r} already exists under {storage.display()}; "
+                f"continue it with --resume {run_name}, or pick another run.name"
+            )
         check_fresh_plan(cfg)
     else:
         from siamim.orchestration.checkpoints import resume_point
@@ -345,19 +368,25 @@ def run_pretraining(
         for ckpt, why in point.skipped:
             log(f"[siamim] skipping damaged checkpoint {ckpt.name}: {why}")
         if point.checkpoint is None and point.skipped:
-            raise LaunchInputError(f"run {run_name} has no intact checkpoint under {storage.display(run_name)} "
-                                   f"({len(point.skipped)} damaged, listed above); start a new run with another name")
+            raise LaunchInputError(
+                f"run {run_name} has no intact checkpoint under {storage.display(run_name)} "
+                f"({len(point.skipped)} damaged, listed above); start a new run with another name"
+            )
         if point.checkpoint is not None:
-            log(f"[siamim] resuming from {point.checkpoint.name} (step {point.step}"
-                + (", verified against its integrity record)" if point.checkpoint.record else ", no integrity record)"))
+            log(
+                f"[siamim] resuming from {point.checkpoint.name} (step {point.step}"
+                + (", verified against its integrity record)" if point.checkpoint.record else ", no integrity record)")
+            )
         rec_plan = (point.checkpoint.record or {}).get("plan") if point.checkpoint else None
         spe = int(rec_plan["steps_per_epoch"]) if rec_plan else steps_per_epoch(cfg)
         resume_cmd = f"python jobs/pretrain.py --resume {run_name} --storage '{storage.uri}'"
         if spe is not None:
             cfg = plan_resume(cfg, run_name, point.step, spe, more_steps, resume_cmd, log)
         elif more_steps is not None:
-            raise LaunchInputError(f"--more-steps: run {run_name}'s checkpoint records no plan and the size of its "
-                                   "training data is unknown; raise train.epochs / train.max_steps instead")
+            raise LaunchInputError(
+                f"--more-steps: run {run_name}'s checkpoint records no plan and the size of its "
+                "training data is unknown; raise train.epochs / train.max_steps instead"
+            )
 
     embedded = ensure_ray(address)
     log(f"[siamim] Ray ready {time.time() - launch_time:.1f} s after launch")
@@ -365,9 +394,11 @@ def run_pretraining(
 
     short = resource_shortfall(cfg, ray.cluster_resources())
     if short and embedded:
-        raise LaunchInputError(f"{short}: this job started a local Ray instance (this machine's resources, no "
-                               f"autoscaler), so the workers would wait for ever. {fit_hint(cfg, ray.cluster_resources())}"
-                               ", or run on a cluster (--address, ray job submit)")
+        raise LaunchInputError(
+            f"{short}: this job started a local Ray instance (this machine's resources, no "
+            f"autoscaler), so the workers would wait for ever. {fit_hint(cfg, ray.cluster_resources())}"
+            ", or run on a cluster (--address, ray job submit)"
+        )
     if short:
         bound = f"up to {wait_for_resources:g} s (--wait-for-resources)" if wait_for_resources >= 0 else "for ever"
         log(f"[siamim] warning: {short}; waiting {bound} for the cluster to grow")
@@ -387,8 +418,14 @@ def run_pretraining(
         "ray.working_dir": (job_config().get("runtime_env") or {}).get("working_dir"),
     }
     try:
-        run_id = tracking.open_run(tracking_uri, cfg.run.experiment, run_name, flatten(cfg), tags,
-                                   run_id=record["mlflow_run_id"] if record else None)
+        run_id = tracking.open_run(
+            tracking_uri,
+            cfg.run.experiment,
+            run_name,
+            flatten(cfg),
+            tags,
+            run_id=record["mlflow_run_id"] if record else None,
+        )
     except tracking.TrackingError as err:
         raise LaunchError(str(err)) from err
     except Exception as err:
@@ -397,21 +434,41 @@ def run_pretraining(
     watch = ResourceWatch(cfg, wait_for_resources if short else -1.0)
     try:  # from here on the MLflow run exists: every exit marks it
         now = time.time()
-        st.write_json(storage, {
-            "name": run_name, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": cfg.run.experiment,
-            "config": to_dict(cfg), "created": record["created"] if record else now, "updated": now,
-        }, run_name, st.RUN_RECORD)
+        st.write_json(
+            storage,
+            {
+                "name": run_name,
+                "mlflow_run_id": run_id,
+                "tracking_uri": tracking_uri,
+                "experiment": cfg.run.experiment,
+                "config": to_dict(cfg),
+                "created": record["created"] if record else now,
+                "updated": now,
+            },
+            run_name,
+            st.RUN_RECORD,
+        )
         tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
-        log(f"[siamim] {'resuming' if record else 'starting'} run {run_name!r}: {cfg.run.num_workers} workers"
+        log(
+            f"[siamim] {'resuming' if record else 'starting'} run {run_name!r}: {cfg.run.num_workers} workers"
             f" ({'GPU' if cfg.run.use_gpu else 'CPU'}), MLflow run {run_id} at {tracking_uri}, "
-            f"checkpoints under {storage.display(run_name)}")
+            f"checkpoints under {storage.display(run_name)}"
+        )
 
         from siamim.orchestration.trainer import build_trainer
 
         skipped = [c.name for c, _ in point.skipped] if point else []
-        trainer = build_trainer(cfg, storage, run_name, tracking_uri, run_id, launch_time,
-                                restore_from=point.checkpoint.path if point and point.checkpoint and skipped else None,
-                                skip_checkpoints=skipped, start_step=point.step if point else 0)
+        trainer = build_trainer(
+            cfg,
+            storage,
+            run_name,
+            tracking_uri,
+            run_id,
+            launch_time,
+            restore_from=point.checkpoint.path if point and point.checkpoint and skipped else None,
+            skip_checkpoints=skipped,
+            start_step=point.step if point else 0,
+        )
         with watch:
             result = trainer.fit()
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (ray job stop) as SystemExit
@@ -420,13 +477,13 @@ def run_pretraining(
             raise LaunchInputError(watch.timed_out) from None
         tracking.finish_run(tracking_uri, run_id, "KILLED")
         how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with "
-            f"{resume_hint}")
+        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {resume_hint}")
         raise
     except BaseException as err:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise LaunchError(f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with "
-                          f"{resume_hint}") from err
+        raise LaunchError(
+            f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {resume_hint}"
+        ) from err
     if getattr(result, "error", None) is not None:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
@@ -447,13 +504,33 @@ def run_pretraining(
         return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
 
     return PretrainSummary(
-        run_name=run_name, mlflow_run_id=run_id, tracking_uri=tracking_uri, experiment=cfg.run.experiment,
-        step=step, checkpoint=checkpoint, knn_top1=at_final_step("knn_top1"), wall_s=time.time() - launch_time,
+        run_name=run_name,
+        mlflow_run_id=run_id,
+        tracking_uri=tracking_uri,
+        experiment=cfg.run.experiment,
+        step=step,
+        checkpoint=checkpoint,
+        knn_top1=at_final_step("knn_top1"),
+        wall_s=time.time() - launch_time,
         time_to_first_step_s=at_final_step("time_to_first_step_s"),
-        resumed=record is not None, storage=storage.uri, metrics=metrics,
+        resumed=record is not None,
+        storage=storage.uri,
+        metrics=metrics,
     )
 
 
-__all__ = ["ConfigError", "LaunchError", "LaunchInputError", "PreflightError", "PretrainSummary", "run_pretraining", "find_run",
-           "apply_overrides", "new_run_name", "ensure_ray", "shutdown_embedded_ray", "plan_resume",
-           "resource_shortfall"]
+__all__ = [
+    "ConfigError",
+    "LaunchError",
+    "LaunchInputError",
+    "PreflightError",
+    "PretrainSummary",
+    "run_pretraining",
+    "find_run",
+    "apply_overrides",
+    "new_run_name",
+    "ensure_ray",
+    "shutdown_embedded_ray",
+    "plan_resume",
+    "resource_shortfall",
+]

@@ -31,7 +31,8 @@ def check_data(cfg: Config) -> None:
             for stem in (images, labels):
                 if not any((root / name).is_file() for name in (stem + ".gz", stem)):
                     raise PreflightError(
-                        f"Fashion-MNIST {split} file {stem}[.gz] is missing in {root}. {fashion_mnist.HOW_TO_GET}")
+                        f"Fashion-MNIST {split} file {stem}[.gz] is missing in {root}. {fashion_mnist.HOW_TO_GET}"
+                    )
     elif cfg.data.dataset == "image_folder":
         from pathlib import Path
 
@@ -55,12 +56,16 @@ def check_cluster(cfg: Config) -> list[str]:
     warnings = []
     need_cpu = r.num_workers * r.cpus_per_worker
     if total.get("CPU", 0.0) < need_cpu:
-        warnings.append(f"the Ray cluster has {total.get('CPU', 0.0):g} CPUs; run.num_workers={r.num_workers} x "
-                        f"run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g}. Training waits until an "
-                        "autoscaler adds nodes (lower --num-workers otherwise)")
+        warnings.append(
+            f"the Ray cluster has {total.get('CPU', 0.0):g} CPUs; run.num_workers={r.num_workers} x "
+            f"run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g}. Training waits until an "
+            "autoscaler adds nodes (lower --num-workers otherwise)"
+        )
     if r.use_gpu and total.get("GPU", 0.0) < r.num_workers * r.gpus_per_worker:
-        warnings.append(f"the Ray cluster has {total.get('GPU', 0.0):g} GPUs; {r.num_workers} workers x "
-                        f"{r.gpus_per_worker:g} GPUs requested. Training waits until GPU nodes join")
+        warnings.append(
+            f"the Ray cluster has {total.get('GPU', 0.0):g} GPUs; {r.num_workers} workers x "
+            f"{r.gpus_per_worker:g} GPUs requested. Training waits until GPU nodes join"
+        )
     return warnings
 
 
@@ -69,12 +74,16 @@ def resource_shortfall(cfg: Config, total: dict) -> str | None:
     r = cfg.run
     need_cpu = r.num_workers * r.cpus_per_worker
     if total.get("CPU", 0.0) < need_cpu:
-        return (f"run.num_workers={r.num_workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
-                f"CPUs; the Ray cluster has {total.get('CPU', 0.0):g}")
+        return (
+            f"run.num_workers={r.num_workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
+            f"CPUs; the Ray cluster has {total.get('CPU', 0.0):g}"
+        )
     need_gpu = r.num_workers * r.gpus_per_worker if r.use_gpu else 0.0
     if total.get("GPU", 0.0) < need_gpu:
-        return (f"run.num_workers={r.num_workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
-                f"GPUs; the Ray cluster has {total.get('GPU', 0.0):g}")
+        return (
+            f"run.num_workers={r.num_workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
+            f"GPUs; the Ray cluster has {total.get('GPU', 0.0):g}"
+        )
     return None
 
 
@@ -84,8 +93,10 @@ def fit_hint(cfg: Config, total: dict) -> str:
         gpus = total.get("GPU", 0.0)
         return f"lower --num-workers to {int(gpus // cfg.run.gpus_per_worker)}" if gpus else "use a cluster with GPUs"
     cpus = total.get("CPU", 0.0)
-    return (f"lower --num-workers to {max(1, int(cpus // cfg.run.cpus_per_worker))} or --cpus-per-worker to "
-            f"{cpus / cfg.run.num_workers:g}")
+    return (
+        f"lower --num-workers to {max(1, int(cpus // cfg.run.cpus_per_worker))} or --cpus-per-worker to "
+        f"{cpus / cfg.run.num_workers:g}"
+    )
 
 
 class ResourceWatch:
@@ -125,8 +136,10 @@ class ResourceWatch:
             if short is None:
                 return  # it fits: Ray schedules the workers as soon as the resources are free
             if time.time() >= deadline:
-                self.timed_out = (f"{short} after waiting {self.wait_s:g} s (--wait-for-resources); "
-                                  f"{fit_hint(self.cfg, total)}, or add nodes")
+                self.timed_out = (
+                    f"{short} after waiting {self.wait_s:g} s (--wait-for-resources); "
+                    f"{fit_hint(self.cfg, total)}, or add nodes"
+                )
                 # As SIGTERM (ray.init's handler: SystemExit in the main thread, out of fit()'s ray.get), not
                 # SIGINT: Ray Train's own SIGINT handler asks the controller to abort and may wait on it.
                 import signal

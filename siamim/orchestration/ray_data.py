@@ -102,19 +102,33 @@ def build_stream(cfg: Config, start_step: int = 0, steps_per_epoch: int | None =
     spe = steps_per_epoch or n // cfg.train.batch_size
     base_epoch = start_step // spe
     # Shards in a seeded order per pass; Ray reseeds each pass from (seed, pass index).
-    ds = ray.data.read_parquet(paths, filesystem=fs,
-                               shuffle=FileShuffleConfig(seed=cfg.train.seed * 1_000_003 + base_epoch))
+    ds = ray.data.read_parquet(
+        paths, filesystem=fs, shuffle=FileShuffleConfig(seed=cfg.train.seed * 1_000_003 + base_epoch)
+    )
     ds = ds.select_columns(COLUMNS)
     kwargs = {"num_cpus": 1}
     if cfg.data.stream_tasks:
         kwargs["concurrency"] = cfg.data.stream_tasks
-    return ds.map_batches(decode_views_batch, batch_size=cfg.data.stream_batch, batch_format="numpy",
-                          fn_kwargs={"cfg_json": json.dumps(to_dict(cfg)), "base_epoch": base_epoch,
-                                     "subset": cfg.data.train_subset}, **kwargs)
+    return ds.map_batches(
+        decode_views_batch,
+        batch_size=cfg.data.stream_batch,
+        batch_format="numpy",
+        fn_kwargs={"cfg_json": json.dumps(to_dict(cfg)), "base_epoch": base_epoch, "subset": cfg.data.train_subset},
+        **kwargs,
+    )
 
 
-def stream_batches(shard, cfg: Config, mean, std, start_step: int, stop_step: int, steps_per_epoch: int,
-                   world_size: int, trace: list | None = None):
+def stream_batches(
+    shard,
+    cfg: Config,
+    mean,
+    std,
+    start_step: int,
+    stop_step: int,
+    steps_per_epoch: int,
+    world_size: int,
+    trace: list | None = None,
+):
     """Model batches for steps ``start_step .. stop_step - 1`` from a Ray Data iterator (one pass per epoch).
 
     ``shard``: ``ray.train.get_dataset_shard(...)`` or any ``DataIterator``. ``trace``:
@@ -127,10 +141,12 @@ def stream_batches(shard, cfg: Config, mean, std, start_step: int, stop_step: in
         epoch, done = divmod(step, steps_per_epoch)
         want = min(steps_per_epoch - done, stop_step - step)
         got = 0
-        for batch in shard.iter_torch_batches(batch_size=per_rank, drop_last=True,
-                                              local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                                              local_shuffle_seed=cfg.train.seed * 7919 + epoch
-                                              if cfg.data.shuffle_buffer else None):
+        for batch in shard.iter_torch_batches(
+            batch_size=per_rank,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=cfg.train.seed * 7919 + epoch if cfg.data.shuffle_buffer else None,
+        ):
             ids, tags = batch.pop("id"), batch.pop("epoch")
             if trace is not None:
                 trace.append((step, tags.tolist(), ids.tolist()))
@@ -141,8 +157,10 @@ def stream_batches(shard, cfg: Config, mean, std, start_step: int, stop_step: in
             if got == want:
                 break
         if got < want:
-            raise RuntimeError(f"the Ray Data stream ended after {got} of epoch {epoch}'s {want} remaining steps "
-                               f"(batch {per_rank} per worker); the shards hold fewer rows than the manifest says?")
+            raise RuntimeError(
+                f"the Ray Data stream ended after {got} of epoch {epoch}'s {want} remaining steps "
+                f"(batch {per_rank} per worker); the shards hold fewer rows than the manifest says?"
+            )
 
 
 def install_worker_loader(cfg: Config) -> None:

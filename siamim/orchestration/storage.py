@@ -82,7 +82,7 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> 
     if not text:
         raise StorageError("run.storage is empty; give a directory or a URI such as s3://bucket/prefix")
     if "://" not in text or text.startswith("file://"):
-        local = text[len("file://"):] if text.startswith("file://") else text
+        local = text[len("file://") :] if text.startswith("file://") else text
         path = Path(local).expanduser()
         if not path.is_absolute():
             path = Path(base or os.getcwd()) / path
@@ -104,13 +104,17 @@ def unreachable_endpoint_message(uri: str, err: BaseException) -> str:
     text = str(err).lower()
     network = any(w in text for w in ("network_connection", "resolve", "connect", "timed out", "timeout"))
     if scheme == "s3" and not network:
-        return (f"run.storage={uri!r}: S3 could not open {where} ({detail}); check the bucket name and the "
-                "AWS_* credentials, or name an S3-compatible endpoint with ?endpoint_override=HOST:PORT&scheme=http")
+        return (
+            f"run.storage={uri!r}: S3 could not open {where} ({detail}); check the bucket name and the "
+            "AWS_* credentials, or name an S3-compatible endpoint with ?endpoint_override=HOST:PORT&scheme=http"
+        )
     if scheme == "s3":
-        return (f"run.storage={uri!r}: the S3 endpoint could not be reached ({detail}). A plain s3://bucket/prefix "
-                "means AWS S3, found through the bucket's region; for MinIO/moto or another S3-compatible server "
-                f"name the endpoint: --storage 's3://{where}?endpoint_override=HOST:PORT&scheme=http' or export "
-                "AWS_ENDPOINT_URL=http://HOST:PORT. For AWS itself check the network/DNS, or add &region=<region>.")
+        return (
+            f"run.storage={uri!r}: the S3 endpoint could not be reached ({detail}). A plain s3://bucket/prefix "
+            "means AWS S3, found through the bucket's region; for MinIO/moto or another S3-compatible server "
+            f"name the endpoint: --storage 's3://{where}?endpoint_override=HOST:PORT&scheme=http' or export "
+            "AWS_ENDPOINT_URL=http://HOST:PORT. For AWS itself check the network/DNS, or add &region=<region>."
+        )
     return f"run.storage={uri!r}: the storage endpoint could not be reached ({detail}); check the URI and the network"
 
 
@@ -192,4 +196,3 @@ def list_runs(storage: Storage) -> list[dict]:
             except (OSError, ValueError):
                 continue
     return sorted(records, key=lambda r: r.get("created", 0.0))
-

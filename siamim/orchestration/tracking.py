@@ -24,8 +24,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 DEFAULT_DB = "mlflow.db"
 METRIC_BATCH = 1000  # MLflow's log_batch limit for metrics
@@ -49,12 +50,12 @@ def resolve_tracking_uri(explicit: str | None = None, base: str | os.PathLike | 
     if not uri:
         return f"sqlite:///{(base / DEFAULT_DB).resolve()}"
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path and not path.startswith("/"):
             return f"sqlite:///{(base / path).resolve()}"
         return uri
     if uri.startswith("file:"):
-        path = uri[len("file:"):].removeprefix("//")
+        path = uri[len("file:") :].removeprefix("//")
         return "file://" + str((base / path).resolve()) if not path.startswith("/") else uri
     if "://" not in uri and not uri.startswith("databricks"):
         return "file://" + str((base / uri).resolve())
@@ -63,9 +64,9 @@ def resolve_tracking_uri(explicit: str | None = None, base: str | os.PathLike | 
 
 def _local_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///") :])
     if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
+        return Path(uri[len("file://") :])
     return None
 
 
@@ -211,8 +212,9 @@ def open_run(
         client.update_run(run_id, status="RUNNING")
         logged = run.data.params
         new_params = {k: v for k, v in params.items() if k not in logged}
-        changed = {k: (logged[k], _param_value(v)) for k, v in params.items()
-                   if k in logged and logged[k] != _param_value(v)}
+        changed = {
+            k: (logged[k], _param_value(v)) for k, v in params.items() if k in logged and logged[k] != _param_value(v)
+        }
         extra_tags = {f"resume.override.{k}": new for k, (_, new) in changed.items()}
         count = int(run.data.tags.get("resume.count", "0")) + 1
         extra_tags["resume.count"] = str(count)
@@ -237,8 +239,10 @@ def config_note(changed: dict[str, tuple[str, str]], resumes: int) -> str:
     if not changed:
         lines[0] += "Configuration unchanged: the params are the configuration it runs with."
         return "\n".join(lines)
-    lines[0] += ("The params show the values the run *started* with (MLflow params cannot change); it continued "
-                 "with these (also in the `resume.override.*` tags and `config.yaml`):")
+    lines[0] += (
+        "The params show the values the run *started* with (MLflow params cannot change); it continued "
+        "with these (also in the `resume.override.*` tags and `config.yaml`):"
+    )
     lines.append("")
     lines.append("| key | now | param (at start) |")
     lines.append("|---|---|---|")
@@ -327,7 +331,10 @@ class StepLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        fresh = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
-                 if all(m.step != int(step) for m in self.client.get_metric_history(self.run_id, k))]
+        fresh = [
+            Metric(k, float(v), ts, int(step))
+            for k, v in metrics.items()
+            if all(m.step != int(step) for m in self.client.get_metric_history(self.run_id, k))
+        ]
         if fresh:
             self.client.log_batch(self.run_id, metrics=fresh)

@@ -123,8 +123,9 @@ class RaySaver:
     left to train) is not reported twice.
     """
 
-    def __init__(self, rank: int, mlflow_run_id: str, step_logger=None, last_step: int = -1,
-                 taken_names: list[str] | None = None):
+    def __init__(
+        self, rank: int, mlflow_run_id: str, step_logger=None, last_step: int = -1, taken_names: list[str] | None = None
+    ):
         self.rank = rank
         self.taken_names = set(taken_names or [])  # damaged checkpoint dirs still in Ray's list: never reuse
         self.mlflow_run_id = mlflow_run_id
@@ -193,21 +194,32 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_at = int(resume_state["step"]) if resume_state is not None else 0
     if rank == 0:  # one point per worker-group start: restarts after failures show in MLflow
         step_logger.log_now({"restored_from_step": resumed_at}, resumed_at)
-    saver = RaySaver(rank, config["mlflow_run_id"], step_logger, last_step=resumed_at if resume_state else -1,
-                     taken_names=config.get("skip_checkpoints"))
+    saver = RaySaver(
+        rank,
+        config["mlflow_run_id"],
+        step_logger,
+        last_step=resumed_at if resume_state else -1,
+        taken_names=config.get("skip_checkpoints"),
+    )
 
     first_step: list[float] = []
 
     def reporter(metrics: dict) -> None:
         if not first_step:
             first_step.append(time.time())
-            print(f"[siamim] first step done {first_step[0] - config['launch_time']:.1f} s after launch "
-                  f"(worker group up after {started - config['launch_time']:.1f} s)", flush=True)
+            print(
+                f"[siamim] first step done {first_step[0] - config['launch_time']:.1f} s after launch "
+                f"(worker group up after {started - config['launch_time']:.1f} s)",
+                flush=True,
+            )
         saver.record(metrics)
 
     if rank == 0:
-        print(f"[siamim] rank 0 of {ray.train.get_context().get_world_size()} on {device}; "
-              + (f"resuming at step {resumed_at}" if resume_state else "starting at step 0"), flush=True)
+        print(
+            f"[siamim] rank 0 of {ray.train.get_context().get_world_size()} on {device}; "
+            + (f"resuming at step {resumed_at}" if resume_state else "starting at step 0"),
+            flush=True,
+        )
     out = pretrain(cfg, device=device, reporter=reporter, checkpoint_saver=saver, resume_state=resume_state)
 
     final: dict[str, float] = {"step": out["step"]}

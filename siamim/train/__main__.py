@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         torch_dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(cfg, f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available()
-                            and cfg.train.device != "cpu" else None)
+    device = resolve_device(
+        cfg, f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() and cfg.train.device != "cpu" else None
+    )
     out_dir = Path(cfg.train.output_dir)
     resume = load_checkpoint(out_dir / "checkpoint.pt") if args.resume else None
     if dist.rank() == 0:

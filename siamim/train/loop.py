@@ -8,8 +8,8 @@ platform hooks in through two callbacks, ``reporter`` and ``checkpoint_saver``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -22,8 +22,8 @@ from siamim.data.sources import build_source
 from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
 from siamim.train.progress import Progress
-from siamim.train.step import MetricBuffer, TrainStep
 from siamim.train.schedules import lr_at, momentum_at
+from siamim.train.step import MetricBuffer, TrainStep
 
 Reporter = Callable[[dict], None]
 CheckpointSaver = Callable[[dict | None, int], None]
@@ -86,8 +86,9 @@ def schedule_plan(cfg: Config, num_samples: int, resume_state: dict | None = Non
     if old_total != total and step > 0:
         groups = resume_state.get("optimizer", {}).get("param_groups") or [{}]
         from_lr = float(groups[0].get("lr", 0.0))
-        plan["restarts"].append({"step": step, "from_lr": from_lr, "steps": max(1, warmup),
-                                 "old_total_steps": old_total})
+        plan["restarts"].append(
+            {"step": step, "from_lr": from_lr, "steps": max(1, warmup), "old_total_steps": old_total}
+        )
     return plan
 
 
@@ -105,8 +106,14 @@ def planned_lr(step: int, plan: dict, peak_lr: float, min_lr: float) -> float:
 
 def training_state(model: SiameseIM, optimizer, step: int, cfg: Config, plan: dict | None = None) -> dict:
     """The checkpoint dict. Its tensors are live references: serialise it before training goes on."""
-    state = {"format": FORMAT_VERSION, "step": step, "config": to_dict(cfg), "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    state = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "config": to_dict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+    }
     if plan is not None:
         state["plan"] = plan
     return state
@@ -122,9 +129,15 @@ def default_saver(cfg: Config) -> CheckpointSaver:
     return save
 
 
-def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter: Reporter | None = None,
-             checkpoint_saver: CheckpointSaver | None = None, resume_state: dict | None = None,
-             verbose: bool = True) -> dict:
+def pretrain(
+    cfg: Config,
+    *,
+    device: torch.device | str | None = None,
+    reporter: Reporter | None = None,
+    checkpoint_saver: CheckpointSaver | None = None,
+    resume_state: dict | None = None,
+    verbose: bool = True,
+) -> dict:
     """Pretrain SiameseIM.
 
     Args:
@@ -169,8 +182,13 @@ def pretrain(cfg: Config, *, device: torch.device | str | None = None, reporter:
     model.train()
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
     loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
-    progress = Progress(total_steps=total_steps, start_step=start_step, steps_per_epoch=steps_per_epoch,
-                        enabled=verbose and rank == 0, stop_step=stop_step)
+    progress = Progress(
+        total_steps=total_steps,
+        start_step=start_step,
+        steps_per_epoch=steps_per_epoch,
+        enabled=verbose and rank == 0,
+        stop_step=stop_step,
+    )
     train_step = TrainStep(model, online, optimizer, autocast_dtype(cfg, device), cfg.optim.clip_grad)
     buffer = MetricBuffer()
     step = start_step

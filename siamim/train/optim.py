@@ -27,5 +27,6 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     Fused (one kernel for all parameters) when they live on a CUDA device.
     """
     fused = all(p.is_cuda for p in model.parameters())
-    return torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0, betas=tuple(cfg.optim.betas),
-                             fused=fused or None)
+    return torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay), lr=0.0, betas=tuple(cfg.optim.betas), fused=fused or None
+    )

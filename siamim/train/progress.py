@@ -17,8 +17,14 @@ class Progress:
     from the mean step time since the first step (which includes start-up).
     """
 
-    def __init__(self, total_steps: int, start_step: int, steps_per_epoch: int, enabled: bool = True,
-                 stop_step: int | None = None):
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int,
+        steps_per_epoch: int,
+        enabled: bool = True,
+        stop_step: int | None = None,
+    ):
         self.total = total_steps
         self.stop = stop_step or total_steps
         self.start_step = start_step
@@ -37,5 +43,8 @@ class Progress:
         done = step - self.step_first
         per_step = (now - self.t_first) / done if done > 0 else float("nan")
         eta = format_seconds(per_step * (self.stop - step)) if done > 0 else "?"
-        print(f"[siamim] epoch {metrics['epoch']:.2f} | step {step}/{self.stop} | loss {metrics['loss']:.4f} | "
-              f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}", flush=True)
+        print(
+            f"[siamim] epoch {metrics['epoch']:.2f} | step {step}/{self.stop} | loss {metrics['loss']:.4f} | "
+            f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}",
+            flush=True,
+        )

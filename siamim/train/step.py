@@ -26,8 +26,14 @@ class TrainStep:
         clip_grad: max gradient norm, or None (the norm is still computed, on the device).
     """
 
-    def __init__(self, model: nn.Module, online: nn.Module, optimizer: torch.optim.Optimizer,
-                 amp: torch.dtype | None, clip_grad: float | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        online: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        amp: torch.dtype | None,
+        clip_grad: float | None,
+    ):
         self.model, self.online, self.optimizer = model, online, optimizer
         self.amp, self.clip_grad = amp, clip_grad
         self.params = [p for p in model.online.parameters() if p.requires_grad]
@@ -45,8 +51,9 @@ class TrainStep:
         if self.clip_grad is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
-                                                              if p.grad is not None]))
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in self.params if p.grad is not None])
+            )
         self.optimizer.step()
         self.model.update_target(momentum)
         return {**{k: v.detach() for k, v in out.items()}, "grad_norm": grad_norm.detach()}
@@ -72,8 +79,10 @@ class MetricBuffer:
             metrics = {**host, **dict(zip(keys, row))}
             if not math.isfinite(metrics["loss"]):
                 self.pending = []
-                raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {int(metrics['step']) - 1} "
-                                         f"(lr {metrics['lr']:.3g}); lower optim.blr or check the data")
+                raise FloatingPointError(
+                    f"non-finite loss {metrics['loss']} at step {int(metrics['step']) - 1} "
+                    f"(lr {metrics['lr']:.3g}); lower optim.blr or check the data"
+                )
             out.append(metrics)
         self.pending = []
         return out

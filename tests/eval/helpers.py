@@ -14,20 +14,26 @@ from siamim.eval.runner import limit_indices
 
 # Small, fast encoder (same family as configs/tiny.yaml), at the 32x32 input the thresholds of
 # these tests were calibrated on (real_set's default size).
-SMALL_MODEL = ["data.img_size=32", "model.embed_dim=64", "model.depth=2", "model.num_heads=2",
-               "model.decoder_dim=64", "model.decoder_heads=2"]
+SMALL_MODEL = [
+    "data.img_size=32",
+    "model.embed_dim=64",
+    "model.depth=2",
+    "model.num_heads=2",
+    "model.decoder_dim=64",
+    "model.decoder_heads=2",
+]
 
 
 def cfg(*overrides: str):
     return load_config("tiny", [*SMALL_MODEL, *overrides])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source(split: str):
     return build_source("fashion_mnist", None, split)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_set(split: str, n: int, seed: int = 0, img_size: int = 32) -> ImageSet:
     """A class-balanced seeded subset of ``n`` real Fashion-MNIST images of ``split``."""
     src = source(split)

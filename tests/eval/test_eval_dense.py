@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamim.eval.dense import (FOREGROUND_THRESHOLD, build_mosaics, confusion, miou, segment,
-                               train_dense_probe)
+from siamim.eval.dense import FOREGROUND_THRESHOLD, build_mosaics, confusion, miou, segment, train_dense_probe
 from siamim.eval.imageset import load_image_set
 from tests.eval.helpers import planted, source
 

@@ -38,8 +38,9 @@ def test_one_percent_protocol_on_real_images_pixels_beat_random_init():
         runs = []
         for seed in (0, 1):
             images = load_image_set(src, 32, class_balanced_subset(src.labels, 0.01, seed))
-            runs.append(fewshot_accuracy(extract(rep, images), images.labels, extract(rep, test), test.labels, 10,
-                                         max_iter=60))
+            runs.append(
+                fewshot_accuracy(extract(rep, images), images.labels, extract(rep, test), test.labels, 10, max_iter=60)
+            )
         accs[name] = summarize(runs)
         assert 0.0 <= accs[name]["min"] <= accs[name]["mean"] <= accs[name]["max"] <= 100.0
         assert accs[name]["std"] >= 0.0

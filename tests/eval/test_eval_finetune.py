@@ -21,7 +21,9 @@ def test_classifier_gets_layer_decay_drop_path_and_a_fresh_head():
     rep = baseline_representation("random", cfg())
     model = build_classifier(rep, 10, 32, drop_path=0.2)
     assert model.head.out_features == 10
-    assert isinstance(model.blocks[-1].drop_path1, DropPath) and model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+    assert isinstance(model.blocks[-1].drop_path1, DropPath) and model.blocks[-1].drop_path1.drop_prob == pytest.approx(
+        0.2
+    )
     assert not model.pos_embed.requires_grad and model.patch_embed.proj.weight.requires_grad
     groups = param_groups(model, FinetuneSettings(layer_decay=0.5))
     scales = sorted({g["lr_scale"] for g in groups})
@@ -35,8 +37,12 @@ def test_finetune_runs_within_its_budget_and_pixels_beat_random_init():
     s = FinetuneSettings(epochs=3, batch_size=64, blr=1e-3, warmup_epochs=0.5)
     pixels = finetune(baseline_representation("pixels", cfg()), train, test, s)
     assert pixels.steps == 3 * (1000 // 64) and len(pixels.losses) == 3
-    short = finetune(baseline_representation("random", cfg()), train, test,
-                     FinetuneSettings(epochs=0.5, batch_size=64, warmup_epochs=0.1))
+    short = finetune(
+        baseline_representation("random", cfg()),
+        train,
+        test,
+        FinetuneSettings(epochs=0.5, batch_size=64, warmup_epochs=0.1),
+    )
     assert short.steps == round(0.5 * (1000 // 64)) and all(torch.isfinite(torch.tensor(short.losses)))
     assert 0.0 <= short.accuracy <= 100.0 and short.accuracy < pixels.accuracy
     assert pixels.accuracy > chance() + 40.0, pixels.accuracy  # 5x chance (measured 60-64 at this budget)

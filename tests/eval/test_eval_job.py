@@ -12,13 +12,29 @@ import torch
 from siamim.checkpoint import ENCODER_PREFIX, FORMAT_VERSION, save_checkpoint
 from siamim.config import to_dict
 from siamim.model.encoder import build_encoder
-from tests.eval.helpers import SMALL_MODEL, cfg
+from tests.eval.helpers import cfg
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = ["--limit-train", "500", "--limit-test", "200", "--ft-epochs", "0.5", "--quiet", "eval.lin_steps=100",
-         "eval.lin_batch_size=128", "eval.lin_warmup_steps=10", "eval.fewshot_seeds=2", "eval.dense_train_mosaics=80",
-         "eval.dense_test_mosaics=40", "eval.dense_epochs=2", "eval.robust_test_limit=50", "eval.ft_batch_size=64",
-         "eval.ft_warmup_epochs=0.1", "eval.device=cpu"]
+QUICK = [
+    "--limit-train",
+    "500",
+    "--limit-test",
+    "200",
+    "--ft-epochs",
+    "0.5",
+    "--quiet",
+    "eval.lin_steps=100",
+    "eval.lin_batch_size=128",
+    "eval.lin_warmup_steps=10",
+    "eval.fewshot_seeds=2",
+    "eval.dense_train_mosaics=80",
+    "eval.dense_test_mosaics=40",
+    "eval.dense_epochs=2",
+    "eval.robust_test_limit=50",
+    "eval.ft_batch_size=64",
+    "eval.ft_warmup_epochs=0.1",
+    "eval.device=cpu",
+]
 
 
 def _job():
@@ -39,8 +55,12 @@ def _checkpoint(path: Path, run_id: str | None) -> Path:
     enc = build_encoder(c.model, c.data.img_size)
     config = to_dict(c)
     config["eval"]["lin_epochs"] = 90  # an eval key of an older release: evaluation ignores the stored eval section
-    state = {"format": FORMAT_VERSION, "step": 7, "config": config,
-             "model": {ENCODER_PREFIX + k: v for k, v in enc.state_dict().items()}}
+    state = {
+        "format": FORMAT_VERSION,
+        "step": 7,
+        "config": config,
+        "model": {ENCODER_PREFIX + k: v for k, v in enc.state_dict().items()},
+    }
     if run_id:
         state["mlflow_run_id"] = run_id
     return save_checkpoint(path / "checkpoint_00000007" / "checkpoint.pt", state)
@@ -86,13 +106,31 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
 
     job = _job()
     # 1. A checkpoint directory (Ray layout) that names its pretraining run: metrics land in that run.
-    rc = job.main(["--checkpoint", str(ckpt.parent), "--baseline", "pixels,random", "--protocols", "knn,fewshot",
-                   "--tracking-uri", uri, "--out", str(tmp_path / "out1"), *QUICK])
+    rc = job.main(
+        [
+            "--checkpoint",
+            str(ckpt.parent),
+            "--baseline",
+            "pixels,random",
+            "--protocols",
+            "knn,fewshot",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "out1"),
+            *QUICK,
+        ]
+    )
     assert rc == 0
     run = client.get_run(pre)
     m = run.data.metrics
-    assert {"eval.knn_top1", "eval.pixels.knn_top1", "eval.random.knn_top1", "eval.fewshot_top1",
-            "eval.knn_wall_s"} <= set(m)
+    assert {
+        "eval.knn_top1",
+        "eval.pixels.knn_top1",
+        "eval.random.knn_top1",
+        "eval.fewshot_top1",
+        "eval.knn_wall_s",
+    } <= set(m)
     assert m["eval.pixels.knn_top1"] > m["eval.random.knn_top1"]
     assert client.get_metric_history(pre, "eval.knn_top1")[0].step == 7  # the checkpoint's step
     arts = {a.path for a in client.list_artifacts(pre, "eval")}
@@ -102,15 +140,29 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
 
     # 2. The MLflow run id as --checkpoint (artifact checkpoint/checkpoint.pt), into a linked child run.
     client.log_artifact(pre, str(ckpt), "checkpoint")
-    rc = job.main(["--checkpoint", pre, "--child-run", "--protocols", "knn", "--tracking-uri", uri,
-                   "--out", str(tmp_path / "out2"), *QUICK])
+    rc = job.main(
+        [
+            "--checkpoint",
+            pre,
+            "--child-run",
+            "--protocols",
+            "knn",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "out2"),
+            *QUICK,
+        ]
+    )
     assert rc == 0
     children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{pre}'")
     assert len(children) == 1
     child = children[0]
     assert child.data.metrics["eval.knn_top1"] == pytest.approx(m["eval.knn_top1"])  # same encoder, same data
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "eval")} == {"eval/evaluation.md",
-                                                                                   "eval/evaluation.csv"}
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "eval")} == {
+        "eval/evaluation.md",
+        "eval/evaluation.csv",
+    }
 
 
 def test_checkpoint_whose_run_is_elsewhere_logs_to_a_new_tagged_run(tmp_path, monkeypatch):
@@ -120,8 +172,21 @@ def test_checkpoint_whose_run_is_elsewhere_logs_to_a_new_tagged_run(tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     foreign = "ab" * 16  # a run id from another tracking store
     ckpt = _checkpoint(tmp_path / "ray", foreign)
-    rc = _job().main(["--checkpoint", str(ckpt), "--protocols", "knn", "--tracking-uri", uri, "--experiment",
-                      "siamim-eval-test", "--out", str(tmp_path / "out"), *QUICK])
+    rc = _job().main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--protocols",
+            "knn",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "siamim-eval-test",
+            "--out",
+            str(tmp_path / "out"),
+            *QUICK,
+        ]
+    )
     assert rc == 0
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("siamim-eval-test")
@@ -145,7 +210,7 @@ def test_damaged_checkpoint_is_one_line_exit_2(tmp_path, capsys, damage):
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert str(ckpt) in err
-    assert ("truncated" in err or "empty" in err), err
+    assert "truncated" in err or "empty" in err, err
 
 
 def test_bad_arguments_fail_before_torch_is_imported(tmp_path):
@@ -153,11 +218,13 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path):
     import subprocess
     import sys
 
-    code = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ev', {str(REPO / 'jobs' / 'evaluate.py')!r}); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "rcs = [m.main(a) for a in (['--baseline', 'pixel'], ['--baseline', 'pixels', '--protocols', 'knn,lni'], "
-            f"['--checkpoint', {str(tmp_path / 'missing.pt')!r}], ['--baseline', 'pixels', 'eval.knn_kk=3'])]; "
-            "print(rcs, 'torch' in sys.modules)")
+    code = (
+        f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ev', {str(REPO / 'jobs' / 'evaluate.py')!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "rcs = [m.main(a) for a in (['--baseline', 'pixel'], ['--baseline', 'pixels', '--protocols', 'knn,lni'], "
+        f"['--checkpoint', {str(tmp_path / 'missing.pt')!r}], ['--baseline', 'pixels', 'eval.knn_kk=3'])]; "
+        "print(rcs, 'torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.stdout.strip() == "[2, 2, 2, 2] False", proc.stdout + proc.stderr
     assert "did you mean 'pixels'" in proc.stderr and "did you mean 'lin'" in proc.stderr

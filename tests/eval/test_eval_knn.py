@@ -19,8 +19,12 @@ def test_knn_raw_pixels_beat_random_init_features_on_real_images():
 
 def test_knn_on_planted_class_information_beats_chance_by_far():
     train, test = real_set("train", 1000), real_set("test", 300)
-    good = knn_accuracy(planted(train.labels, 32, 1.5), train.labels, planted(test.labels, 32, 1.5, noise_seed=1), test.labels, 10)
-    none = knn_accuracy(planted(train.labels, 32, 0.0), train.labels, planted(test.labels, 32, 0.0, noise_seed=1), test.labels, 10)
+    good = knn_accuracy(
+        planted(train.labels, 32, 1.5), train.labels, planted(test.labels, 32, 1.5, noise_seed=1), test.labels, 10
+    )
+    none = knn_accuracy(
+        planted(train.labels, 32, 0.0), train.labels, planted(test.labels, 32, 0.0, noise_seed=1), test.labels, 10
+    )
     assert good > 90.0 and abs(none - chance()) < 8.0
 
 

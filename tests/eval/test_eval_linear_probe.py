@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from siamim.eval.baselines import baseline_representation
-from siamim.eval.linear_probe import (LinearProbe, accuracy, lr_at, per_class_accuracy, predict,
-                                      train_linear_probe)
+from siamim.eval.linear_probe import LinearProbe, accuracy, lr_at, per_class_accuracy, predict, train_linear_probe
 from siamim.eval.representation import extract_many
 from tests.eval.helpers import cfg, chance, planted, real_set
 

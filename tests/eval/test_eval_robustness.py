@@ -32,8 +32,9 @@ def test_bad_corruption_names_and_severities_are_clear_errors():
 def test_corrupted_accuracy_of_a_probe_on_real_pixels():
     train, test = real_set("train", 1000), real_set("test", 300)
     rep = baseline_representation("pixels", cfg())
-    probe = train_linear_probe(extract(rep, train), train.labels, 10, steps=300, batch_size=128, blr=3.2,
-                               warmup_steps=30)
+    probe = train_linear_probe(
+        extract(rep, train), train.labels, 10, steps=300, batch_size=128, blr=3.2, warmup_steps=30
+    )
     classify = lambda x: predict(probe, rep(x, "cls"))  # noqa: E731
     clean = corrupted_accuracy(classify, test, None)
     assert clean == pytest.approx(accuracy(predict(probe, extract(rep, test)), test.labels))

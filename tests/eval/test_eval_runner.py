@@ -10,10 +10,22 @@ from siamim.eval.runner import PROTOCOLS, Suite, evaluate, limit_indices
 from siamim.eval.settings import check_eval_config, parse_protocols
 from tests.eval.helpers import cfg
 
-QUICK = ["eval.train_limit=600", "eval.test_limit=200", "eval.lin_steps=150", "eval.lin_batch_size=128",
-         "eval.lin_warmup_steps=15", "eval.fewshot_seeds=2", "eval.dense_train_mosaics=120",
-         "eval.dense_test_mosaics=40", "eval.dense_epochs=3", "eval.robust_test_limit=60", "eval.ft_epochs=1",
-         "eval.ft_batch_size=64", "eval.ft_warmup_epochs=0.2", "eval.device=cpu"]
+QUICK = [
+    "eval.train_limit=600",
+    "eval.test_limit=200",
+    "eval.lin_steps=150",
+    "eval.lin_batch_size=128",
+    "eval.lin_warmup_steps=15",
+    "eval.fewshot_seeds=2",
+    "eval.dense_train_mosaics=120",
+    "eval.dense_test_mosaics=40",
+    "eval.dense_epochs=3",
+    "eval.robust_test_limit=60",
+    "eval.ft_epochs=1",
+    "eval.ft_batch_size=64",
+    "eval.ft_warmup_epochs=0.2",
+    "eval.device=cpu",
+]
 
 
 def test_protocol_names_are_checked_with_the_closest_match():
@@ -49,8 +61,20 @@ def test_every_protocol_runs_on_real_data_with_metrics_in_range_and_a_table():
     results = {"pixels": evaluate(baseline_representation("pixels", c), c, "all", suite, log=lambda m: None)}
     assert [r.protocol for r in results["pixels"]] == list(PROTOCOLS)
     m = {k: v for r in results["pixels"] for k, v in r.metrics.items()}
-    for key in ("knn_top1", "lin_top1", "lin_mean_top1", "fewshot_top1", "longtail_top1", "longtail_rare_top1",
-                "dense_miou", "dense_pixel_acc", "ft_top1", "robust_clean_top1", "robust_mca", "robust_ft_mca"):
+    for key in (
+        "knn_top1",
+        "lin_top1",
+        "lin_mean_top1",
+        "fewshot_top1",
+        "longtail_top1",
+        "longtail_rare_top1",
+        "dense_miou",
+        "dense_pixel_acc",
+        "ft_top1",
+        "robust_clean_top1",
+        "robust_mca",
+        "robust_ft_mca",
+    ):
         assert 0.0 <= m[key] <= 100.0, key
     assert m["knn_top1"] > 60.0 and m["fewshot_top1"] > 60.0 and m["lin_top1"] > 50.0
     assert m["fewshot_per_class"] == 60.0

@@ -36,20 +36,27 @@ def _free_port() -> int:
 def s3_endpoint(monkeypatch):
     port = _free_port()
     server = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_REGION", "us-east-1")):
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(key, value)
     deadline = time.time() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
-        except OSError:
+        except OSError as err:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto_server did not start (is moto[server] installed? see pyproject test extras)")
+                raise RuntimeError(
+                    "moto_server did not start (is moto[server] installed? see pyproject test extras)"
+                ) from err
             time.sleep(0.1)
     yield f"127.0.0.1:{port}"
     proc.terminate()

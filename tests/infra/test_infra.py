@@ -53,8 +53,9 @@ def _manifests() -> list[dict]:
 
 def _images(node) -> list[str]:
     if isinstance(node, dict):
-        return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + \
-            [i for v in node.values() for i in _images(v)]
+        return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + [
+            i for v in node.values() for i in _images(v)
+        ]
     if isinstance(node, list):
         return [i for v in node for i in _images(v)]
     return []
@@ -117,14 +118,29 @@ def test_image_files_read_shards_from_s3(tmp_path):
     assert (image / "jobs" / "prepare_data.py").is_file() and (image / "siamim" / "data" / "parquet.py").is_file()
 
     port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(image), "HOME": str(tmp_path)}
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(image),
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/", 30, proc)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="k",
-                          aws_secret_access_key="s", region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            region_name="us-east-1",
+        )
         s3.create_bucket(Bucket="img")
         root = f"s3://img/ds?endpoint_override=127.0.0.1:{port}&scheme=http"
         script = f"""
@@ -147,8 +163,15 @@ assert len(src) == 4 and src.labels.tolist() == [0, 1, 2, 3]
 assert src.image(3)[0].flatten().tolist() == (np.arange(4*28*28, dtype=np.uint8).reshape(4, 28, 28)[3].flatten().tolist())
 print("read", len(src), "images from S3")
 """
-        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=180, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         assert out.returncode == 0 and "read 4 images from S3" in out.stdout, out.stdout + out.stderr[-3000:]
     finally:
         stop_tree(proc)

@@ -31,7 +31,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+            raise RuntimeError(
+                f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status < 500:
@@ -90,7 +92,10 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 8.0) -> None:
 
 @pytest.fixture(scope="session")
 def fashion_mnist_available():
-    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file() and not (FASHION_MNIST / "train-images-idx3-ubyte").is_file():
+    if (
+        not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
+        and not (FASHION_MNIST / "train-images-idx3-ubyte").is_file()
+    ):
         pytest.fail(f"Fashion-MNIST is not installed in {FASHION_MNIST}: apt-get install dataset-fashion-mnist")
     return FASHION_MNIST
 
@@ -119,8 +124,12 @@ def base_env(service_dir):
     }
     saved = {k: os.environ.get(k) for k in own}
     os.environ.update(own)
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
     yield env
@@ -139,8 +148,13 @@ def s3_server(base_env, service_dir):
 
     port = free_port()
     log = service_dir / "moto.log"
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env=base_env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=base_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/", 30, proc, log)
         boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket=S3_BUCKET)
@@ -154,10 +168,27 @@ def ray_head(base_env, service_dir):
     """``ray start --head --block`` with 2 CPUs; yields ``{"gcs": host:port, "dashboard": url}``."""
     port, dash = free_port(), free_port()
     log = service_dir / "ray-head.log"
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-           "--object-store-memory", "1000000000", "--disable-usage-stats"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--port",
+        str(port),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--object-store-memory",
+        "1000000000",
+        "--disable-usage-stats",
+    ]
     # Ray Train's PlacementGroupCleaner actor finds "its" cluster through the state API: name it (another
     # Ray instance on the host otherwise makes it print "Found multiple active Ray instances" every second).
     env = {**base_env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
@@ -191,9 +222,20 @@ def mlflow_server(base_env, service_dir):
     root = service_dir / "mlflow-server"
     root.mkdir()
     log = service_dir / "mlflow-server.log"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=base_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 90, proc, log)

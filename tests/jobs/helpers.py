@@ -11,8 +11,15 @@ BIN = Path(sys.executable).parent
 PRETRAIN = REPO / "jobs" / "pretrain.py"
 
 # Overrides for a tiny 2-worker CPU run (a few seconds of training).
-TINY_ARGS = ["train.checkpoint_every=2", "train.log_every=1", "train.batch_size=32", "data.train_subset=512",
-             "data.num_workers=0", "eval.knn_train_subset=500", "run.num_workers=2"]
+TINY_ARGS = [
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.batch_size=32",
+    "data.train_subset=512",
+    "data.num_workers=0",
+    "eval.knn_train_subset=500",
+    "run.num_workers=2",
+]
 
 
 def _has_key(key: str) -> bool:

@@ -27,22 +27,41 @@ def load_cli():
 def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, str(ABLATE), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for flag in ("--rows", "--seeds", "--steps", "--epochs", "--protocols", "--workers-per-trial", "--cpus-per-worker",
-                 "--gpus-per-worker", "--max-concurrent", "--storage", "--tracking-uri", "--name", "--resume",
-                 "--max-retries", "--dry-run", "ray job submit", "tensorboard"):
+    for flag in (
+        "--rows",
+        "--seeds",
+        "--steps",
+        "--epochs",
+        "--protocols",
+        "--workers-per-trial",
+        "--cpus-per-worker",
+        "--gpus-per-worker",
+        "--max-concurrent",
+        "--storage",
+        "--tracking-uri",
+        "--name",
+        "--resume",
+        "--max-retries",
+        "--dry-run",
+        "ray job submit",
+        "tensorboard",
+    ):
         assert flag in proc.stdout, flag
 
 
-@pytest.mark.parametrize("args, flag", [
-    (["--rows", "i,z"], "--rows: unknown row 'z'"),
-    (["--rows", "i", "--seeds", "0"], "--seeds 0"),
-    (["--rows", "i", "--gpus-per-worker", "1"], "--gpus-per-worker 1"),  # this machine has no GPU
-    (["--rows", "i", "--workers-per-trial", "64"], "--workers-per-trial 64"),  # more CPUs than the machine
-    (["--rows", "i", "--protocols", "knn,linn"], "--protocols: unknown protocol 'linn'"),
-    (["--rows", "i", "--steps", "0"], "--steps 0"),
-    (["--rows", "i", "model.deptj=2"], "model.deptj"),
-    (["--rows", "i", "--max-concurrent", "0"], "--max-concurrent 0"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--rows", "i,z"], "--rows: unknown row 'z'"),
+        (["--rows", "i", "--seeds", "0"], "--seeds 0"),
+        (["--rows", "i", "--gpus-per-worker", "1"], "--gpus-per-worker 1"),  # this machine has no GPU
+        (["--rows", "i", "--workers-per-trial", "64"], "--workers-per-trial 64"),  # more CPUs than the machine
+        (["--rows", "i", "--protocols", "knn,linn"], "--protocols: unknown protocol 'linn'"),
+        (["--rows", "i", "--steps", "0"], "--steps 0"),
+        (["--rows", "i", "model.deptj=2"], "model.deptj"),
+        (["--rows", "i", "--max-concurrent", "0"], "--max-concurrent 0"),
+    ],
+)
 def test_bad_flags_fail_before_anything_starts(args, flag, tmp_path, capsys):
     import ray
 
@@ -60,8 +79,25 @@ def test_bad_flags_fail_before_anything_starts(args, flag, tmp_path, capsys):
 
 def test_dry_run_prints_trials_resources_and_packing(capsys):
     cli = load_cli()
-    rc = cli.main(["--rows", "e,a", "--seeds", "3", "--steps", "10", "--gpus-per-worker", "0", "--cpus-per-worker",
-                   "0.5", "--workers-per-trial", "2", "--dry-run", "--name", "dry"])
+    rc = cli.main(
+        [
+            "--rows",
+            "e,a",
+            "--seeds",
+            "3",
+            "--steps",
+            "10",
+            "--gpus-per-worker",
+            "0",
+            "--cpus-per-worker",
+            "0.5",
+            "--workers-per-trial",
+            "2",
+            "--dry-run",
+            "--name",
+            "dry",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "2 rows x 3 seeds = 6 trials" in out
@@ -76,8 +112,15 @@ def test_dry_run_prints_trials_resources_and_packing(capsys):
 def test_packing_counts_cpus_gpus_and_the_cap():
     from siamim.orchestration.ablation import GridSpec, packing
 
-    spec = GridSpec(name="p", rows=["i", "j"], seeds=3, protocols=["knn"], workers_per_trial=2, cpus_per_worker=2,
-                    gpus_per_worker=0.25)
+    spec = GridSpec(
+        name="p",
+        rows=["i", "j"],
+        seeds=3,
+        protocols=["knn"],
+        workers_per_trial=2,
+        cpus_per_worker=2,
+        gpus_per_worker=0.25,
+    )
     have = {"CPU": 16.0, "GPU": 1.0, "max_node_GPU": 1.0}
     assert packing(spec, have) == {"by_resources": 2, "concurrent": 2, "waves": 3, "trials": 6}  # GPU-bound: 1/0.5
     spec.gpus_per_worker = 0.0
@@ -103,8 +146,11 @@ def _results():
     for seed, base in enumerate((50.0, 54.0, 52.0)):
         out.append({"row": "a", "seed": seed, "eval.knn_top1": base})
         out.append({"row": "e", "seed": seed, "eval.knn_top1": base + 2.0})
-    out += [{"row": "i", "seed": 0, "eval.knn_top1": 60.0}, {"row": "j", "seed": 0, "eval.knn_top1": 61.0},
-            {"row": "i", "seed": 1, "eval.knn_top1": 63.0}]
+    out += [
+        {"row": "i", "seed": 0, "eval.knn_top1": 60.0},
+        {"row": "j", "seed": 0, "eval.knn_top1": 61.0},
+        {"row": "i", "seed": 1, "eval.knn_top1": 63.0},
+    ]
     return out
 
 

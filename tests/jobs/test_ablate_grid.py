@@ -28,14 +28,29 @@ pytestmark = pytest.mark.slow
 
 ABLATE = REPO / "jobs" / "ablate.py"
 TINY = [o for o in SMALL if not o.startswith("train.checkpoint_every")] + [
-    "train.checkpoint_every=1", "data.train_subset=256", "eval.knn_train_subset=300", "eval.knn_test_subset=200",
-    "eval.train_limit=300", "eval.test_limit=200", "eval.batch_size=256"]
+    "train.checkpoint_every=1",
+    "data.train_subset=256",
+    "eval.knn_train_subset=300",
+    "eval.knn_test_subset=200",
+    "eval.train_limit=300",
+    "eval.test_limit=200",
+    "eval.batch_size=256",
+]
 GRID_FLAGS = ["--steps", "2", "--protocols", "knn", "--workers-per-trial", "1", "--max-concurrent", "2"]
 
 
 def ablate_cmd(ray_head, storage, db, *args) -> list[str]:
-    return [sys.executable, str(ABLATE), "--address", ray_head["gcs"], "--storage", str(storage),
-            "--tracking-uri", f"sqlite:///{db}", *args]
+    return [
+        sys.executable,
+        str(ABLATE),
+        "--address",
+        ray_head["gcs"],
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        *args,
+    ]
 
 
 def children(db, parent_id: str):
@@ -51,8 +66,11 @@ def parent_of(db, name: str):
 
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("siamim-ablation")
-    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ablation.kind") == "parent"
-              and r.info.run_name == name]
+    (run,) = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("ablation.kind") == "parent" and r.info.run_name == name
+    ]
     return run
 
 
@@ -65,16 +83,34 @@ def finished_children(db, record) -> list:
     exp = client.get_experiment_by_name("siamim-ablation")
     if exp is None:
         return []
-    return [r for r in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
-            if "ablation.trial" in r.data.tags]
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+        if "ablation.trial" in r.data.tags
+    ]
 
 
 def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mnist_available, tmp_path):
     from mlflow.tracking import MlflowClient
 
     storage, db, name = tmp_path / "abl", tmp_path / "mlflow.db", "grid"
-    cmd = ablate_cmd(ray_head, storage, db, "--rows", "j,i", "--seeds", "2", "--name", name, "--fail-trial", "j/1",
-                     "--max-retries", "1", *GRID_FLAGS, *TINY)
+    cmd = ablate_cmd(
+        ray_head,
+        storage,
+        db,
+        "--rows",
+        "j,i",
+        "--seeds",
+        "2",
+        "--name",
+        name,
+        "--fail-trial",
+        "j/1",
+        "--max-retries",
+        "1",
+        *GRID_FLAGS,
+        *TINY,
+    )
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=base_env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -87,8 +123,14 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     os.kill(first.pid, signal.SIGKILL)  # the driver dies; Ray stops its trials
     first.wait(30)
 
-    proc = subprocess.run(ablate_cmd(ray_head, storage, db, "--resume", name), cwd=tmp_path, env=base_env,
-                          capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(
+        ablate_cmd(ray_head, storage, db, "--resume", name),
+        cwd=tmp_path,
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-5000:]  # one trial failed after its retries; the grid still finished
     assert "resuming grid 'grid'" in out
@@ -112,8 +154,7 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
         assert run.data.params["ablation.row"] == run.data.tags["ablation.row"]
         assert run.data.tags["siamim.checkpoint"].endswith("checkpoint_00000002")
         # the row's switches as flat params, named the same in every child
-        assert {"model.target", "views.different_views", "mask.type", "model.norm", "loss.type"} <= set(
-            run.data.params)
+        assert {"model.target", "views.different_views", "mask.type", "model.norm", "loss.type"} <= set(run.data.params)
         starts = int(run.data.tags["ablation.starts"])
         if key in done_before:
             assert starts == 1, run.data.tags  # finished before the kill: not trained again
@@ -122,8 +163,14 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     assert kids["i/0"].data.params["loss.type"] == "unigrad" != kids["j/0"].data.params["loss.type"]
 
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "ablation")}
-    assert {"ablation/ablation_table.md", "ablation/ablation_table.csv", "ablation/ablation_paired.md",
-            "ablation/ablation_paired.csv", "ablation/ablation_plot.png", "ablation/ablation_trials.csv"} <= arts
+    assert {
+        "ablation/ablation_table.md",
+        "ablation/ablation_table.csv",
+        "ablation/ablation_paired.md",
+        "ablation/ablation_paired.csv",
+        "ablation/ablation_plot.png",
+        "ablation/ablation_trials.csv",
+    } <= arts
     table = (storage / name / "ablation_table.md").read_text()
     assert "| i | 2 |" in table and "| j | 1 (1 failed) |" in table and "83.7" in table  # paper FT beside
     paired = (storage / name / "ablation_paired.md").read_text()
@@ -135,5 +182,8 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     trial_dirs = [p for p in (storage / name).iterdir() if p.is_dir() and p.name[:2] in ("i-", "j-")]
     assert {d.name.split("_")[0] for d in trial_dirs} == {"i-s0", "i-s1", "j-s0", "j-s1"}
     for trial in ("i-s0", "i-s1", "j-s0"):
-        assert any((d / "progress.csv").is_file() and list(d.glob("events.out.tfevents.*"))
-                   for d in trial_dirs if d.name.startswith(trial + "_")), trial
+        assert any(
+            (d / "progress.csv").is_file() and list(d.glob("events.out.tfevents.*"))
+            for d in trial_dirs
+            if d.name.startswith(trial + "_")
+        ), trial

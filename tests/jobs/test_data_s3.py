@@ -30,10 +30,24 @@ pytestmark = pytest.mark.slow
 SECRET = "s3cr3t-" + uuid.uuid4().hex  # a value that appears nowhere unless something leaks it
 KEY_ID = "AKIA" + uuid.uuid4().hex[:16].upper()
 STEPS = 20  # long enough that a stop issued at the first checkpoint lands mid-run on a quiet machine
-ARGS = {"train.checkpoint_every": 2, "train.log_every": 1, "train.epochs": 2, "train.batch_size": 32, "data.num_workers": 0,
-        "eval.knn_train_subset": 256, "eval.knn_test_subset": 256, "run.num_workers": 2, "train.max_steps": STEPS,
-        "model.depth": 2, "model.embed_dim": 48, "model.num_heads": 2, "model.decoder_dim": 48,
-        "model.decoder_heads": 2, "model.projector_depth": 1, "model.predictor_depth": 1}
+ARGS = {
+    "train.checkpoint_every": 2,
+    "train.log_every": 1,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "data.num_workers": 0,
+    "eval.knn_train_subset": 256,
+    "eval.knn_test_subset": 256,
+    "run.num_workers": 2,
+    "train.max_steps": STEPS,
+    "model.depth": 2,
+    "model.embed_dim": 48,
+    "model.num_heads": 2,
+    "model.decoder_dim": 48,
+    "model.decoder_heads": 2,
+    "model.projector_depth": 1,
+    "model.predictor_depth": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +83,40 @@ def storage_for(s3_server: str, prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference(shards, s3_server, mlflow_server):
-    cfg = cfg_for(shards, **{"run.storage": storage_for(s3_server, "ref"), "run.name": "ref",
-                             "run.experiment": "data-s3"})
+    cfg = cfg_for(
+        shards, **{"run.storage": storage_for(s3_server, "ref"), "run.name": "ref", "run.experiment": "data-s3"}
+    )
     return run_pretraining(cfg, tracking_uri=mlflow_server)
 
 
 def test_map_style_two_workers_from_s3(reference, mlflow_server):
     assert reference.step == STEPS and reference.knn_top1 is not None  # kNN read the train/test shards from S3
-    assert [s for s, _ in tracking.metric_history(mlflow_server, reference.mlflow_run_id, "loss")] == \
-        list(range(1, STEPS + 1))
+    assert [s for s, _ in tracking.metric_history(mlflow_server, reference.mlflow_run_id, "loss")] == list(
+        range(1, STEPS + 1)
+    )
 
 
 def _submit(ray_head, base_env, submission_id: str, *args: str, wait: bool = True) -> subprocess.Popen:
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
-           "--submission-id", submission_id, *([] if wait else ["--no-wait"]), "--", sys.executable,
-           "jobs/pretrain.py", "--config", "tiny", "--tracking-uri", tracking_uri_of(base_env), *args]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(REPO),
+        "--submission-id",
+        submission_id,
+        *([] if wait else ["--no-wait"]),
+        "--",
+        sys.executable,
+        "jobs/pretrain.py",
+        "--config",
+        "tiny",
+        "--tracking-uri",
+        tracking_uri_of(base_env),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420, check=False)
 
 
@@ -91,8 +124,9 @@ def tracking_uri_of(env) -> str:
     return env["_SIAMIM_TEST_MLFLOW"]
 
 
-def test_killed_driver_then_resubmitted_job_resumes_from_s3(reference, ray_head, base_env, s3_server, shards,
-                                                            mlflow_server):
+def test_killed_driver_then_resubmitted_job_resumes_from_s3(
+    reference, ray_head, base_env, s3_server, shards, mlflow_server
+):
     import boto3
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -100,8 +134,19 @@ def test_killed_driver_then_resubmitted_job_resumes_from_s3(reference, ray_head,
     storage = storage_for(s3_server, "killed")
     overrides = [f"{k}={v}" for k, v in ARGS.items()] + ["data.dataset=parquet", f"data.root={shards}"]
     first = f"killed-{uuid.uuid4().hex[:6]}"
-    proc = _submit(ray_head, env, first, "--storage", storage, "--name", "killed", "--experiment", "data-s3",
-                   *overrides, wait=False)
+    proc = _submit(
+        ray_head,
+        env,
+        first,
+        "--storage",
+        storage,
+        "--name",
+        "killed",
+        "--experiment",
+        "data-s3",
+        *overrides,
+        wait=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     s3 = boto3.client("s3", endpoint_url=f"http://{s3_server}")
     client = JobSubmissionClient(ray_head["dashboard"])
@@ -110,7 +155,9 @@ def test_killed_driver_then_resubmitted_job_resumes_from_s3(reference, ray_head,
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="killed/killed/").get("Contents", [])]
         if any(k.endswith("checkpoint.pt") for k in keys):
             break
-        assert client.get_job_status(first) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(first)[-3000:]
+        assert client.get_job_status(first) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(first)[
+            -3000:
+        ]
         time.sleep(0.3)
     client.stop_job(first)  # the driver is killed mid-run
     while client.get_job_status(first) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
@@ -138,9 +185,19 @@ def test_killed_driver_then_resubmitted_job_resumes_from_s3(reference, ray_head,
 
 def test_streaming_two_workers_from_s3(shards, s3_server, mlflow_server):
     # Two 0.5-CPU workers leave one of the head's two CPUs to the Ray Data decode/augment tasks.
-    cfg = cfg_for(shards, **{"data.loader": "ray_data", "run.cpus_per_worker": 0.5, "train.max_steps": 4,
-                             "run.storage": storage_for(s3_server, "stream"), "run.name": "stream",
-                             "run.experiment": "data-s3", "data.stream_batch": 32, "data.shuffle_buffer": 64})
+    cfg = cfg_for(
+        shards,
+        **{
+            "data.loader": "ray_data",
+            "run.cpus_per_worker": 0.5,
+            "train.max_steps": 4,
+            "run.storage": storage_for(s3_server, "stream"),
+            "run.name": "stream",
+            "run.experiment": "data-s3",
+            "data.stream_batch": 32,
+            "data.shuffle_buffer": 64,
+        },
+    )
     summary = run_pretraining(cfg, tracking_uri=mlflow_server)
     assert summary.step == 4 and summary.knn_top1 is not None
     losses = tracking.metric_history(mlflow_server, summary.mlflow_run_id, "loss")
@@ -205,8 +262,9 @@ def test_s3_outage_mid_run_fails_with_resume_hint_then_resumes(shards, s3_server
 
     from siamim.orchestration.launch import LaunchError
 
-    cfg = cfg_for(shards, **{"run.storage": storage_for(s3_server, "outage"), "run.name": "outage",
-                             "run.experiment": "data-s3"})
+    cfg = cfg_for(
+        shards, **{"run.storage": storage_for(s3_server, "outage"), "run.name": "outage", "run.experiment": "data-s3"}
+    )
     outcome: dict = {}
 
     def run():
@@ -238,6 +296,9 @@ def test_s3_outage_mid_run_fails_with_resume_hint_then_resumes(shards, s3_server
     assert "--resume outage" in message, message
     assert outage_s < 240, outage_s
 
-    resumed = run_pretraining(load_config("tiny", {"run.storage": storage_for(s3_server, "outage")}),
-                              tracking_uri=mlflow_server, resume="outage")
+    resumed = run_pretraining(
+        load_config("tiny", {"run.storage": storage_for(s3_server, "outage")}),
+        tracking_uri=mlflow_server,
+        resume="outage",
+    )
     assert resumed.resumed and resumed.step == STEPS

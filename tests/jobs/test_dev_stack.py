@@ -20,8 +20,14 @@ def test_down_up_never_lists_runs_whose_artifacts_are_gone(tmp_path):
     from mlflow.tracking import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(SIAMIM_STACK_DIR=str(tmp_path / "stack"), MLFLOW_PORT=str(free_port()), S3_PORT=str(free_port()),
-               AWS_ACCESS_KEY_ID="dev", AWS_SECRET_ACCESS_KEY="dev", AWS_DEFAULT_REGION="us-east-1")
+    env.update(
+        SIAMIM_STACK_DIR=str(tmp_path / "stack"),
+        MLFLOW_PORT=str(free_port()),
+        S3_PORT=str(free_port()),
+        AWS_ACCESS_KEY_ID="dev",
+        AWS_SECRET_ACCESS_KEY="dev",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     uri = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     try:
         stack(["up", "s3", "mlflow"], env)

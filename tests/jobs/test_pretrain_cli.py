@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.jobs.helpers import PRETRAIN, REPO, free_port
 
 
@@ -21,27 +19,57 @@ def load_cli():
 
 def run_cli(args: list[str], env: dict, cwd, timeout: float = 120) -> tuple[int, str, float]:
     start = time.time()
-    proc = subprocess.run([sys.executable, str(PRETRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(PRETRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return proc.returncode, proc.stdout + proc.stderr, time.time() - start
 
 
 def test_help_lists_the_options():
     proc = subprocess.run([sys.executable, str(PRETRAIN), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for option in ("--config", "--num-workers", "--use-gpu", "--gpus-per-worker", "--storage", "--experiment",
-                   "--resume", "--tracking-uri", "key=value", "ray job submit"):
+    for option in (
+        "--config",
+        "--num-workers",
+        "--use-gpu",
+        "--gpus-per-worker",
+        "--storage",
+        "--experiment",
+        "--resume",
+        "--tracking-uri",
+        "key=value",
+        "ray job submit",
+    ):
         assert option in proc.stdout, option
 
 
 def test_flags_become_dotted_overrides():
     cli = load_cli()
-    args = cli.build_parser().parse_args(["model.depth=2", "--num-workers", "4", "--gpus-per-worker", "0.5",
-                                          "--storage", "s3://b/p", "--experiment", "exp", "--max-failures", "3"])
+    args = cli.build_parser().parse_args(
+        [
+            "model.depth=2",
+            "--num-workers",
+            "4",
+            "--gpus-per-worker",
+            "0.5",
+            "--storage",
+            "s3://b/p",
+            "--experiment",
+            "exp",
+            "--max-failures",
+            "3",
+        ]
+    )
     overrides = cli.cli_overrides(args)
     assert overrides[0] == "model.depth=2"
-    assert {"run.num_workers=4", "run.gpus_per_worker=0.5", "run.use_gpu=true", "run.storage=s3://b/p",
-            "run.experiment=exp", "run.max_failures=3"} <= set(overrides)
+    assert {
+        "run.num_workers=4",
+        "run.gpus_per_worker=0.5",
+        "run.use_gpu=true",
+        "run.storage=s3://b/p",
+        "run.experiment=exp",
+        "run.max_failures=3",
+    } <= set(overrides)
     assert cli.build_parser().parse_args(["--resume"]).resume == "latest"
     assert cli.build_parser().parse_args(["--resume", "r1"]).resume == "r1"
 
@@ -59,8 +87,9 @@ def test_unreachable_tracking_uri_fails_fast_before_ray(base_env, tmp_path):
 def test_unwritable_storage_fails_fast_before_ray(base_env, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    rc, out, elapsed = run_cli(["--storage", str(blocker / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
-                               base_env, tmp_path)
+    rc, out, elapsed = run_cli(
+        ["--storage", str(blocker / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], base_env, tmp_path
+    )
     assert rc == 2, out
     assert f"storage {blocker / 'runs'} is not writable" in out
     assert "Ray instance" not in out
@@ -80,8 +109,9 @@ def test_bad_key_and_unknown_resume_are_clear_errors(base_env, tmp_path, capsys)
     cli = load_cli()
     assert cli.main(["model.dpth=2", "--storage", str(tmp_path)]) == 2
     assert "did you mean" in capsys.readouterr().err
-    assert cli.main(["--resume", "nope", "--storage", str(tmp_path), "--tracking-uri",
-                     f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert (
+        cli.main(["--resume", "nope", "--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    )
     assert "--resume nope: no run of that name" in capsys.readouterr().err
     assert (REPO / "jobs" / "pretrain.py").is_file()
 
@@ -106,8 +136,15 @@ def _mlflow_runs(db: str) -> list:
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
-TINY_EMBEDDED = ["train.checkpoint_every=2", "train.log_every=1", "train.batch_size=32", "data.train_subset=512",
-                 "data.num_workers=0", "eval.knn_train_subset=500", "eval.knn_test_subset=1000"]
+TINY_EMBEDDED = [
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.batch_size=32",
+    "data.train_subset=512",
+    "data.num_workers=0",
+    "eval.knn_train_subset=500",
+    "eval.knn_test_subset=1000",
+]
 
 
 def test_embedded_ray_that_cannot_fit_the_workers_fails_fast(base_env, tmp_path):
@@ -115,9 +152,22 @@ def test_embedded_ray_that_cannot_fit_the_workers_fails_fast(base_env, tmp_path)
     import os
 
     cpus = os.cpu_count() or 2
-    rc, out, elapsed = run_cli(["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                                "--num-workers", "2", "--cpus-per-worker", str(cpus), *TINY_EMBEDDED],
-                               base_env, tmp_path, timeout=240)
+    rc, out, elapsed = run_cli(
+        [
+            "--storage",
+            str(tmp_path / "runs"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/m.db",
+            "--num-workers",
+            "2",
+            "--cpus-per-worker",
+            str(cpus),
+            *TINY_EMBEDDED,
+        ],
+        base_env,
+        tmp_path,
+        timeout=240,
+    )
     assert rc == 2, out[-3000:]
     assert f"needs {2 * cpus} CPUs" in out and "local Ray instance" in out and "--num-workers" in out, out[-3000:]
     assert "RayTrainWorker" not in out
@@ -131,9 +181,24 @@ def test_sigterm_to_the_driver_marks_the_mlflow_run_killed(base_env, tmp_path):
 
     db = f"{tmp_path}/m.db"
     env = {**base_env, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(PRETRAIN), "--storage", str(tmp_path / "runs"), "--tracking-uri",
-                             f"sqlite:///{db}", "--name", "term", *TINY_EMBEDDED], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(PRETRAIN),
+            "--storage",
+            str(tmp_path / "runs"),
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--name",
+            "term",
+            *TINY_EMBEDDED,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         for line in proc.stdout:

@@ -22,7 +22,7 @@ from siamim.checkpoint import load_checkpoint, load_encoder
 from siamim.config import flatten, load_config
 from siamim.orchestration import tracking
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
-from tests.jobs.helpers import BIN, REPO, TINY_ARGS
+from tests.jobs.helpers import REPO, TINY_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -116,8 +116,10 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
 
     summary, storage = reference
     # Ray kept the last K=2 checkpoints, one per checkpoint_every=2 steps
-    assert sorted(p.name for p in (storage / "reference").glob("checkpoint_0*")) == ["checkpoint_00000002",
-                                                                                    "checkpoint_00000004"]
+    assert sorted(p.name for p in (storage / "reference").glob("checkpoint_0*")) == [
+        "checkpoint_00000002",
+        "checkpoint_00000004",
+    ]
     state = load_checkpoint(summary.checkpoint)
     assert state["step"] == STEPS and state["mlflow_run_id"] == summary.mlflow_run_id
     encoder, cfg = load_encoder(state)
@@ -126,8 +128,9 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
     assert feats.shape[0] == 2 and torch.isfinite(feats).all()
 
     mlflow.set_tracking_uri(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(run_id=summary.mlflow_run_id, artifact_path="checkpoint",
-                                                dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=summary.mlflow_run_id, artifact_path="checkpoint", dst_path=str(tmp_path)
+    )
     from_mlflow = load_checkpoint(local)
     assert from_mlflow["step"] == STEPS
     for key, value in state["model"].items():
@@ -138,16 +141,21 @@ def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri
     """Stop at step 2 (max_steps), resume to STEPS: same MLflow run, losses equal the uninterrupted run's."""
     ref_summary, _ = reference
     storage = f"s3://siamim-test/resume?endpoint_override={s3_server}&scheme=http"
-    cfg = tiny_cfg(**{"run.storage": storage, "run.name": "resume", "run.experiment": "e2e-resume",
-                      "train.max_steps": 2})
+    cfg = tiny_cfg(
+        **{"run.storage": storage, "run.name": "resume", "run.experiment": "e2e-resume", "train.max_steps": 2}
+    )
     first = run_pretraining(cfg, tracking_uri=tracking_uri)
     assert first.step == 2 and first.checkpoint.startswith("s3://siamim-test/resume/resume/checkpoint_")
 
     with pytest.raises(LaunchInputError, match="already exists"):  # same name without --resume
         run_pretraining(cfg, tracking_uri=tracking_uri)
 
-    second = run_pretraining(tiny_cfg(**{"run.storage": storage}), tracking_uri=tracking_uri, resume="resume",
-                             resume_overrides={"train.max_steps": STEPS})
+    second = run_pretraining(
+        tiny_cfg(**{"run.storage": storage}),
+        tracking_uri=tracking_uri,
+        resume="resume",
+        resume_overrides={"train.max_steps": STEPS},
+    )
     assert second.resumed and second.step == STEPS
     assert second.mlflow_run_id == first.mlflow_run_id
     assert len(runs_named(tracking_uri, "e2e-resume", "resume")) == 1
@@ -164,8 +172,15 @@ def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri
 def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, tmp_path):
     """A worker raises at step 3; FailureConfig restarts the group from the step-2 checkpoint; it finishes."""
     ref_summary, _ = reference
-    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "fault", "run.experiment": "e2e-fault",
-                      "train.fail_at_step": 3, "run.max_failures": 1})
+    cfg = tiny_cfg(
+        **{
+            "run.storage": str(tmp_path),
+            "run.name": "fault",
+            "run.experiment": "e2e-fault",
+            "train.fail_at_step": 3,
+            "run.max_failures": 1,
+        }
+    )
     summary = run_pretraining(cfg, tracking_uri=tracking_uri)
     assert summary.step == STEPS and summary.knn_top1 is not None
 
@@ -179,20 +194,46 @@ def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, t
     assert len(runs_named(tracking_uri, "e2e-fault", "fault")) == 1
 
 
-def test_ray_job_submit_runs_pretrain_to_succeeded(ray_head, mlflow_server, fashion_mnist_available, tmp_path,
-                                                     base_env):
+def test_ray_job_submit_runs_pretrain_to_succeeded(
+    ray_head, mlflow_server, fashion_mnist_available, tmp_path, base_env
+):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     submission_id = f"siamim-test-{uuid.uuid4().hex[:8]}"
     storage = tmp_path / "runs"
-    entrypoint = [sys.executable, "jobs/pretrain.py", "--config", "configs/tiny.yaml", "--storage", str(storage),
-                  "--tracking-uri", mlflow_server, "--experiment", "e2e-submit", "--name", "submitted",
-                  "train.max_steps=2", *TINY_ARGS]
+    entrypoint = [
+        sys.executable,
+        "jobs/pretrain.py",
+        "--config",
+        "configs/tiny.yaml",
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        mlflow_server,
+        "--experiment",
+        "e2e-submit",
+        "--name",
+        "submitted",
+        "train.max_steps=2",
+        *TINY_ARGS,
+    ]
     # .git is not uploaded: jobs/submit.py passes the checkout's commit as job metadata, no extra typing
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cmd = [sys.executable, str(REPO / "jobs" / "submit.py"), "--address", ray_head["dashboard"],
-           "--submission-id", submission_id, "--python", sys.executable, "--", *entrypoint[2:]]
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "submit.py"),
+        "--address",
+        ray_head["dashboard"],
+        "--submission-id",
+        submission_id,
+        "--python",
+        sys.executable,
+        "--",
+        *entrypoint[2:],
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -216,14 +257,22 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(ray_head, mlflow_server, fash
     assert (storage / "submitted" / "checkpoint_00000002" / "checkpoint.pt").is_file()
 
 
-def test_failure_without_retries_marks_the_mlflow_run_failed(ray_driver, fashion_mnist_available, tracking_uri,
-                                                             tmp_path):
+def test_failure_without_retries_marks_the_mlflow_run_failed(
+    ray_driver, fashion_mnist_available, tracking_uri, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     from siamim.orchestration.launch import LaunchError
 
-    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "no-retry", "run.experiment": "e2e-no-retry",
-                      "train.fail_at_step": 3, "run.max_failures": 0})
+    cfg = tiny_cfg(
+        **{
+            "run.storage": str(tmp_path),
+            "run.name": "no-retry",
+            "run.experiment": "e2e-no-retry",
+            "train.fail_at_step": 3,
+            "run.max_failures": 0,
+        }
+    )
     with pytest.raises(LaunchError, match="(?s)InjectedFault.*--resume no-retry"):
         run_pretraining(cfg, tracking_uri=tracking_uri)
     (run,) = runs_named(tracking_uri, "e2e-no-retry", "no-retry")
@@ -242,8 +291,16 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
 
     from siamim.checkpoint import integrity_path
 
-    cfg = tiny_cfg(**{"run.storage": str(tmp_path), "run.name": "longer", "run.experiment": "e2e-longer",
-                      "train.max_steps": None, "train.epochs": 0.25, "run.keep_checkpoints": 3})  # 16 steps/epoch
+    cfg = tiny_cfg(
+        **{
+            "run.storage": str(tmp_path),
+            "run.name": "longer",
+            "run.experiment": "e2e-longer",
+            "train.max_steps": None,
+            "train.epochs": 0.25,
+            "run.keep_checkpoints": 3,
+        }
+    )  # 16 steps/epoch
     first = run_pretraining(cfg, tracking_uri=tracking_uri)
     assert first.step == 4
     latest = tmp_path / "longer" / "checkpoint_00000004" / "checkpoint.pt"
@@ -253,12 +310,20 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
 
     # past the plan: names the flag to use, counted from the intact checkpoint it would resume from (step 2)
     with pytest.raises(LaunchInputError, match="--more-steps 38"):
-        run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer",
-                        resume_overrides={"train.max_steps": 40})
+        run_pretraining(
+            tiny_cfg(**{"run.storage": str(tmp_path)}),
+            tracking_uri=tracking_uri,
+            resume="longer",
+            resume_overrides={"train.max_steps": 40},
+        )
 
     lines: list[str] = []
-    again = run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer",
-                            log=lambda m: lines.append(str(m)))
+    again = run_pretraining(
+        tiny_cfg(**{"run.storage": str(tmp_path)}),
+        tracking_uri=tracking_uri,
+        resume="longer",
+        log=lambda m: lines.append(str(m)),
+    )
     text = "\n".join(lines)
     assert "skipping damaged checkpoint checkpoint_00000004" in text and "truncated" in text, text
     assert "resuming from checkpoint_00000002" in text, text
@@ -269,8 +334,9 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     with pytest.raises(LaunchInputError, match="nothing to train.*--more-steps"):
         run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer")
 
-    longer = run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri,
-                             resume="longer", more_steps=2)
+    longer = run_pretraining(
+        tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer", more_steps=2
+    )
     assert longer.step == 6 and longer.knn_top1 is not None and longer.time_to_first_step_s is not None
     run_id = first.mlflow_run_id
     assert [s for s, _ in losses(tracking_uri, run_id)] == list(range(1, 7))  # each step once
@@ -298,8 +364,9 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     assert load_checkpoint(longer.checkpoint)["config"]["train"]["epochs"] == 0.375
 
 
-def test_cluster_that_cannot_fit_the_workers_fails_after_the_bounded_wait(ray_head, fashion_mnist_available,
-                                                                          tmp_path, base_env):
+def test_cluster_that_cannot_fit_the_workers_fails_after_the_bounded_wait(
+    ray_head, fashion_mnist_available, tmp_path, base_env
+):
     """On a cluster (an autoscaler might add nodes) the job waits --wait-for-resources seconds, then fails:
     exit 2, the numbers and the fix, and its MLflow run FAILED (not RUNNING for ever)."""
     import time
@@ -308,10 +375,31 @@ def test_cluster_that_cannot_fit_the_workers_fails_after_the_bounded_wait(ray_he
 
     db = tmp_path / "m.db"
     start = time.time()
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "pretrain.py"), "--address", ray_head["gcs"],
-                           "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{db}", "--name", "big",
-                           "--cpus-per-worker", "2", "--wait-for-resources", "3", "train.max_steps=2", *TINY_ARGS],
-                          cwd=tmp_path, env=base_env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "pretrain.py"),
+            "--address",
+            ray_head["gcs"],
+            "--storage",
+            str(tmp_path / "runs"),
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--name",
+            "big",
+            "--cpus-per-worker",
+            "2",
+            "--wait-for-resources",
+            "3",
+            "train.max_steps=2",
+            *TINY_ARGS,
+        ],
+        cwd=tmp_path,
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "needs 4 CPUs; the Ray cluster has 2 after waiting 3 s (--wait-for-resources)" in out, out[-3000:]

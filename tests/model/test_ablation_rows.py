@@ -17,9 +17,18 @@ STEPS = 24
 @pytest.mark.parametrize("row", list("abcdefghijk"))
 def test_row_trains_with_falling_loss_and_exports(row, tmp_path):
     # 64 images at batch 32: the same two batches 12 times, so the loss must fall if the row learns.
-    cfg = load_config(f"ablation/{row}", [*SMALL, "data.train_subset=64", f"train.max_steps={STEPS}",
-                                          f"train.epochs={STEPS // 2}", "optim.warmup_epochs=1", "optim.blr=1e-3",
-                                          f"train.output_dir={tmp_path}"])
+    cfg = load_config(
+        f"ablation/{row}",
+        [
+            *SMALL,
+            "data.train_subset=64",
+            f"train.max_steps={STEPS}",
+            f"train.epochs={STEPS // 2}",
+            "optim.warmup_epochs=1",
+            "optim.blr=1e-3",
+            f"train.output_dir={tmp_path}",
+        ],
+    )
     losses = []
     pretrain(cfg, reporter=lambda m: losses.append(m["loss"]), verbose=False)
     assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)

@@ -13,7 +13,7 @@ def _patches_by_loop(images: torch.Tensor, p: int) -> torch.Tensor:
     out = []
     for r in range(s // p):
         for col in range(s // p):
-            patch = images[:, :, r * p:(r + 1) * p, col * p:(col + 1) * p].permute(0, 2, 3, 1).reshape(b, -1)
+            patch = images[:, :, r * p : (r + 1) * p, col * p : (col + 1) * p].permute(0, 2, 3, 1).reshape(b, -1)
             out.append((patch - patch.mean(1, keepdim=True)) / (patch.var(1, keepdim=True) + 1e-6).sqrt())
     return torch.stack(out, dim=1)  # [B, L, p*p*c]
 
@@ -68,13 +68,15 @@ def test_moco_like_encoder_sees_all_tokens_with_mask_tokens_and_the_view2_querie
         patches = enc.patch_embed(batch["view1"]) + enc.pos_embed[:, 1:]
         masked_token = model.online.mask_token[0, 0] + enc.pos_embed[0, 1:]  # [L, D]
     mask = batch["mask"]
-    assert torch.allclose(x[:, 1:1 + n][mask], masked_token.expand(len(mask), -1, -1)[mask], atol=1e-6)
-    assert torch.allclose(x[:, 1:1 + n][~mask], patches[~mask], atol=1e-6)
+    assert torch.allclose(x[:, 1 : 1 + n][mask], masked_token.expand(len(mask), -1, -1)[mask], atol=1e-6)
+    assert torch.allclose(x[:, 1 : 1 + n][~mask], patches[~mask], atol=1e-6)
     with torch.no_grad():
         from siamim.data.geometry import view2_patch_centres
-        queries = model.online.mask_token + model.online.rel_pos(view2_patch_centres(batch["geometry"], cfg.grid_size),
-                                                                 batch["geometry"])
-    assert torch.allclose(x[:, 1 + n:], queries, atol=1e-6)
+
+        queries = model.online.mask_token + model.online.rel_pos(
+            view2_patch_centres(batch["geometry"], cfg.grid_size), batch["geometry"]
+        )
+    assert torch.allclose(x[:, 1 + n :], queries, atol=1e-6)
 
 
 def test_moco_like_same_view_predicts_the_masked_positions(small_cfg, monkeypatch):

@@ -22,8 +22,13 @@ def test_gradients_reach_online_branch_only(small_cfg):
     # frozen by design: the patch projection, the fixed sin-cos position embedding and the final
     # encoder norm, which the official model does not apply in pretraining (identity affine)
     frozen = {n for n, p in model.online.named_parameters() if not p.requires_grad}
-    assert frozen == {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias", "encoder.pos_embed",
-                      "encoder.norm.weight", "encoder.norm.bias"}
+    assert frozen == {
+        "encoder.patch_embed.proj.weight",
+        "encoder.patch_embed.proj.bias",
+        "encoder.pos_embed",
+        "encoder.norm.weight",
+        "encoder.norm.bias",
+    }
 
 
 def test_ema_update_matches_formula(small_cfg):

@@ -21,12 +21,14 @@ def test_no_norm_between_encoder_and_projector_nor_before_the_prediction_layer(s
     model = SiameseIM(cfg)
     seen: dict = {}
     online, target = model.online, model.target
-    hooks = [_capture(online.encoder.blocks[-1], seen, "online_blocks_out", inputs=False),
-             _capture(online.projector.linear, seen, "online_proj_in", inputs=True),
-             _capture(target.encoder.blocks[-1], seen, "target_blocks_out", inputs=False),
-             _capture(target.projector.linear, seen, "target_proj_in", inputs=True),
-             _capture(online.predictor.blocks[-1], seen, "pred_blocks_out", inputs=False),
-             _capture(online.predictor.head, seen, "pred_head_in", inputs=True)]
+    hooks = [
+        _capture(online.encoder.blocks[-1], seen, "online_blocks_out", inputs=False),
+        _capture(online.projector.linear, seen, "online_proj_in", inputs=True),
+        _capture(target.encoder.blocks[-1], seen, "target_blocks_out", inputs=False),
+        _capture(target.projector.linear, seen, "target_proj_in", inputs=True),
+        _capture(online.predictor.blocks[-1], seen, "pred_blocks_out", inputs=False),
+        _capture(online.predictor.head, seen, "pred_head_in", inputs=True),
+    ]
     model(one_batch(cfg))
     for h in hooks:
         h.remove()
@@ -35,7 +37,9 @@ def test_no_norm_between_encoder_and_projector_nor_before_the_prediction_layer(s
     assert torch.equal(seen["pred_blocks_out"], seen["pred_head_in"])
     # The final encoder norm exists (timm loads it) but holds the identity affine and is frozen.
     norm = online.encoder.norm
-    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+        norm.bias, torch.zeros_like(norm.bias)
+    )
 
 
 def test_ema_tracks_exactly_encoder_and_projector(small_cfg):

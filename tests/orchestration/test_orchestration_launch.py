@@ -59,6 +59,7 @@ def test_resource_shortfall_names_the_numbers_and_the_fix():
 
     cfg = load_config("tiny", ["run.num_workers=4"])
     assert resource_shortfall(cfg, {"CPU": 4.0}) is None
-    assert resource_shortfall(cfg, {"CPU": 2.0}) == ("run.num_workers=4 x run.cpus_per_worker=1 needs 4 CPUs; "
-                                                     "the Ray cluster has 2")
+    assert resource_shortfall(cfg, {"CPU": 2.0}) == (
+        "run.num_workers=4 x run.cpus_per_worker=1 needs 4 CPUs; the Ray cluster has 2"
+    )
     assert fit_hint(cfg, {"CPU": 2.0}) == "lower --num-workers to 2 or --cpus-per-worker to 0.5"

@@ -47,8 +47,7 @@ def test_open_run_logs_params_tags_and_reopens_without_duplicates(uri):
     assert run.data.tags["t"] == "v" and "n" not in run.data.tags and run.info.run_name == "r1"
     tracking.finish_run(uri, run_id, "FAILED")
 
-    again = tracking.open_run(uri, "exp", "r1", {"a.b": 2, "a.c": (0.9, 0.95), "a.d": None, "e": 5}, {},
-                              run_id=run_id)
+    again = tracking.open_run(uri, "exp", "r1", {"a.b": 2, "a.c": (0.9, 0.95), "a.d": None, "e": 5}, {}, run_id=run_id)
     assert again == run_id
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "RUNNING"
@@ -111,15 +110,17 @@ def test_resumed_run_shows_the_configuration_it_finished_with(uri):
     from mlflow.tracking import MlflowClient
 
     run_id = tracking.open_run(uri, "exp", "r", {"train.epochs": 1.0, "train.max_steps": 4, "model.depth": 2}, {})
-    tracking.open_run(uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {},
-                      run_id=run_id)
+    tracking.open_run(
+        uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {}, run_id=run_id
+    )
     tags = MlflowClient(uri).get_run(run_id).data.tags
     note = tags["mlflow.note.content"]
     assert "| train.epochs | 2.0 | 1.0 |" in note and "| train.max_steps | None | 4 |" in note
     assert "model.depth" not in note and "started" in note
     # a second resume that changes nothing more still says what the run runs with (vs. the start params)
-    tracking.open_run(uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {},
-                      run_id=run_id)
+    tracking.open_run(
+        uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {}, run_id=run_id
+    )
     assert "| train.epochs | 2.0 | 1.0 |" in MlflowClient(uri).get_run(run_id).data.tags["mlflow.note.content"]
 
 

@@ -151,8 +151,9 @@ def test_growing_the_plan_on_resume_rewarms_to_the_replanned_cosine(small_cfg):
     assert lrs[5] == pytest.approx(last_lr + (curve(4) - last_lr) * 0.5)
     assert lrs[6] == pytest.approx(curve(5)) and lrs[8] == pytest.approx(curve(7))
     assert moms[5] == pytest.approx(momentum_at(4, 8, longer.optim.ema_m0))  # EMA: the re-planned cosine
-    assert ext_states[8]["plan"]["restarts"] == [{"step": 4, "from_lr": pytest.approx(last_lr), "steps": 2,
-                                                  "old_total_steps": 4}]
+    assert ext_states[8]["plan"]["restarts"] == [
+        {"step": 4, "from_lr": pytest.approx(last_lr), "steps": 2, "old_total_steps": 4}
+    ]
 
     # stopped inside the ramp and resumed again: the restart is remembered, the lr is exactly the same
     again, _, _ = collect_lr(longer, resume_state=ext_states[5])
