@@ -68,7 +68,36 @@ def config_error(err: ValidationError, model: type[BaseModel], prefix: str = "")
         return ConfigError(f"{key}={value!r} is not one of {expected}{_did_you_mean(str(value), expected)}")
     if kind in ("model_type", "model_attributes_type", "dict_type") and isinstance(value, (str, int, float)):
         return ConfigError(f"{key} is a section; set its keys, e.g. {key}.<key>=...")
+    if kind == "missing" and isinstance(first["loc"][-1], int):
+        return ConfigError(f"{key}={value!r} is invalid: no value at position {first['loc'][-1]}")
+    if kind in _TYPE_NEEDS:
+        return ConfigError(f"{key}={value!r} must be {_TYPE_NEEDS[kind]}")
+    ctx = first.get("ctx") or {}
+    if kind in _BOUNDS:
+        sign, limit = _BOUNDS[kind]
+        return ConfigError(f"{key}={value!r} is invalid: must be {sign} {ctx[limit]}")
     return ConfigError(f"{key}={value!r} is invalid: {first['msg']}")
+
+
+_TYPE_NEEDS = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "too_short": "a list of the right length",
+    "too_long": "a list of the right length",
+}
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
 
 
 def validated(model: type[BaseModel], data: Any, prefix: str = "") -> Any:

@@ -46,21 +46,23 @@ _FT_KEYS = (
     "warmup_epochs",
 )
 
+_EVAL_DEFAULTS = EvalConfig()
+
 
 @dataclass
 class FinetuneSettings:
     """FT hyper-parameters; the defaults are ``EvalConfig``'s ``ft_*`` keys (one source of truth)."""
 
-    epochs: float = EvalConfig.ft_epochs
-    batch_size: int = EvalConfig.ft_batch_size
-    blr: float = EvalConfig.ft_blr
-    layer_decay: float = EvalConfig.ft_layer_decay
-    weight_decay: float = EvalConfig.ft_weight_decay
-    drop_path: float = EvalConfig.ft_drop_path
-    smoothing: float = EvalConfig.ft_smoothing
-    mixup: float = EvalConfig.ft_mixup
-    cutmix: float = EvalConfig.ft_cutmix
-    warmup_epochs: float = EvalConfig.ft_warmup_epochs
+    epochs: float = _EVAL_DEFAULTS.ft_epochs
+    batch_size: int = _EVAL_DEFAULTS.ft_batch_size
+    blr: float = _EVAL_DEFAULTS.ft_blr
+    layer_decay: float = _EVAL_DEFAULTS.ft_layer_decay
+    weight_decay: float = _EVAL_DEFAULTS.ft_weight_decay
+    drop_path: float = _EVAL_DEFAULTS.ft_drop_path
+    smoothing: float = _EVAL_DEFAULTS.ft_smoothing
+    mixup: float = _EVAL_DEFAULTS.ft_mixup
+    cutmix: float = _EVAL_DEFAULTS.ft_cutmix
+    warmup_epochs: float = _EVAL_DEFAULTS.ft_warmup_epochs
     min_lr: float = 1e-6
     seed: int = 0
 
