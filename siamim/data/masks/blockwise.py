@@ -1,9 +1,4 @@
-"""Masks for view 1, generated on the CPU: blockwise (BEiT) and random.
-
-Every mask hides exactly ``num_masked`` of the ``G*G`` patches, so every image
-in a batch keeps the same number of visible tokens (the encoder gathers them
-into one dense tensor).
-"""
+"""``mask.type=blockwise``: BEiT's blockwise masking with an exact masked count (the method's mask)."""
 
 from __future__ import annotations
 
@@ -12,16 +7,9 @@ import math
 import torch
 
 
-def random_mask(grid: int, num_masked: int, gen: torch.Generator, min_block: int = 1) -> torch.Tensor:
-    """Uniformly random mask (``min_block`` is unused). Returns bool ``[G*G]``, True = masked."""
-    order = torch.randperm(grid * grid, generator=gen)
-    mask = torch.zeros(grid * grid, dtype=torch.bool)
-    mask[order[:num_masked]] = True
-    return mask
-
-
-def blockwise_mask(grid: int, num_masked: int, gen: torch.Generator, min_block: int = 4,
-                   max_aspect: float = 1 / 0.3) -> torch.Tensor:
+def blockwise_mask(
+    grid: int, num_masked: int, gen: torch.Generator, min_block: int = 4, max_aspect: float = 1 / 0.3
+) -> torch.Tensor:
     """BEiT-style blockwise mask with exactly ``num_masked`` masked patches.
 
     Rectangles of random area in ``[min_block, still needed]`` and log-uniform
@@ -78,13 +66,3 @@ def _border(mask: torch.Tensor) -> torch.Tensor:
     out[:, 1:] |= mask[:, :-1]
     out[:, :-1] |= mask[:, 1:]
     return out
-
-
-MASKS = {"blockwise": blockwise_mask, "random": random_mask}  # mask.type -> fn(grid, num_masked, gen, min_block)
-
-
-def make_mask(kind: str, grid: int, num_masked: int, gen: torch.Generator, min_block: int = 4) -> torch.Tensor:
-    """Dispatch on ``mask.type`` (a key of :data:`MASKS`). Returns bool ``[G*G]``, True = masked."""
-    if kind not in MASKS:
-        raise ValueError(f"unknown mask type {kind!r}; choose one of {sorted(MASKS)}")
-    return MASKS[kind](grid, num_masked, gen, min_block=min_block)
