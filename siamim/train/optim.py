@@ -1,24 +1,24 @@
-"""AdamW with no weight decay on norms, biases and tokens (MAE/MoCo v3 convention)."""
+"""AdamW with no weight decay on norms, biases and tokens (MAE/MoCo v3 convention), via timm's groups."""
 
 from __future__ import annotations
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
+# Besides every 1-D parameter (norms, biases), these names get no weight decay (fnmatch patterns).
+NO_DECAY_PATTERNS = ("*cls_token*", "*mask_token*", "*pos_embed*")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups of trainable parameters: decayed (matrices) and not (1-D params, tokens)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or any(tok in name for tok in NO_DECAY_NAMES):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """The trainable parameters in a decayed group (matrices) and a non-decayed one (1-D params, tokens).
+
+    timm's :func:`~timm.optim.param_groups_weight_decay` lists the non-decayed group first; the groups are
+    returned decayed first, the order every checkpoint's optimiser state has. With ``weight_decay = 0``
+    timm returns a single group (numerically the same AdamW).
+    """
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_DECAY_PATTERNS)
+    return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
