@@ -2,15 +2,20 @@
 
 A checkpoint file (``checkpoint.pt``) is a ``torch.save`` dict:
 ``{"format": 1, "step", "config" (dict), "model" (SiameseIM state dict: online
-and target), "optimizer", "rng"}`` plus any keys a caller adds (the platform
-adds its MLflow run id). Files are written atomically (temp file + rename), so a
-crash mid-save never damages the previous checkpoint.
+and target), "optimizer", "rng", "plan"}``. :func:`save_encoder` writes the
+encoder alone (``"kind": "encoder"``), loadable by timm and by :func:`load_encoder`.
+Files are written atomically (temp file + rename), so a crash mid-save never
+damages the previous checkpoint.
 
 Each file gets an integrity record beside it, written after the data:
 ``checkpoint.pt.integrity.json`` = ``{"file", "size", "sha256", "step", "plan"}``.
 :func:`verify_checkpoint` checks a file against it, and :func:`load_checkpoint`
 does so before unpickling, so a truncated or damaged file (an interrupted copy or
 upload) is reported as such, in one line, instead of as a torch traceback.
+
+torch, numpy and the model are imported inside the functions that need them: the
+file layout (:data:`CHECKPOINT_FILE`, integrity records) serves torch-free callers
+too (``jobs/evaluate.py`` names a missing checkpoint before importing torch).
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from siamim.config import Config, from_dict
-from siamim.model.encoder import build_encoder, timm_kwargs
+    from siamim.config import Config
 
 FORMAT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pt"  # the file name inside a checkpoint directory (Ray's, the loop's output_dir)
 ENCODER_PREFIX = "online.encoder."
 INTEGRITY_SUFFIX = ".integrity.json"
+ENCODER_KIND = "encoder"  # the "kind" of a file written by save_encoder (a training state has none)
 
 
 class CheckpointError(ValueError):
@@ -93,6 +100,9 @@ def verify_checkpoint(path: str | os.PathLike) -> dict | None:
 
 
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     return {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -102,6 +112,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -111,6 +124,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` to ``path`` atomically; returns the path."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -131,9 +146,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint file (or a directory holding ``checkpoint.pt``) onto the CPU."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     verify_checkpoint(path)
@@ -156,16 +173,41 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def export_encoder(state: dict) -> dict[str, torch.Tensor]:
-    """The online encoder's weights with timm's key names (no prefix).
+    """The online encoder's weights with timm's key names (no prefix), from a training state or an encoder file.
 
     ``timm.create_model(cfg.model.timm_name, num_classes=0, **timm_kwargs(...))``
     loads the result with ``strict=True``.
     """
+    if state.get("kind") == ENCODER_KIND:
+        return dict(state["model"])
     return {k[len(ENCODER_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
+
+
+def save_encoder(path: str | os.PathLike, state: dict) -> Path:
+    """Write the encoder of training state ``state`` alone (what evaluation and fine-tuning need).
+
+    The file, ``{"format", "kind": "encoder", "step", "config", "model"}`` with
+    ``model`` = :func:`export_encoder`, is a timm checkpoint
+    (``timm.models.load_checkpoint(model, path)`` reads its ``model`` key) and
+    a siamim one (:func:`load_checkpoint` / :func:`load_encoder`), about a third of
+    the training state (no target network, no optimizer moments). Written like
+    :func:`save_checkpoint` (atomic, with an integrity record).
+    """
+    encoder = {
+        "format": FORMAT_VERSION,
+        "kind": ENCODER_KIND,
+        "step": state["step"],
+        "config": state["config"],
+        "model": {k: v.detach().clone() for k, v in export_encoder(state).items()},
+    }
+    return save_checkpoint(path, encoder)
 
 
 def load_encoder(path_or_state: str | os.PathLike | dict) -> tuple[torch.nn.Module, Config]:
     """The pretrained encoder (a timm ``VisionTransformer``, eval mode) and the run's config."""
+    from siamim.config import from_dict
+    from siamim.model.encoder import build_encoder
+
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
     cfg = from_dict(state["config"])
     encoder = build_encoder(cfg.model, cfg.data.img_size)
@@ -175,4 +217,6 @@ def load_encoder(path_or_state: str | os.PathLike | dict) -> tuple[torch.nn.Modu
 
 def encoder_timm_spec(cfg: Config) -> tuple[str, dict]:
     """``(model name, kwargs)`` for ``timm.create_model`` matching the exported encoder."""
+    from siamim.model.encoder import timm_kwargs
+
     return cfg.model.timm_name, timm_kwargs(cfg.model, cfg.data.img_size)
