@@ -5,16 +5,19 @@ Who writes what:
 * the **driver** (``jobs/pretrain.py``) resolves the tracking URI, creates or
   reopens the MLflow run *before* workers start (:func:`open_run`), logs the
   resolved config as params (dotted keys) and as ``config.yaml``, tags
-  (git commit, Ray job id, run name, storage), and after training the latest
-  checkpoint as an artifact and the final status;
+  (git commit, Ray job id, run name, storage), and after training the tag
+  ``siamim.checkpoint`` (the latest Ray checkpoint's location) and the final status;
 * **rank 0** of the Ray Train worker group logs per-step metrics through
   :class:`StepLogger`, which buffers them and flushes them together with each
   checkpoint. Metrics of steps after the last checkpoint are replayed after a
   restart; the logger skips steps MLflow already holds, so a restarted or
-  resumed run has every step exactly once.
+  resumed run has every step exactly once. Rank 0 also runs MLflow's system
+  metrics monitor and, at the end, logs the exported encoder
+  (``checkpoint/checkpoint.pt``).
 
 The MLflow run id is stored in the run record next to the Ray checkpoints and in
-every checkpoint, so a resumed training continues the same MLflow run.
+every checkpoint's Ray metadata, so a resumed training continues the same MLflow run.
+MLflow's ``log_batch`` splits large batches itself (its per-request limits).
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DB = "mlflow.db"
-METRIC_BATCH = 1000  # MLflow's log_batch limit for metrics
-PARAM_BATCH = 100  # ... and for params / tags
 PARAM_VALUE_MAX = 6000
 
 
@@ -149,11 +150,6 @@ def source_digest(repo: str | os.PathLike | None = None) -> str:
     return digest.hexdigest()
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _param_value(value: Any) -> str:
     text = "None" if value is None else str(list(value) if isinstance(value, tuple) else value)
     return text[:PARAM_VALUE_MAX]
@@ -219,12 +215,11 @@ def open_run(
         count = int(run.data.tags.get("resume.count", "0")) + 1
         extra_tags["resume.count"] = str(count)
         extra_tags["mlflow.note.content"] = config_note(changed, count)
-    param_list = [Param(k, _param_value(v)) for k, v in new_params.items()]
-    for chunk in _chunks(param_list, PARAM_BATCH):
-        client.log_batch(run_id, params=chunk)
-    tag_list = [RunTag(k, str(v)) for k, v in {**tags, **extra_tags}.items() if v is not None]
-    for chunk in _chunks(tag_list, PARAM_BATCH):
-        client.log_batch(run_id, tags=chunk)
+    client.log_batch(
+        run_id,
+        params=[Param(k, _param_value(v)) for k, v in new_params.items()],
+        tags=[RunTag(k, str(v)) for k, v in {**tags, **extra_tags}.items() if v is not None],
+    )
     return run_id
 
 
@@ -320,8 +315,7 @@ class StepLogger:
             step = int(row["step"])
             ts = int(row.get("_time_ms", time.time() * 1000))
             metrics.extend(Metric(k, v, ts, step) for k, v in row.items() if k not in ("step", "_time_ms"))
-        for chunk in _chunks(metrics, METRIC_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        self.client.log_batch(self.run_id, metrics=metrics)
         self.logged_upto = max(self.logged_upto, max(int(r["step"]) for r in self.pending))
         self.pending = []
 
