@@ -8,13 +8,20 @@ Ray checkpoint (after a worker-group restart or a ``--resume``), calls
 wraps DDP and shards every epoch across ranks itself, so the adapter does not
 call ``prepare_model`` / ``prepare_data_loader``), turns the loop's
 ``checkpoint_saver`` calls into ``ray.train.report(..., checkpoint=...)`` and,
-on rank 0, logs per-step metrics to MLflow and the final kNN top-1.
+on rank 0, logs per-step metrics, MLflow system metrics, the final kNN top-1 and
+the exported encoder to MLflow.
+
+A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
+:mod:`siamim.checkpoint`) and Ray's checkpoint metadata
+(``ray.train.Checkpoint.get_metadata()``): ``mlflow_run_id`` and
+``pending_metrics``, the per-step metrics not yet in MLflow when it was saved.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +32,17 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
+from siamim.orchestration.faults import FAIL_AT_STEP_ENV, fail_at_step, with_fault
 from siamim.orchestration.storage import Storage
 
-CHECKPOINT_FILE = "checkpoint.pt"
+logger = logging.getLogger(__name__)
+
+# Driver environment variables the workers get too: the fault-injection test hook and MLflow's
+# system-metrics settings (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...).
+FORWARDED_ENV = re.compile(rf"^({FAIL_AT_STEP_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
+ENCODER_ARTIFACT_DIR = "checkpoint"  # MLflow: <dir>/checkpoint.pt, the exported encoder (jobs/evaluate.py reads it)
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -47,11 +61,16 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice.
-        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **forwarded_env()}},
         # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
         logging_config=LoggingConfig(log_level=_train_log_level()),
         **storage.ray_kwargs(),
     )
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's environment variables that the workers need as well (:data:`FORWARDED_ENV`)."""
+    return {k: v for k, v in os.environ.items() if FORWARDED_ENV.match(k)}
 
 
 def _train_log_level() -> str:
@@ -68,6 +87,7 @@ def build_trainer(
     restore_from: str | None = None,
     skip_checkpoints: list[str] | None = None,
     start_step: int = 0,
+    log_encoder: bool = False,
 ) -> TorchTrainer:
     """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
 
@@ -75,6 +95,7 @@ def build_trainer(
     are damaged, the storage path of the newest intact checkpoint directory and
     the directory names of the damaged ones; a worker that Ray hands one of those
     restores ``restore_from`` instead, and new checkpoints avoid their names.
+    ``log_encoder``: rank 0 logs the exported encoder to the MLflow run at the end.
     """
     loop_config = {
         "cfg": to_dict(cfg),
@@ -85,6 +106,7 @@ def build_trainer(
         "storage": storage.uri,
         "restore_from": restore_from,
         "skip_checkpoints": list(skip_checkpoints or []),
+        "log_encoder": log_encoder,
     }
     from siamim.orchestration.ray_data import trainer_datasets
 
@@ -97,29 +119,35 @@ def build_trainer(
     )
 
 
-def _restore_state(config: dict | None = None) -> dict | None:
-    """The state dict of Ray's latest checkpoint for this run (or of the intact one the driver chose), or None."""
+def _restore_state(config: dict | None = None) -> tuple[dict | None, dict]:
+    """``(state, metadata)`` of Ray's latest checkpoint for this run (or of the intact one the driver
+    chose); ``(None, {})`` when there is none."""
     from siamim.checkpoint import load_checkpoint
 
     config = config or {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, {}
     if os.path.basename(checkpoint.path.rstrip("/")) in config.get("skip_checkpoints", ()):
         from siamim.orchestration.storage import resolve_storage
 
         storage = resolve_storage(config["storage"])
         checkpoint = ray.train.Checkpoint(config["restore_from"], filesystem=storage.fs)
     with checkpoint.as_directory() as directory:
-        return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+        state = load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+    metadata = checkpoint.get_metadata()
+    for key in ("mlflow_run_id", "pending_metrics"):  # checkpoints written before the metadata carried them
+        if key in state:
+            metadata.setdefault(key, state.pop(key))
+    return state, metadata
 
 
 class RaySaver:
     """The loop's ``checkpoint_saver``: ``checkpoint.pt`` -> ``ray.train.report`` on every rank.
 
-    Rank 0 attaches the checkpoint (with the MLflow run id and the metrics not
-    yet flushed) and, once Ray has persisted it, flushes the buffered per-step
-    metrics to MLflow. A step already checkpointed (a resume that has nothing
+    Rank 0 attaches the checkpoint (its metadata: the MLflow run id and the
+    metrics not yet flushed) and, once Ray has persisted it, flushes the buffered
+    per-step metrics to MLflow. A step already checkpointed (a resume that has nothing
     left to train) is not reported twice.
     """
 
@@ -149,10 +177,14 @@ class RaySaver:
             if state is not None:
                 from siamim.checkpoint import save_checkpoint
 
-                state["mlflow_run_id"] = self.mlflow_run_id
-                state["pending_metrics"] = list(self.step_logger.pending) if self.step_logger else []
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                checkpoint.set_metadata(
+                    {
+                        "mlflow_run_id": self.mlflow_run_id,
+                        "pending_metrics": list(self.step_logger.pending) if self.step_logger else [],
+                    }
+                )
             name = f"checkpoint_{step:08d}"
             while name in self.taken_names:
                 name += "_r"  # same step as a damaged checkpoint that Ray still lists: a new directory
@@ -161,36 +193,80 @@ class RaySaver:
             self.step_logger.flush()
 
 
+def _quiet_worker_logs(level: str) -> None:
+    """Apply the Ray Train log level (``SIAMIM_RAY_TRAIN_LOG_LEVEL``) to the worker's root logger.
+
+    Ray Train's "Reporting training result ..." INFO line, one per report, comes from a
+    logger named by its source file path (``logging.getLogger(__file__)`` in Ray 2.60's
+    ``ray/train/v2/_internal/execution/context.py``), outside ``ray.train``: neither
+    ``ray.train.LoggingConfig`` (which filters ``ray.train.*`` records) nor
+    ``ray.LoggingConfig`` (Ray Train reconfigures the workers' root logger to INFO after
+    it) reaches it, and Ray has no public name for it. It propagates to the root logger,
+    so the root level (plain ``logging``) decides; siamim's own loggers keep INFO.
+    """
+    logging.getLogger().setLevel(level)
+    logging.getLogger("siamim").setLevel(logging.INFO)
+
+
+def _system_metrics(tracking_uri: str, run_id: str):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU) on the run; ``.finish()`` it.
+
+    What ``mlflow.start_run(log_system_metrics=True)`` starts, without the fluent run: the
+    driver owns the run's status, which ``mlflow.end_run`` would set. Sampling follows MLflow's
+    ``MLFLOW_SYSTEM_METRICS_*`` variables (forwarded from the driver). None if it cannot start.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
+        monitor.start()
+    except Exception as err:  # psutil missing, store hiccup: training goes on without system metrics
+        logger.warning("MLflow system metrics are off for run %s: %s: %s", run_id, type(err).__name__, err)
+        return None
+    return monitor
+
+
+def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
+    """Log the exported encoder (:func:`siamim.checkpoint.save_encoder`) as ``checkpoint/checkpoint.pt``."""
+    from siamim.checkpoint import save_encoder
+    from siamim.orchestration import tracking
+
+    with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
+        save_encoder(Path(tmp) / CHECKPOINT_FILE, state)
+        tracking.log_artifacts(tracking_uri, run_id, tmp, ENCODER_ARTIFACT_DIR)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Per-worker entry point of the TorchTrainer (``train_loop_config`` from :func:`build_trainer`)."""
-    from siamim.eval.knn import evaluate_knn
-    from siamim.orchestration.tracking import StepLogger
-    from siamim.train.loop import pretrain
-
     started = time.time()
-    # Workers: LoggingConfig's console filter does not catch the per-report INFO lines; set the level itself.
-    level = config.get("ray_train_log_level", "WARNING")
-    logging.getLogger("ray.train").setLevel(level)
-    try:  # "Reporting training result ..." comes from a logger named by its file path, not "ray.train.*"
-        from ray.train.v2._internal.execution import context as _ray_train_context
-
-        logging.getLogger(_ray_train_context.__file__).setLevel(level)
-    except ImportError:
-        pass
+    _quiet_worker_logs(config.get("ray_train_log_level", "WARNING"))
     cfg = from_dict(config["cfg"])
     if cfg.data.loader == "ray_data":
         from siamim.orchestration.ray_data import install_worker_loader
 
         install_worker_loader(cfg)
     rank = ray.train.get_context().get_world_rank()
+    resume_state, metadata = _restore_state(config)
+    monitor = _system_metrics(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
+    try:
+        _train(config, cfg, rank, started, resume_state, metadata)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: dict | None, metadata: dict) -> None:
+    """Train (continuing ``resume_state``), then on rank 0: kNN top-1, final metrics, the encoder artifact."""
+    from siamim.eval.knn import evaluate_knn
+    from siamim.orchestration.tracking import StepLogger
+    from siamim.train.loop import pretrain
+
     device = ray.train.torch.get_device()
-    resume_state = _restore_state(config)
     step_logger = None
     if rank == 0:
         step_logger = StepLogger(config["tracking_uri"], config["mlflow_run_id"])
-        if resume_state is not None:
-            step_logger.replay(resume_state.get("pending_metrics", []))
-            step_logger.flush()
+        step_logger.replay(metadata.get("pending_metrics", []))
+        step_logger.flush()
     resumed_at = int(resume_state["step"]) if resume_state is not None else 0
     if rank == 0:  # one point per worker-group start: restarts after failures show in MLflow
         step_logger.log_now({"restored_from_step": resumed_at}, resumed_at)
@@ -220,7 +296,13 @@ def train_loop_per_worker(config: dict) -> None:
             + (f"resuming at step {resumed_at}" if resume_state else "starting at step 0"),
             flush=True,
         )
-    out = pretrain(cfg, device=device, reporter=reporter, checkpoint_saver=saver, resume_state=resume_state)
+    out = pretrain(
+        cfg,
+        device=device,
+        reporter=with_fault(reporter, fail_at_step(), fresh=resume_state is None),
+        checkpoint_saver=saver,
+        resume_state=resume_state,
+    )
 
     final: dict[str, float] = {"step": out["step"]}
     if rank == 0:
@@ -240,5 +322,7 @@ def train_loop_per_worker(config: dict) -> None:
         final.update(knn_top1=knn, **timings)
         step_logger.flush()
         step_logger.log_now({"knn_top1": knn, **timings}, out["step"])
+        if config.get("log_encoder") and out["state"] is not None:
+            _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
         print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune

@@ -29,10 +29,6 @@ Reporter = Callable[[dict], None]
 CheckpointSaver = Callable[[dict | None, int], None]
 
 
-class InjectedFault(RuntimeError):
-    """Raised by ``train.fail_at_step`` (fault-tolerance tests only)."""
-
-
 def resolve_device(cfg: Config, device: torch.device | str | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -196,8 +192,6 @@ def pretrain(
     interval_start = time.perf_counter()
     interval_first = start_step
     for batch in loader:
-        if cfg.train.fail_at_step is not None and step == cfg.train.fail_at_step and resume_state is None:
-            raise InjectedFault(f"train.fail_at_step={step}: injected failure on rank {rank}")
         batch = prepare_batch(batch, device, cfg.data.img_size, source.mean, source.std)
         lr = planned_lr(step, plan, peak_lr, cfg.optim.min_lr)
         momentum = momentum_at(step, total_steps, cfg.optim.ema_m0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from siamim.checkpoint import load_checkpoint
-from siamim.train.loop import InjectedFault, pretrain
+from siamim.train.loop import pretrain
 from siamim.train.schedules import lr_at, momentum_at
 
 
@@ -63,11 +63,18 @@ def test_nan_loss_names_the_step(small_cfg):
         pretrain(cfg, verbose=False)
 
 
-def test_injected_fault_only_in_fresh_runs(small_cfg):
-    cfg = small_cfg("train.max_steps=4", "train.checkpoint_every=2", "train.fail_at_step=3", "data.train_subset=320")
+def test_a_crash_mid_run_resumes_from_the_last_checkpoint(small_cfg):
+    """A callback that raises (how the platform injects faults) stops the run; its last checkpoint resumes it."""
+    cfg = small_cfg("train.max_steps=4", "train.checkpoint_every=2", "data.train_subset=320")
     states = {}
-    with pytest.raises(InjectedFault):
-        pretrain(cfg, checkpoint_saver=lambda s, k: states.__setitem__(k, snapshot(s)), verbose=False)
+
+    def crash(metrics):
+        if metrics["step"] == 3:
+            raise RuntimeError("worker crashed")
+
+    with pytest.raises(RuntimeError, match="worker crashed"):
+        pretrain(cfg, reporter=crash, checkpoint_saver=lambda s, k: states.__setitem__(k, snapshot(s)), verbose=False)
+    assert sorted(states) == [2]
     assert pretrain(cfg, resume_state=states[2], checkpoint_saver=lambda s, k: None, verbose=False)["step"] == 4
 
 
