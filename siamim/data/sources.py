@@ -55,8 +55,29 @@ class ArraySource:
             return img.unsqueeze(0).expand(3, -1, -1)
         return img.permute(2, 0, 1)
 
-    def subset(self, indices: np.ndarray) -> "ArraySource":
+    def subset(self, indices: np.ndarray) -> ArraySource:
         return ArraySource(self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+
+
+def _has_image_suffix(path: str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[str], list[Path], list[int]]:
+    """``root/<class>/**/<image>`` -> ``(classes, files, labels)`` via torchvision's folder scan.
+
+    Classes are the sub-directories sorted by name (:func:`torchvision.datasets.folder.find_classes`);
+    files are those whose suffix is in :data:`IMAGE_SUFFIXES` (any case), found by
+    :func:`~torchvision.datasets.folder.make_dataset` (empty classes allowed), ordered by class and then
+    by path, a file's directory parts compared before its name (``pathlib`` order: the order of
+    ``sorted(class_dir.rglob("*"))``, which the Parquet shards of ``siamim/data/convert.py`` also follow).
+    """
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    classes, class_to_idx = find_classes(root)
+    samples = make_dataset(root, class_to_idx, is_valid_file=_has_image_suffix, allow_empty=True)
+    samples = sorted((label, Path(path)) for path, label in samples)
+    return classes, [path for _, path in samples], [label for label, _ in samples]
 
 
 class ImageFolderSource:
@@ -66,17 +87,15 @@ class ImageFolderSource:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"ImageFolder root {root} does not exist")
-        self.classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
-        if not self.classes:
-            raise FileNotFoundError(f"ImageFolder root {root} has no class sub-directories (expected root/<class>/<image>)")
-        files, labels = [], []
-        for label, name in enumerate(self.classes):
-            for path in sorted((root / name).rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(path)
-                    labels.append(label)
+        try:
+            classes, files, labels = scan_image_folder(root)
+        except FileNotFoundError as err:  # torchvision's "Couldn't find any class folder"
+            raise FileNotFoundError(
+                f"ImageFolder root {root} has no class sub-directories (expected root/<class>/<image>)"
+            ) from err
         if not files:
             raise FileNotFoundError(f"ImageFolder root {root} holds no images with suffix in {IMAGE_SUFFIXES}")
+        self.classes = tuple(classes)
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
