@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.data.parquet import ParquetDataError
+    from siamim.orchestration.cluster import ensure_ray, shutdown_embedded_ray
     from siamim.orchestration.data_prep import prepare
-    from siamim.orchestration.launch import ensure_ray, shutdown_embedded_ray
 
     try:
         ensure_ray(args.address)

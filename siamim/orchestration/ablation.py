@@ -269,7 +269,7 @@ def run_ablation(
     Raises :class:`AblationInputError` / ``PreflightError`` before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
-    from siamim.orchestration.launch import ensure_ray, job_config
+    from siamim.orchestration.cluster import ensure_ray, job_config
     from siamim.orchestration.preflight import preflight
 
     t0 = time.time()

@@ -241,8 +241,8 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
     from siamim.config import dump_yaml, to_dict
     from siamim.orchestration import storage as st
     from siamim.orchestration import tracking
+    from siamim.orchestration.checkpoints import checkpoint_location
     from siamim.orchestration.eval_tracking import log_evaluation
-    from siamim.orchestration.launch import _checkpoint_location
     from siamim.orchestration.trainer import build_trainer
 
     uri = spec["tracking_uri"]
@@ -272,7 +272,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
         raise RuntimeError(f"pretraining failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("pretraining finished without a checkpoint")
-    checkpoint = _checkpoint_location(storage, result.checkpoint)
+    checkpoint = checkpoint_location(storage, result.checkpoint)
     if not storage.is_local:  # keep the endpoint parameters (?endpoint_override=...) for the evaluation task
         checkpoint = uri_with_path(storage.uri, result.checkpoint.path)
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}

@@ -6,6 +6,10 @@ Every ``checkpoint_<step>/checkpoint.pt`` carries an integrity record
 first, in the driver, before any worker starts, and returns the newest intact one
 together with the damaged ones it skipped, so a truncated upload costs a message
 and a fallback instead of a worker-group start and a crash.
+
+Beside ``checkpoint.pt``, Ray keeps the checkpoint's metadata
+(``ray.train.Checkpoint.set_metadata``): the MLflow run id the checkpoint
+belongs to (:func:`checkpoint_run_id`) and the metrics not yet in MLflow.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from siamim.checkpoint import INTEGRITY_SUFFIX, CheckpointError, check_integrity, digest_stream
+from siamim.checkpoint import CHECKPOINT_FILE, INTEGRITY_SUFFIX, CheckpointError, check_integrity, digest_stream
 from siamim.orchestration.storage import Storage
 
-CHECKPOINT_FILE = "checkpoint.pt"
 DIR_PATTERN = re.compile(r"^checkpoint_(\d+)(?:_.*)?$")
 
 
@@ -99,3 +102,21 @@ def resume_point(storage: Storage, run_name: str) -> ResumePoint:
         point.checkpoint = ckpt
         break
     return point
+
+
+def checkpoint_run_id(storage: Storage, ckpt: StoredCheckpoint) -> str | None:
+    """The MLflow run id in ``ckpt``'s Ray metadata; None for checkpoints written before it was kept there."""
+    import ray.train
+
+    try:
+        metadata = ray.train.Checkpoint(ckpt.path, filesystem=storage.fs).get_metadata()
+    except (OSError, ValueError):
+        return None
+    return metadata.get("mlflow_run_id")
+
+
+def checkpoint_location(storage: Storage, checkpoint) -> str | None:
+    """Where a Ray ``Checkpoint`` of a run under ``storage`` lies, as a path or ``<scheme>://`` URI."""
+    if checkpoint is None:
+        return None
+    return checkpoint.path if storage.is_local else f"{storage.uri.split('://', 1)[0]}://{checkpoint.path}"
