@@ -24,8 +24,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -109,7 +107,7 @@ def main() -> int:
         num_cpus=max(2, max(tasks) + 1),
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}},
+        runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
     )
     if endpoint:
         roots["Parquet on S3 (moto)"] = f"s3://bench/fmnist?endpoint_override={endpoint}&scheme=http"

@@ -24,9 +24,6 @@ import sys
 import time
 
 LAUNCH_TIME = time.time()
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as a script from a checkout (no pip install needed)
-    sys.path.insert(0, REPO_ROOT)
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1

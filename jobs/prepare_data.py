@@ -16,12 +16,7 @@ AWS environment/config only (never put them in the URI).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 EXIT_BAD_INPUT = 2
 

@@ -20,15 +20,11 @@ the same MLflow run (overrides apply on top of the stored config); train it long
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 
 LAUNCH_TIME = time.time()
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as a script from a checkout (no pip install needed)
-    sys.path.insert(0, REPO_ROOT)
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
