@@ -30,6 +30,8 @@ EXIT_TRIALS_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from siamim.eval.protocols import names as protocol_names  # the registry, without torch
+
     p = argparse.ArgumentParser(
         prog="jobs/ablate.py",
         description=__doc__.split("\n\n")[0],
@@ -61,9 +63,8 @@ environment:
     p.add_argument(
         "--protocols",
         default=None,
-        help="evaluation protocols of every trial, any of jobs/evaluate.py's "
-        "(knn,lin,fewshot,longtail,dense,ft,robust or all; "
-        "default knn,lin,fewshot,dense)",
+        help=f"evaluation protocols of every trial, any of jobs/evaluate.py's ({','.join(protocol_names())} "
+        "or all; default knn,lin,fewshot,dense)",
     )
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")

@@ -5,7 +5,7 @@
     python jobs/evaluate.py --checkpoint <mlflow run id> --protocols knn,lin,fewshot --baseline pixels,random
     python jobs/evaluate.py --baseline pixels --protocols knn,lin --limit-train 5000 --limit-test 1000
 
-Protocols (docs/evaluation.md): knn, lin, fewshot, longtail, dense, ft, robust (or all).
+Protocols (docs/evaluation.md): the modules of siamim/eval/protocols (--help lists them), or all.
 Prints a table (paper column -> our metric, one column per representation,
 wall time per protocol), writes it as markdown + CSV under --out, and, when a
 tracking URI is set (--tracking-uri or $MLFLOW_TRACKING_URI), logs metrics and
@@ -26,18 +26,22 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from siamim.eval.protocols import protocols  # the registry, without torch
+
+    listing = "\n".join(f"  {p.name:<9} {p.summary}" for p in protocols())
     p = argparse.ArgumentParser(
         prog="jobs/evaluate.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="overrides: dotted config keys, e.g. eval.lin_epochs=30 eval.ft_blr=1e-3 "
-        "(see EvalConfig in siamim/config.py)",
+        epilog=f"protocols (run in this order):\n{listing}\n\n"
+        "overrides: dotted config keys, e.g. eval.lin.steps=500 eval.ft.blr=1e-3 eval.knn.k=10\n"
+        "(eval.<protocol>.<key>: the settings of siamim/eval/protocols/<protocol>.py; docs/evaluation.md)",
     )
     p.add_argument("--checkpoint", help="checkpoint file/dir, s3://... URI, MLflow run id or runs:/<id>/<path>")
     p.add_argument(
         "--baseline", default=None, help="comma list of floors to evaluate through the same code: pixels, random"
     )
-    p.add_argument("--protocols", default="all", help="comma list of knn,lin,fewshot,longtail,dense,ft,robust or all")
+    p.add_argument("--protocols", default="all", help=f"comma list of {','.join(p.name for p in protocols())} or all")
     p.add_argument(
         "--config",
         default=None,
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (eval.*, data.root)")
     p.add_argument("--limit-train", type=int, help="class-balanced seeded training subset (eval.train_limit)")
     p.add_argument("--limit-test", type=int, help="class-balanced seeded test subset (eval.test_limit)")
-    p.add_argument("--ft-epochs", type=float, help="fine-tuning epoch budget (eval.ft_epochs)")
+    p.add_argument("--ft-epochs", type=float, help="fine-tuning epoch budget (eval.ft.epochs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="eval.device (default auto: GPU if present)")
     p.add_argument(
         "--out", default=None, help="directory for evaluation.md / evaluation.csv (default runs/eval/<time>)"
@@ -69,7 +73,7 @@ def cli_overrides(args) -> list[str]:
     for flag, key in (
         ("limit_train", "eval.train_limit"),
         ("limit_test", "eval.test_limit"),
-        ("ft_epochs", "eval.ft_epochs"),
+        ("ft_epochs", "eval.ft.epochs"),
         ("device", "eval.device"),
     ):
         if getattr(args, flag) is not None:
@@ -81,7 +85,7 @@ BASELINE_NAMES = ("pixels", "random")  # siamim.eval.baselines.BASELINES (checke
 
 
 def check_arguments(args, overrides: list[str]):
-    """Everything about the command line that needs no torch: protocols, baselines, overrides, eval settings.
+    """Everything about the command line that needs no torch: protocols, baselines, overrides (eval settings).
 
     Runs before the heavy imports, so a typo fails in well under a second. Returns
     ``(protocols, baselines, cfg)`` (``cfg``: the preset with the overrides, for baselines).
@@ -89,7 +93,7 @@ def check_arguments(args, overrides: list[str]):
     import difflib
 
     from siamim.config import load_config
-    from siamim.eval.settings import check_eval_config, parse_protocols
+    from siamim.eval.protocols import parse_protocols
 
     protocols = parse_protocols(args.protocols)
     baselines = [b.strip() for b in (args.baseline or "").split(",") if b.strip()]
@@ -103,7 +107,6 @@ def check_arguments(args, overrides: list[str]):
     if not args.checkpoint and not baselines:
         raise ValueError("nothing to evaluate: give --checkpoint and/or --baseline pixels,random")
     cfg = load_config(args.config or "tiny", overrides)  # unknown keys / bad values, named with the fix
-    check_eval_config(cfg.eval)
     return protocols, baselines, cfg
 
 
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         protocols, baselines, cfg = check_arguments(args, overrides)
         resolved = None
         if args.checkpoint:  # a missing file / run / object is named before torch is imported
-            from siamim.orchestration.eval_tracking import resolve_checkpoint
+            from siamim.orchestration.checkpoint_refs import resolve_checkpoint
 
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             try:
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     from siamim.checkpoint import load_encoder
-    from siamim.config import parse_override, set_value, validate
+    from siamim.config import flatten, parse_override, set_value, validate
     from siamim.eval.baselines import baseline_representation
     from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
     from siamim.eval.representation import EncoderRepresentation
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown, flush=True)
     print(f"[evaluate] table written to {out}/evaluation.md and evaluation.csv", flush=True)
     if tracking_uri:
-        from siamim.orchestration.eval_tracking import log_evaluation, run_exists
+        from siamim.orchestration.eval_logging import log_evaluation, run_exists
         from siamim.orchestration.tracking import resolve_tracking_uri
 
         primary = "checkpoint" if args.checkpoint else None
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 "eval.checkpoint": args.checkpoint or "none",
                 **tags_extra,
             },
-            params={f"eval.{k}": v for k, v in vars(cfg.eval).items()},
+            params={k: v for k, v in flatten(cfg).items() if k.startswith("eval.")},
         )
         print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
     return 0

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from siamim.eval.settings import EvalConfig  # common keys + one section per evaluation protocol (no torch)
 from siamim.sections import ConfigError, Section, config_error, validated
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -127,43 +128,6 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(500, ge=0)  # steps between checkpoints (0: only at the end)
     output_dir: str = "runs/default"  # checkpoints of single-process runs
     fail_at_step: int | None = None  # test-only: raise once at this step (fault-tolerance tests)
-
-
-class EvalConfig(Section):
-    knn_k: PositiveInt = 20
-    knn_temperature: float = Field(0.07, gt=0.0)
-    knn_train_subset: int | None = Field(None, ge=10)  # None: all training images as the kNN memory bank
-    knn_test_subset: PositiveInt | None = None  # None: all test images as kNN queries (smoke tests: the first N)
-    batch_size: PositiveInt = 512
-    # Evaluation suite (siamim/eval, jobs/evaluate.py; docs/evaluation.md).
-    seed: int = 0  # seeds every subset, mosaic, corruption and probe of the suite
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    train_limit: int | None = Field(None, ge=10)  # class-balanced seeded subset of the train split; None: all
-    test_limit: int | None = Field(None, ge=10)  # same for the test split; None: all
-    lin_steps: PositiveInt = 2000  # LIN: MAE recipe (BN w/o affine + linear, LARS, warm-up + cosine), step budget
-    lin_batch_size: PositiveInt = 1024
-    lin_blr: float = Field(1.6, gt=0.0)  # lr = blr * batch / 256 = 6.4 at batch 1024: MAE's LARS step
-    lin_warmup_steps: int = Field(200, ge=0)
-    fewshot_fraction: float = Field(0.01, gt=0.0, le=1.0)  # 1%: 60 images per class on Fashion-MNIST
-    fewshot_seeds: PositiveInt = 5  # number of seeded subsets averaged
-    fewshot_lambd: float = Field(1e-4, ge=0.0)  # L2 weight of the logistic regression
-    dense_train_mosaics: PositiveInt = 4000
-    dense_test_mosaics: PositiveInt = 1000
-    dense_epochs: PositiveInt = 30
-    dense_blr: float = Field(0.01, gt=0.0)
-    longtail_imbalance: float = Field(100.0, ge=1.0)  # head/tail image-count ratio
-    longtail_rare: PositiveInt = 3  # number of rarest classes reported as "rare"
-    robust_test_limit: int | None = Field(2000, ge=10)  # test images per corruption x severity; None: all
-    ft_epochs: float = Field(10.0, gt=0.0)  # FT epoch budget
-    ft_batch_size: PositiveInt = 256
-    ft_blr: float = Field(5e-4, gt=0.0)
-    ft_layer_decay: float = Field(0.65, gt=0.0, le=1.0)  # 1: no decay
-    ft_weight_decay: float = Field(0.05, ge=0.0)
-    ft_drop_path: Fraction = 0.1
-    ft_smoothing: Fraction = 0.1
-    ft_mixup: float = Field(0.8, ge=0.0)
-    ft_cutmix: float = Field(1.0, ge=0.0)
-    ft_warmup_epochs: float = Field(1.0, ge=0.0)
 
 
 class PlatformConfig(Section):
@@ -271,14 +235,6 @@ class Config(Section):
             t.batch_size,
             f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)",
         )
-        for key in ("knn_train_subset", "knn_test_subset"):
-            value = getattr(self.eval, key)
-            _check(
-                value is None or value >= self.eval.knn_k,
-                f"eval.{key}",
-                value,
-                f"must be null or at least eval.knn_k={self.eval.knn_k}",
-            )
         return self
 
 

@@ -1,8 +1,8 @@
 """Few-shot (1%): logistic regression on frozen features of 1% of the labels (MSN protocol).
 
-Subset: for each class, ``round(fraction * count_c)`` training images drawn
-without replacement by ``numpy.random.default_rng(seed)`` (60 per class on
-Fashion-MNIST at 1%), in ascending class order; deterministic for a seed.
+Subset: :func:`siamim.eval.subsets.class_balanced_subset` (per class
+``round(fraction * count_c)`` training images, 60 per class on Fashion-MNIST at 1%),
+deterministic for a seed.
 
 Classifier (MSN's ``logistic_eval.py`` with cyanure, re-implemented in torch
 so it runs wherever torch runs): features centred by the labelled subset's mean
@@ -11,11 +11,9 @@ multinomial logistic regression with bias, objective
 ``mean CE + lambd/2 * ||W||^2``, solved with full-batch L-BFGS. Repeated over
 several seeds; mean and standard deviation reported.
 
-*Interpretation*: ``lambd`` defaults to 1e-4 (``eval.fewshot_lambd``). MSN's
-0.0025 is tuned for 1000 classes and 12.8k labelled images; with 10 classes
-and 600 images it over-regularises every representation we measured (pixels
-72.3 -> 77.2, random init 37.8 -> 45.5, 1k-image test subset, seed 0).
-"""
+*Interpretation*: ``lambd`` defaults to 1e-4 (``eval.fewshot.lambd``). MSN's
+0.0025 is tuned for 1000 classes and 12.8k labelled images; with 10 classes and
+600 images it over-regularises (measurements: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -24,26 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from siamim.eval.linear_probe import single_thread_on_cpu
-
-
-def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int, num_classes: int | None = None) -> np.ndarray:
-    """Sorted indices int64 ``[K]`` of a class-balanced ``fraction`` of ``labels`` ``[N]``.
-
-    Each class ``c`` contributes ``max(1, round(fraction * count_c))`` images.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction={fraction} must be in (0, 1] (0.01 is the 1% protocol)")
-    labels = np.asarray(labels)
-    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    rng = np.random.default_rng(seed)
-    picked = []
-    for c in range(num_classes):
-        pool = np.flatnonzero(labels == c)
-        if len(pool) == 0:
-            continue
-        k = max(1, round(fraction * len(pool)))
-        picked.append(rng.choice(pool, size=k, replace=False))
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def fit_logistic_regression(
@@ -99,7 +77,7 @@ def fewshot_accuracy(
     return 100.0 * (logistic_predict(w, b, test_feats.float() - mean) == test_labels).double().mean().item()
 
 
-def summarize(accs: list[float]) -> dict[str, float]:
+def seed_statistics(accs: list[float]) -> dict[str, float]:
     """``{"mean", "std", "min", "max"}`` of per-seed accuracies (std: population, ddof=0)."""
     a = np.asarray(accs, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}

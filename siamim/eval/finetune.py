@@ -1,15 +1,17 @@
 """FT: end-to-end fine-tuning, MAE recipe (docs/method.md, "Evaluation protocols"), with an epoch budget.
 
-Recipe (MAE ``main_finetune.py``, timm's implementations): AdamW (betas 0.9,
-0.999) over :func:`timm.optim.param_groups_layer_decay` groups (layer-wise lr
-decay, no weight decay on 1-D parameters, cls token and position embedding),
-lr = ``blr * batch / 256``, per-iteration linear warm-up + half-cycle cosine,
-stochastic depth linearly increasing to ``drop_path``, :class:`timm.data.Mixup`
-(mixup + cutmix, label smoothing folded into the soft targets) with
+Recipe (MAE ``main_finetune.py``, timm's implementations): the encoder rebuilt by
+``timm.create_model(..., drop_path_rate=drop_path)`` (stochastic depth linearly
+increasing to ``drop_path``) with the representation's weights and a fresh head;
+AdamW (betas 0.9, 0.999) over :func:`timm.optim.param_groups_layer_decay` groups
+(layer-wise lr decay, no weight decay on 1-D parameters, cls token and position
+embedding), lr = ``blr * batch / 256``, per-iteration linear warm-up + half-cycle
+cosine (:func:`siamim.train.schedules.lr_at`), :class:`timm.data.Mixup` (mixup +
+cutmix, label smoothing folded into the soft targets) with
 :class:`timm.loss.SoftTargetCrossEntropy` (or
 :class:`timm.loss.LabelSmoothingCrossEntropy` when both mixing alphas are 0).
 Augmentation at our scale: random crop with 2-pixel zero padding + horizontal
-flip (RandAugment/random-erasing are left out on 32x32 greyscale items). The
+flip (RandAugment/random-erasing are left out on small greyscale items). The
 classifier is timm's head on the cls token (``global_pool="token"``).
 
 Raw-pixel baseline: there is no encoder to fine-tune; its FT counterpart is a
@@ -19,56 +21,19 @@ schedule, mixing, smoothing and budget (no layer decay, no drop path).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
+import timm
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-from siamim.config import EvalConfig
 from siamim.eval.imageset import ImageSet
-from siamim.eval.linear_probe import lr_at
-
-_FT_KEYS = (
-    "epochs",
-    "batch_size",
-    "blr",
-    "layer_decay",
-    "weight_decay",
-    "drop_path",
-    "smoothing",
-    "mixup",
-    "cutmix",
-    "warmup_epochs",
-)
-
-_EVAL_DEFAULTS = EvalConfig()
-
-
-@dataclass
-class FinetuneSettings:
-    """FT hyper-parameters; the defaults are ``EvalConfig``'s ``ft_*`` keys (one source of truth)."""
-
-    epochs: float = _EVAL_DEFAULTS.ft_epochs
-    batch_size: int = _EVAL_DEFAULTS.ft_batch_size
-    blr: float = _EVAL_DEFAULTS.ft_blr
-    layer_decay: float = _EVAL_DEFAULTS.ft_layer_decay
-    weight_decay: float = _EVAL_DEFAULTS.ft_weight_decay
-    drop_path: float = _EVAL_DEFAULTS.ft_drop_path
-    smoothing: float = _EVAL_DEFAULTS.ft_smoothing
-    mixup: float = _EVAL_DEFAULTS.ft_mixup
-    cutmix: float = _EVAL_DEFAULTS.ft_cutmix
-    warmup_epochs: float = _EVAL_DEFAULTS.ft_warmup_epochs
-    min_lr: float = 1e-6
-    seed: int = 0
-
-    @classmethod
-    def from_eval(cls, e: EvalConfig) -> FinetuneSettings:
-        return cls(**{k: getattr(e, f"ft_{k}") for k in _FT_KEYS}, seed=e.seed)
+from siamim.eval.protocols.ft import FtSettings
+from siamim.model.encoder import timm_kwargs
+from siamim.train.schedules import lr_at
 
 
 @dataclass
@@ -79,40 +44,54 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
 
 
-def set_drop_path(vit: torch.nn.Module, rate: float) -> None:
-    """Stochastic depth linearly increasing from 0 to ``rate`` over timm ViT ``blocks``."""
-    n = len(vit.blocks)
-    for i, blk in enumerate(vit.blocks):
-        r = rate * i / max(1, n - 1)
-        blk.drop_path1 = DropPath(r) if r > 0 else torch.nn.Identity()
-        blk.drop_path2 = DropPath(r) if r > 0 else torch.nn.Identity()
+def build_classifier(rep, num_classes: int, model_cfg, img_size: int, drop_path: float) -> torch.nn.Module:
+    """The model FT trains. Maps normalised ``[B, 3, S, S]`` -> logits ``[B, C]``.
 
-
-def build_classifier(rep, num_classes: int, img_size: int, drop_path: float) -> torch.nn.Module:
-    """The model FT trains: a copy of ``rep.encoder`` with a fresh head, or, for raw pixels,
-    ``Flatten + Linear(3*S*S, C)``. Maps normalised ``[B, 3, S, S]`` -> logits ``[B, C]``."""
+    An encoder representation: ``timm.create_model(model_cfg.timm_name, drop_path_rate=drop_path, ...)``
+    (the architecture of ``model_cfg`` at ``img_size``) holding ``rep.encoder``'s weights, with a fresh
+    ``C``-way head (MAE's init: trunc-normal std 2e-5, bias 0); the fixed sin-cos position embedding
+    stays frozen. Raw pixels: ``Flatten + Linear(3*S*S, C)``.
+    """
     if getattr(rep, "encoder", None) is None:
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * img_size * img_size, num_classes))
-    model = copy.deepcopy(rep.encoder)
-    model.reset_classifier(num_classes)
-    torch.nn.init.trunc_normal_(model.head.weight, std=2e-5)  # MAE's FT head init
+    kwargs = {**timm_kwargs(model_cfg, img_size), "num_classes": num_classes, "drop_path_rate": drop_path}
+    model = timm.create_model(model_cfg.timm_name, pretrained=False, **kwargs)
+    missing, unexpected = model.load_state_dict(rep.encoder.state_dict(), strict=False)
+    if unexpected or set(missing) != {"head.weight", "head.bias"}:
+        raise ValueError(
+            f"the representation's encoder does not fit model {model_cfg.timm_name} "
+            f"(missing {missing}, unexpected {unexpected})"
+        )
+    torch.nn.init.trunc_normal_(model.head.weight, std=2e-5)
     torch.nn.init.zeros_(model.head.bias)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name != "pos_embed")  # fixed sin-cos position embedding stays fixed
-    set_drop_path(model, drop_path)
+    model.pos_embed.requires_grad_(False)
     return model
 
 
-def param_groups(model: torch.nn.Module, s: FinetuneSettings) -> list[dict]:
-    """Layer-decayed AdamW groups for a timm ViT; plain decay/no-decay groups otherwise."""
+class _MaeLayers:
+    """A timm ViT as :func:`timm.optim.param_groups_layer_decay` sees it, with MAE's layer ids
+    (``get_layer_id_for_vit``): cls token, position and patch embedding 0, block ``i`` ``i + 1``, the final
+    norm and the head ``depth + 1`` (lr scale 1). timm's own matcher puts the final norm with the last block."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.named_parameters = model.named_parameters
+
+    @staticmethod
+    def group_matcher(coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=r"^blocks\.(\d+)", head=r"^norm|^fc_norm|^head")
+
+
+def layer_decay_groups(model: torch.nn.Module, s: FtSettings) -> list[dict]:
+    """AdamW parameter groups of MAE's fine-tuning (``util/lr_decay.py``), built by timm's
+    :func:`~timm.optim.param_groups_layer_decay`: ``lr_scale = layer_decay ** (depth + 1 - layer id)``, no
+    weight decay on 1-D parameters and ``no_weight_decay()`` names. The raw-pixel classifier (no layers to
+    decay): timm's decay / no-decay groups."""
     if hasattr(model, "group_matcher"):
         skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-        return param_groups_layer_decay(model, s.weight_decay, no_weight_decay_list=skip, layer_decay=s.layer_decay)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        dict(params=[p for p in params if p.ndim > 1], weight_decay=s.weight_decay, lr_scale=1.0),
-        dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lr_scale=1.0),
-    ]
+        return param_groups_layer_decay(
+            _MaeLayers(model), s.weight_decay, no_weight_decay_list=skip, layer_decay=s.layer_decay
+        )
+    return param_groups_weight_decay(model, s.weight_decay)
 
 
 def augment(x01: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -142,22 +121,29 @@ def classifier_accuracy(model: torch.nn.Module, images: ImageSet, batch_size: in
 
 
 def finetune(
-    rep, train: ImageSet, test: ImageSet, settings: FinetuneSettings | None = None, device="cpu", progress=None
+    rep,
+    train: ImageSet,
+    test: ImageSet,
+    settings: FtSettings,
+    model_cfg,
+    seed: int = 0,
+    device="cpu",
+    progress=None,
 ) -> FinetuneResult:
-    """Fine-tune ``rep`` (see :func:`build_classifier`) on ``train``; top-1 on ``test``.
+    """Fine-tune ``rep`` (see :func:`build_classifier`; ``model_cfg``: its architecture) on ``train``;
+    top-1 on ``test``.
 
     The budget is ``settings.epochs`` (fractions allowed: ``0.5`` = half an epoch of steps).
     ``progress(epoch_done, epochs, mean_loss)`` is called after each (partial) epoch.
-    ``settings``: ``None`` -> the defaults.
     """
-    s = settings if settings is not None else FinetuneSettings()
+    s = settings
     bs = min(s.batch_size, len(train)) // 2 * 2  # Mixup needs an even batch
     if bs < 2:
         raise ValueError(f"fine-tuning needs at least 2 training images, got {len(train)}")
-    torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
-    model = build_classifier(rep, train.num_classes, train.img_size, s.drop_path).to(device)
-    groups = param_groups(model, s)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_classifier(rep, train.num_classes, model_cfg, train.img_size, s.drop_path).to(device)
+    groups = layer_decay_groups(model, s)
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
     mixing = s.mixup > 0 or s.cutmix > 0
     mix = (
@@ -189,7 +175,7 @@ def finetune(
                 x, y = mix(x, y)
             loss = criterion(model(x), y)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower eval.ft_blr")
+                raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower eval.ft.blr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

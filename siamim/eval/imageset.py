@@ -52,6 +52,10 @@ class ImageSet:
         std = torch.tensor(self.std, device=images01.device).view(1, 3, 1, 1)
         return (images01 - mean) / std
 
+    def uint8(self, start: int, end: int) -> torch.Tensor:
+        """uint8 ``[end - start, 3, S, S]``: images ``start:end``."""
+        return self.images[start:end]
+
     def batch(self, start: int, end: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Normalised float ``[end - start, 3, S, S]`` model input for images ``start:end``."""
         return self.normalize(self.images[start:end].to(device).float().div_(255.0))
@@ -84,3 +88,24 @@ def load_image_set(source: ImageSource, img_size: int, indices=None, chunk: int 
                 out[start + k] = TF.resize(source.image(int(i)), [img_size, img_size], antialias=True)
     labels = torch.as_tensor(np.asarray(source.labels)[idx], dtype=torch.long)
     return ImageSet(out, labels, tuple(source.mean), tuple(source.std), tuple(source.classes))
+
+
+class SourceImageSet:
+    """``source`` images ``indices`` at ``img_size``, resized per batch as :func:`load_image_set` does:
+    what feature extraction reads of an :class:`ImageSet` (``len``, ``labels``, ``normalize``, ``uint8``)
+    without holding a split in memory (the pretraining job's final kNN on large data)."""
+
+    def __init__(self, source: ImageSource, img_size: int, indices=None):
+        self.source, self.img_size = source, img_size
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.labels = torch.as_tensor(np.asarray(source.labels)[self.indices], dtype=torch.long)
+        self.mean, self.std, self.classes = tuple(source.mean), tuple(source.std), tuple(source.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def uint8(self, start: int, end: int) -> torch.Tensor:
+        """uint8 ``[end - start, 3, S, S]``: images ``start:end``, resized now."""
+        return load_image_set(self.source, self.img_size, self.indices[start:end]).images
+
+    normalize = ImageSet.normalize

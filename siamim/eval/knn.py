@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from siamim.eval.subsets import limit_indices
 
 
 @torch.no_grad()
@@ -48,76 +53,65 @@ def knn_accuracy(
     return 100.0 * (pred == test_labels).float().mean().item()
 
 
-def progress_reporter(log, what: str, every: float = 5.0):
-    """``report(done, total)`` that logs ``what done/total (img/s, ETA)`` at most every ``every`` seconds
-    (and at the end); ``log=None``: silent."""
-    import time
+def knn_top1(
+    features: Callable[[str, np.ndarray], torch.Tensor],
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    settings,
+    seed: int,
+) -> float:
+    """kNN top-1 (%): the one kNN evaluation of the pretraining job (its final metric) and ``--protocols knn``.
 
-    from siamim.train.progress import format_seconds
+    The memory bank is the class-balanced seeded subset
+    (:func:`~siamim.eval.subsets.limit_indices`, ``seed``) of ``settings.train_subset`` of
+    the training images, the queries the same rule on ``settings.test_subset`` test images
+    (``seed + 1``); ``None`` takes all.
 
-    start = time.monotonic()
-    last = [start]
-
-    def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if log is None or (done < total and now - last[0] < every):
-            return
-        last[0] = now
-        rate = done / max(now - start, 1e-9)
-        eta = format_seconds((total - done) / rate) if done < total else "done"
-        log(f"{what} {done}/{total} ({rate:.0f} img/s, ETA {eta})")
-
-    return report
+    Args:
+        features: ``features(split, rows)`` -> cls features ``[len(rows), D]`` of images ``rows``
+            (int64 ``[K]``) of split ``"train"`` / ``"test"``.
+        train_labels: int ``[N]``; test_labels: int ``[M]``.
+        settings: the ``eval.knn`` section (``k``, ``temperature``, ``train_subset``, ``test_subset``).
+    """
+    bank_rows = limit_indices(train_labels, settings.train_subset, seed)
+    query_rows = limit_indices(test_labels, settings.test_subset, seed + 1)
+    bank = features("train", bank_rows)
+    queries = features("test", query_rows)
+    bank_labels = torch.as_tensor(np.asarray(train_labels)[bank_rows], dtype=torch.long)
+    query_labels = torch.as_tensor(np.asarray(test_labels)[query_rows], dtype=torch.long)
+    return knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, settings.k, settings.temperature)
 
 
 def evaluate_knn(
     encoder: torch.nn.Module, cfg, device: torch.device | str = "cpu", log=None, every: float = 5.0
 ) -> float:
-    """kNN top-1 (%) of ``encoder``'s cls features: train split as memory bank, test split as queries.
+    """The pretraining job's final metric: :func:`knn_top1` of ``encoder``'s cls features on ``cfg.data``'s
+    train (memory bank) and test (queries) splits, with ``cfg.eval.knn`` and ``cfg.eval.seed``.
 
-    Uses ``cfg.data`` for the dataset and ``cfg.eval.knn_k / knn_temperature /
-    knn_train_subset / knn_test_subset / batch_size``. ``log`` (e.g. ``print``) gets
-    progress lines (what is extracted, n/N, img/s, ETA) every ``every`` seconds. With ``knn_train_subset``
-    the bank is a fixed, seeded random subset of the training set; with
-    ``knn_test_subset`` the queries are the first N test images.
+    Images are resized per batch (:class:`~siamim.eval.imageset.SourceImageSet`), so a large split is
+    never held in memory. ``log`` (e.g. ``print``) gets progress lines (split, n/N, img/s, ETA) at most
+    every ``every`` seconds; ``None``: silent.
     """
-    import numpy as np
-
     from siamim.data.sources import build_source
-    from siamim.eval.features import extract_features
+    from siamim.eval.imageset import SourceImageSet
+    from siamim.eval.representation import EncoderRepresentation, extract
+    from siamim.train.progress import TaskProgress
 
-    train = build_source(cfg.data.dataset, cfg.data.root, "train")
-    test = build_source(cfg.data.dataset, cfg.data.root, "test")
-    idx = None
-    if cfg.eval.knn_train_subset is not None and cfg.eval.knn_train_subset < len(train):
-        idx = np.sort(np.random.default_rng(0).choice(len(train), cfg.eval.knn_train_subset, replace=False))
-    n_train = len(train) if idx is None else len(idx)
-    n_test = len(test) if cfg.eval.knn_test_subset is None else min(len(test), cfg.eval.knn_test_subset)
-    if log is not None:
-        log(f"[siamim] kNN: features of {n_train} train (memory bank) + {n_test} test images, k={cfg.eval.knn_k}")
-    bank = extract_features(
-        encoder,
-        train,
-        cfg.data.img_size,
-        idx,
-        cfg.eval.batch_size,
-        device,
-        progress=progress_reporter(log, "[siamim] kNN: train features", every),
-    )
-    bank_labels = torch.from_numpy(train.labels if idx is None else train.labels[idx])
-    q_idx = None
-    if cfg.eval.knn_test_subset is not None and cfg.eval.knn_test_subset < len(test):
-        q_idx = np.arange(cfg.eval.knn_test_subset)
-    queries = extract_features(
-        encoder,
-        test,
-        cfg.data.img_size,
-        q_idx,
-        cfg.eval.batch_size,
-        device,
-        progress=progress_reporter(log, "[siamim] kNN: test features", every),
-    )
-    q_labels = torch.from_numpy(test.labels if q_idx is None else test.labels[q_idx])
-    return knn_accuracy(
-        bank, bank_labels, queries, q_labels, len(train.classes), cfg.eval.knn_k, cfg.eval.knn_temperature
+    sources = {split: build_source(cfg.data.dataset, cfg.data.root, split) for split in ("train", "test")}
+    rep = EncoderRepresentation(encoder)
+    progress = TaskProgress(log, "[siamim] kNN:", every)
+
+    def features(split: str, rows: np.ndarray) -> torch.Tensor:
+        images = SourceImageSet(sources[split], cfg.data.img_size, rows)
+        what = f"{split} features ({'memory bank' if split == 'train' else 'queries'}, k={cfg.eval.knn.k})"
+        return extract(rep, images, "cls", cfg.eval.batch_size, device, progress=progress(what, unit="img"))
+
+    return knn_top1(
+        features,
+        sources["train"].labels,
+        sources["test"].labels,
+        len(sources["train"].classes),
+        cfg.eval.knn,
+        cfg.eval.seed,
     )

@@ -12,27 +12,20 @@ variant of the protocol).
 at batch 16384, lr 6.4). LARS moves a weight by ``lr * 0.001`` of its norm per
 step, so an epoch budget on 60k images (and far fewer on the long-tailed or
 limited subsets) leaves the head nearly untrained. The budget is therefore a
-fixed number of steps (``eval.lin_steps``, default 2000, 10% warm-up) whatever
-the training-set size, and the default ``eval.lin_blr=1.6`` keeps MAE's
+fixed number of steps (``eval.lin.steps``, default 2000, 10% warm-up) whatever
+the training-set size, and the default ``eval.lin.blr=1.6`` keeps MAE's
 per-step lr (6.4 at our batch 1024).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 
 import torch
 from timm.optim import Lars
 
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up over ``warmup`` steps, then half-cycle cosine from ``base_lr`` to ``min_lr``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from siamim.train.schedules import lr_at
 
 
 class LinearProbe(torch.nn.Sequential):
@@ -71,7 +64,7 @@ def fit_head(
     ``loss_fn(head, x_batch, y_batch)`` returns the scalar loss. Batches are
     drawn by a seeded permutation per pass over the data; a last batch smaller
     than 2 is skipped (BatchNorm needs two samples). lr = ``blr * batch / 256``,
-    linear warm-up over ``warmup_steps`` then half-cycle cosine. ``optimizer``:
+    :func:`~siamim.train.schedules.lr_at`: linear warm-up over ``warmup_steps`` then half-cycle cosine. ``optimizer``:
     ``"lars"`` (MAE LIN: momentum 0.9, no weight decay) or ``"adamw"`` (weight
     decay 0, for heads with no paper recipe such as the dense probe). Returns
     ``head`` in eval mode. ``progress(step, steps, loss)`` is called after every pass.
@@ -115,8 +108,8 @@ def fit_head(
 
 @contextlib.contextmanager
 def single_thread_on_cpu(device):
-    """Run small CPU workloads on one thread: a head's matmuls gain nothing from more, and on a
-    shared, busy machine OpenMP threads waiting for each other slow such loops down many times."""
+    """Run small CPU workloads on one thread: a head's matmuls gain nothing from more threads, and
+    OpenMP threads waiting for each other can slow such loops down (docs/benchmarks.md)."""
     if torch.device(device).type != "cpu":
         yield
         return

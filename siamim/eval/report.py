@@ -11,29 +11,11 @@ from __future__ import annotations
 import csv
 import io
 
-from siamim.eval.robustness import CORRUPTIONS
+from siamim.eval.protocols import protocols
 
-# key -> (protocol, paper column, our metric)
+# key -> (protocol, paper column, our metric), from each protocol's declared columns
 METRICS: dict[str, tuple[str, str, str]] = {
-    "knn_top1": ("knn", "kNN (monitor; no paper column)", "cosine 20-NN top-1 %, T=0.07, cls"),
-    "lin_top1": ("lin", "LIN", "linear probe top-1 %, cls token (BN w/o affine + linear, LARS)"),
-    "lin_mean_top1": ("lin", "LIN (mean-pooled)", "linear probe top-1 %, mean of patch tokens"),
-    "fewshot_top1": ("fewshot", "1% FT", "1% labels, logistic regression top-1 %, mean over seeds"),
-    "fewshot_top1_std": ("fewshot", "1% FT (spread)", "std over seeds, points"),
-    "fewshot_per_class": ("fewshot", "-", "labelled images per class"),
-    "longtail_top1": ("longtail", "LVIS AP box", "linear probe top-1 % trained on a 100:1 long tail"),
-    "longtail_rare_top1": ("longtail", "LVIS AP box rare", "mean top-1 % of the rarest classes"),
-    "longtail_train_size": ("longtail", "-", "long-tailed training images"),
-    "dense_miou": ("dense", "ADE20k mIoU / COCO AP", "mosaic segmentation mIoU %, linear probe on patch tokens"),
-    "dense_pixel_acc": ("dense", "-", "mosaic pixel accuracy %"),
-    "ft_top1": ("ft", "FT", "fine-tuned top-1 % (pixels: linear classifier, same budget)"),
-    "ft_steps": ("ft", "-", "optimiser steps"),
-    "robust_clean_top1": ("robust", "IN-C (clean ref.)", "LIN classifier, clean top-1 %"),
-    "robust_mca": ("robust", "IN-C 1-mCE", "LIN classifier, mean corrupted top-1 % (mCA)"),
-    **{f"robust_{c}": ("robust", "-", f"LIN classifier, {c} top-1 % (mean of 5 severities)") for c in CORRUPTIONS},
-    "robust_ft_clean_top1": ("robust", "IN-C (clean ref.)", "FT classifier, clean top-1 %"),
-    "robust_ft_mca": ("robust", "IN-C 1-mCE", "FT classifier, mean corrupted top-1 % (mCA)"),
-    **{f"robust_ft_{c}": ("robust", "-", f"FT classifier, {c} top-1 %") for c in CORRUPTIONS},
+    key: (p.name, paper, ours) for p in protocols() for key, (paper, ours) in p.columns.items()
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from siamim.eval.imageset import ImageSet
+from siamim.eval.imageset import ImageSet, SourceImageSet
 
 POOLS = ("cls", "mean", "tokens")
 
@@ -75,9 +75,17 @@ class PixelRepresentation:
 
 @torch.no_grad()
 def extract_many(
-    rep, images: ImageSet, pools=("cls",), batch_size: int = 512, device="cpu", transform=None, progress=None
+    rep,
+    images: ImageSet | SourceImageSet,
+    pools=("cls",),
+    batch_size: int = 512,
+    device="cpu",
+    transform=None,
+    progress=None,
 ) -> dict[str, torch.Tensor]:
     """Features of every image of ``images`` under ``rep`` for several pools in one pass (encoder in eval mode).
+
+    The one feature extraction of the suite and of the pretraining job's final kNN.
 
     Args:
         pools: names from :data:`POOLS`.
@@ -99,7 +107,7 @@ def extract_many(
     try:
         for start in range(0, len(images), batch_size):
             end = min(start + batch_size, len(images))
-            x01 = images.images[start:end].to(device).float().div_(255.0)
+            x01 = images.uint8(start, end).to(device).float().div_(255.0)
             if transform is not None:
                 x01 = transform(x01, start)
             x = images.normalize(x01)
@@ -120,7 +128,13 @@ def extract_many(
 
 
 def extract(
-    rep, images: ImageSet, pool: str = "cls", batch_size: int = 512, device="cpu", transform=None, progress=None
+    rep,
+    images: ImageSet | SourceImageSet,
+    pool: str = "cls",
+    batch_size: int = 512,
+    device="cpu",
+    transform=None,
+    progress=None,
 ) -> torch.Tensor:
     """Features of one ``pool`` (see :func:`extract_many`): ``[N, D]`` or ``[N, L, D]``, float32 on CPU."""
     return extract_many(rep, images, (pool,), batch_size, device, transform, progress)[pool]

@@ -1,16 +1,21 @@
 """Robustness (counterpart of ImageNet-C): a trained classifier on corrupted test images.
 
 Corruptions act on float images ``[B, 3, S, S]`` in [0, 1] at the model input
-size (after the resize, before normalisation), five severities each, and are
-deterministic: the random parts draw from a ``torch.Generator`` seeded by
-``(seed, corruption, severity, batch start)``. Types (ImageNet-C's families):
+size (after the resize, before normalisation), five severities each, through
+torchvision's ``transforms.v2.functional`` ops with parameters we draw: the random
+parts come from a ``torch.Generator`` seeded by ``(seed, corruption, severity, batch
+start)``, so a sweep is the same run to run. Types (ImageNet-C's families; the names
+are :data:`siamim.eval.protocols.robust.CORRUPTIONS`):
 
 - ``gaussian_noise`` (noise): ``x + N(0, sigma)``, sigma = 0.04, 0.08, 0.12, 0.18, 0.26.
-- ``gaussian_blur`` (blur): Gaussian kernel, sigma = 0.5, 0.75, 1.0, 1.5, 2.0 pixels.
+- ``gaussian_blur`` (blur): ``gaussian_blur``, sigma = 0.5, 0.75, 1.0, 1.5, 2.0 pixels (kernel 2*ceil(3 sigma)+1).
 - ``contrast`` (digital): ``(x - mean) * c + mean``, c = 0.6, 0.45, 0.3, 0.2, 0.1.
-- ``elastic`` (geometric): smoothed random displacement field, amplitude 0.5..2.5 px.
-- ``affine`` (geometric): rotation +-(6..30) degrees and shift +-(0.03..0.15) of the side.
-- ``occlusion`` (occlusion): a grey square covering 10..50% of the image area at a random place.
+- ``elastic`` (geometric): ``elastic`` with a per-image Gaussian-smoothed random displacement
+  field of unit std scaled to 0.5..2.5 px.
+- ``affine`` (geometric): ``affine``, rotation +-(6..30) degrees and shift +-(0.03..0.15) of the
+  side, the signs drawn per image.
+- ``occlusion`` (occlusion): ``erase`` of a grey square covering 10..50% of the image area at a
+  random place per image.
 
 Reported per corruption: mean accuracy over the severities; overall: the mean
 over corruptions ("mCA", mean corrupted accuracy) and the clean accuracy.
@@ -25,7 +30,9 @@ import zlib
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from siamim.eval.protocols.robust import CORRUPTIONS as CORRUPTION_NAMES
 
 SEVERITIES = (1, 2, 3, 4, 5)
 _NOISE = (0.04, 0.08, 0.12, 0.18, 0.26)
@@ -37,18 +44,9 @@ _SHIFT = (0.03, 0.06, 0.09, 0.12, 0.15)
 _OCCLUDE = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def _gauss_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    k = _gauss_kernel(sigma).to(x.device)
-    c, r = x.shape[1], len(k) // 2
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+def _kernel(sigma: float) -> list[int]:
+    k = 2 * max(1, math.ceil(3 * sigma)) + 1
+    return [k, k]
 
 
 def gaussian_noise(x, severity, gen):
@@ -56,7 +54,8 @@ def gaussian_noise(x, severity, gen):
 
 
 def gaussian_blur(x, severity, gen):
-    return _blur(x, _BLUR[severity - 1])
+    sigma = _BLUR[severity - 1]
+    return TF.gaussian_blur(x, _kernel(sigma), [sigma, sigma])
 
 
 def contrast(x, severity, gen):
@@ -64,58 +63,45 @@ def contrast(x, severity, gen):
     return (x - mean) * _CONTRAST[severity - 1] + mean
 
 
-def _identity_grid(b, s, device):
-    theta = torch.eye(2, 3, device=device).unsqueeze(0).expand(b, -1, -1)
-    return F.affine_grid(theta, (b, 1, s, s), align_corners=False)  # [B, S, S, 2] in [-1, 1]
-
-
 def elastic(x, severity, gen):
     b, _, s, _ = x.shape
-    disp = torch.randn(b, 2, s, s, generator=gen).to(x.device)
-    disp = _blur(disp, sigma=max(1.0, s / 10))
-    disp = disp / disp.flatten(1).std(dim=1).clamp(min=1e-6).view(b, 1, 1, 1)  # unit std per image
-    disp = disp * _ELASTIC[severity - 1] * 2.0 / s  # pixels -> normalised coordinates
-    grid = _identity_grid(b, s, x.device) + disp.permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sigma = max(1.0, s / 10)
+    field = TF.gaussian_blur(torch.randn(b, 2, s, s, generator=gen), _kernel(sigma), [sigma, sigma])
+    field = field / field.flatten(1).std(dim=1).clamp(min=1e-6).view(b, 1, 1, 1)  # unit std per image
+    field = (field * _ELASTIC[severity - 1] * 2.0 / s).permute(0, 2, 3, 1)  # pixels -> normalised [B, S, S, 2]
+    return torch.cat([TF.elastic(x[i : i + 1], field[i : i + 1].to(x.device)) for i in range(b)])
 
 
 def affine(x, severity, gen):
-    b = x.shape[0]
-    sign = torch.randint(0, 2, (b, 3), generator=gen).float() * 2 - 1
-    ang = sign[:, 0] * math.radians(_ROTATE[severity - 1])
-    shift = sign[:, 1:] * _SHIFT[severity - 1] * 2.0  # fraction of the side -> normalised units
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = ang.cos(), -ang.sin()
-    theta[:, 1, 0], theta[:, 1, 1] = ang.sin(), ang.cos()
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(x.device), tuple(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    b, _, s, _ = x.shape
+    sign = torch.randint(0, 2, (b, 3), generator=gen) * 2 - 1  # per image: rotation, x and y shift
+    out = torch.empty_like(x)
+    for combo in sign.unique(dim=0):  # at most 8 sign patterns: one batched op each
+        rows = (sign == combo).all(dim=1).nonzero().view(-1).to(x.device)
+        angle = float(combo[0]) * _ROTATE[severity - 1]
+        shift = [float(c) * _SHIFT[severity - 1] * s for c in combo[1:]]
+        out[rows] = TF.affine(
+            x[rows],
+            angle=angle,
+            translate=shift,
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=TF.InterpolationMode.BILINEAR,
+        )
+    return out
 
 
 def occlusion(x, severity, gen):
     b, _, s, _ = x.shape
     side = max(1, round(s * math.sqrt(_OCCLUDE[severity - 1])))
-    top = torch.randint(0, s - side + 1, (b,), generator=gen)
-    left = torch.randint(0, s - side + 1, (b,), generator=gen)
-    rows = torch.arange(s).view(1, s, 1)
-    cols = torch.arange(s).view(1, 1, s)
-    m = (
-        (rows >= top.view(b, 1, 1))
-        & (rows < (top + side).view(b, 1, 1))
-        & (cols >= left.view(b, 1, 1))
-        & (cols < (left + side).view(b, 1, 1))
-    )
-    return torch.where(m.unsqueeze(1).to(x.device), torch.full_like(x, 0.5), x)
+    top = torch.randint(0, s - side + 1, (b,), generator=gen).tolist()
+    left = torch.randint(0, s - side + 1, (b,), generator=gen).tolist()
+    grey = torch.tensor(0.5, device=x.device)
+    return torch.cat([TF.erase(x[i : i + 1], top[i], left[i], side, side, grey) for i in range(b)])
 
 
-CORRUPTIONS: dict[str, Callable] = {
-    "gaussian_noise": gaussian_noise,
-    "gaussian_blur": gaussian_blur,
-    "contrast": contrast,
-    "elastic": elastic,
-    "affine": affine,
-    "occlusion": occlusion,
-}
+_CORRUPT = {f.__name__: f for f in (gaussian_noise, gaussian_blur, contrast, elastic, affine, occlusion)}
+CORRUPTIONS: dict[str, Callable] = {name: _CORRUPT[name] for name in CORRUPTION_NAMES}
 
 
 def corrupt(images01: torch.Tensor, name: str, severity: int, seed: int = 0, start: int = 0) -> torch.Tensor:
@@ -138,7 +124,7 @@ def corrupt(images01: torch.Tensor, name: str, severity: int, seed: int = 0, sta
     return CORRUPTIONS[name](images01, severity, gen).clamp(0.0, 1.0)
 
 
-def summarize(acc: dict[str, dict[int, float]]) -> dict[str, float]:
+def mean_corrupted_accuracy(acc: dict[str, dict[int, float]]) -> dict[str, float]:
     """``{corruption: mean over severities, ..., "mCA": mean over corruptions}`` from
     ``acc[corruption][severity]`` (percent)."""
     per = {name: sum(s.values()) / len(s) for name, s in acc.items()}

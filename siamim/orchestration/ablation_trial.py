@@ -167,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -
     from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
     from siamim.eval.representation import EncoderRepresentation
     from siamim.eval.runner import Suite, evaluate
-    from siamim.orchestration.eval_tracking import resolve_checkpoint
+    from siamim.orchestration.checkpoint_refs import resolve_checkpoint
 
     cfg = from_dict(cfg_dict)
     tmp = tempfile.mkdtemp(prefix="siamim-ablate-eval-")
@@ -242,7 +242,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
     from siamim.orchestration import storage as st
     from siamim.orchestration import tracking
     from siamim.orchestration.checkpoints import checkpoint_location
-    from siamim.orchestration.eval_tracking import log_evaluation
+    from siamim.orchestration.eval_logging import log_evaluation
     from siamim.orchestration.trainer import build_trainer
 
     uri = spec["tracking_uri"]

@@ -18,8 +18,9 @@ import torch.distributed as torch_dist
 from siamim import dist
 from siamim.checkpoint import load_checkpoint
 from siamim.config import ConfigError, dump_yaml, load_config
+from siamim.device import resolve_device
 from siamim.eval.knn import evaluate_knn
-from siamim.train.loop import pretrain, resolve_device
+from siamim.train.loop import pretrain
 from siamim.train.progress import format_seconds
 
 
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(
-        cfg, f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() and cfg.train.device != "cpu" else None
+        f"cuda:{torch.cuda.current_device()}"
+        if torch.cuda.is_available() and cfg.train.device != "cpu"
+        else cfg.train.device,
+        "train.device",
     )
     out_dir = Path(cfg.train.output_dir)
     resume = load_checkpoint(out_dir / "checkpoint.pt") if args.resume else None

@@ -19,24 +19,15 @@ from siamim.checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rn
 from siamim.config import Config, to_dict
 from siamim.data.pipeline import build_loader, prepare_batch, views_on_device
 from siamim.data.sources import build_source
+from siamim.device import resolve_device
 from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
-from siamim.train.progress import Progress
+from siamim.train.progress import TrainProgress
 from siamim.train.schedules import lr_at, momentum_at
 from siamim.train.step import MetricBuffer, TrainStep
 
 Reporter = Callable[[dict], None]
 CheckpointSaver = Callable[[dict | None, int], None]
-
-
-def resolve_device(cfg: Config, device: torch.device | str | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.train.device)
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -147,7 +138,7 @@ def pretrain(
     Returns:
         ``{"step", "encoder" (online timm ViT), "state" (rank 0, else None)}``.
     """
-    device = resolve_device(cfg, device)
+    device = torch.device(device) if device is not None else resolve_device(cfg.train.device, "train.device")
     rank, world = dist.rank(), dist.world_size()
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} workers")
@@ -178,7 +169,7 @@ def pretrain(
     model.train()
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
     loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
-    progress = Progress(
+    progress = TrainProgress(
         total_steps=total_steps,
         start_step=start_step,
         steps_per_epoch=steps_per_epoch,

@@ -1,16 +1,23 @@
-"""Progress lines with throughput and ETA for long runs (rank 0)."""
+"""Progress lines with throughput and ETA: the training loop's steps, and any counted task (evaluation).
+
+:class:`TrainProgress` prints the pretraining loop's lines (rank 0);
+:class:`TaskProgress` prints throttled ``done/total`` lines of a named task (feature
+extraction, a probe's steps, the final kNN), whoever runs it.
+"""
 
 from __future__ import annotations
 
 import datetime
+import math
 import time
+from collections.abc import Callable
 
 
 def format_seconds(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
 
 
-class Progress:
+class TrainProgress:
     """Prints ``epoch | step/total | loss | lr | img/s | ETA`` every logging interval.
 
     The ETA is to ``stop_step`` (``train.max_steps`` or the end of the schedule),
@@ -48,3 +55,35 @@ class Progress:
             f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}",
             flush=True,
         )
+
+
+Report = Callable[..., None]
+
+
+class TaskProgress:
+    """Throttled lines ``<prefix> <what> done/total[ loss L] (<rate> <unit>/s, ETA h:mm:ss)``.
+
+    ``progress = TaskProgress(print, "[lin]")``; ``report = progress("probe step", unit="step")``;
+    ``report(done, total)`` or ``report(done, total, loss)``. All reporters of one ``TaskProgress``
+    share the throttle: a line at most every ``every`` seconds, plus the first one and each
+    ``done == total`` (which ends in ``done)`` instead of an ETA). ``log=None``: silent.
+    """
+
+    def __init__(self, log: Callable[[str], None] | None, prefix: str, every: float = 10.0):
+        self.log, self.prefix, self.every = log, prefix, every
+        self.last = -math.inf
+
+    def __call__(self, what: str, unit: str = "it") -> Report:
+        start = time.monotonic()
+
+        def report(done: int, total: int, *extra: float) -> None:
+            now = time.monotonic()
+            if self.log is None or (done < total and now - self.last < self.every):
+                return
+            self.last = now
+            rate = done / max(now - start, 1e-9)
+            tail = f" loss {extra[0]:.4f}" if extra else ""
+            eta = "done" if done >= total else f"ETA {format_seconds((total - done) / max(rate, 1e-9))}"
+            self.log(f"{self.prefix} {what} {done}/{total}{tail} ({rate:.0f} {unit}/s, {eta})")
+
+        return report

@@ -1,4 +1,4 @@
-"""Step-indexed schedules, so a resumed run continues them exactly."""
+"""Step-indexed schedules (pretraining, the probes and fine-tuning), so a resumed run continues them exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``peak_lr`` over ``warmup_steps``, then cosine to ``min_lr`` at ``total_steps``."""
+    """The lr of 0-based ``step``: linear warm-up from 0 (at step 0) to ``peak_lr`` over ``warmup_steps``
+    (MAE's ``lr * epoch / warmup_epochs``), then half-cycle cosine to ``min_lr`` at ``total_steps`` (held after)."""
     if step < warmup_steps:
         return peak_lr * step / warmup_steps
     span = max(1, total_steps - warmup_steps)

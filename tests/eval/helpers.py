@@ -10,7 +10,7 @@ import torch
 from siamim.config import load_config
 from siamim.data.sources import build_source
 from siamim.eval.imageset import ImageSet, load_image_set
-from siamim.eval.runner import limit_indices
+from siamim.eval.subsets import limit_indices
 
 # Small, fast encoder (same family as configs/tiny.yaml), at the 32x32 input the thresholds of
 # these tests were calibrated on (real_set's default size).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siamim.orchestration.eval_tracking import CheckpointNotFound, resolve_checkpoint
+from siamim.orchestration.checkpoint_refs import CheckpointNotFound, resolve_checkpoint
 
 
 def test_local_file_and_ray_directory(tmp_path):

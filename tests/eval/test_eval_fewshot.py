@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from siamim.eval.baselines import baseline_representation
-from siamim.eval.fewshot import class_balanced_subset, fewshot_accuracy, summarize
+from siamim.eval.fewshot import fewshot_accuracy, seed_statistics
 from siamim.eval.imageset import load_image_set
 from siamim.eval.representation import extract
+from siamim.eval.subsets import class_balanced_subset
 from tests.eval.helpers import cfg, chance, planted, real_set, source
 
 
@@ -41,7 +42,7 @@ def test_one_percent_protocol_on_real_images_pixels_beat_random_init():
             runs.append(
                 fewshot_accuracy(extract(rep, images), images.labels, extract(rep, test), test.labels, 10, max_iter=60)
             )
-        accs[name] = summarize(runs)
+        accs[name] = seed_statistics(runs)
         assert 0.0 <= accs[name]["min"] <= accs[name]["mean"] <= accs[name]["max"] <= 100.0
         assert accs[name]["std"] >= 0.0
     assert accs["pixels"]["mean"] > 65.0 and accs["pixels"]["mean"] > accs["random"]["mean"] + 5.0, accs

@@ -23,16 +23,16 @@ QUICK = [
     "--ft-epochs",
     "0.5",
     "--quiet",
-    "eval.lin_steps=100",
-    "eval.lin_batch_size=128",
-    "eval.lin_warmup_steps=10",
-    "eval.fewshot_seeds=2",
-    "eval.dense_train_mosaics=80",
-    "eval.dense_test_mosaics=40",
-    "eval.dense_epochs=2",
-    "eval.robust_test_limit=50",
-    "eval.ft_batch_size=64",
-    "eval.ft_warmup_epochs=0.1",
+    "eval.lin.steps=100",
+    "eval.lin.batch_size=128",
+    "eval.lin.warmup_steps=10",
+    "eval.fewshot.seeds=2",
+    "eval.dense.train_mosaics=80",
+    "eval.dense.test_mosaics=40",
+    "eval.dense.epochs=2",
+    "eval.robust.test_limit=50",
+    "eval.ft.batch_size=64",
+    "eval.ft.warmup_epochs=0.1",
     "eval.device=cpu",
 ]
 
@@ -54,7 +54,7 @@ def _checkpoint(path: Path, run_id: str | None) -> Path:
     torch.manual_seed(0)
     enc = build_encoder(c.model, c.data.img_size)
     config = to_dict(c)
-    config["eval"]["lin_epochs"] = 90  # an eval key of an older release: evaluation ignores the stored eval section
+    config["eval"]["knn_k"] = 5  # a flat eval key of an older release: evaluation ignores the stored eval section
     state = {
         "format": FORMAT_VERSION,
         "step": 7,
@@ -193,7 +193,7 @@ def test_checkpoint_whose_run_is_elsewhere_logs_to_a_new_tagged_run(tmp_path, mo
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["eval.pretraining_run_id"] == foreign
     assert 0.0 <= runs[0].data.metrics["eval.knn_top1"] <= 100.0
-    assert runs[0].data.params["eval.lin_steps"] == "100"
+    assert runs[0].data.params["eval.lin.steps"] == "100" and runs[0].data.params["eval.knn.k"] == "20"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "truncated-no-record"])
@@ -222,12 +222,13 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path):
         f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ev', {str(REPO / 'jobs' / 'evaluate.py')!r}); "
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
         "rcs = [m.main(a) for a in (['--baseline', 'pixel'], ['--baseline', 'pixels', '--protocols', 'knn,lni'], "
-        f"['--checkpoint', {str(tmp_path / 'missing.pt')!r}], ['--baseline', 'pixels', 'eval.knn_kk=3'])]; "
+        f"['--checkpoint', {str(tmp_path / 'missing.pt')!r}], ['--baseline', 'pixels', 'eval.knn.kk=3'], ['--baseline', 'pixels', 'eval.lin.steps=0'])]; "
         "print(rcs, 'torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.stdout.strip() == "[2, 2, 2, 2] False", proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "[2, 2, 2, 2, 2] False", proc.stdout + proc.stderr
     assert "did you mean 'pixels'" in proc.stderr and "did you mean 'lin'" in proc.stderr
+    assert "did you mean 'eval.knn.k'" in proc.stderr and "eval.lin.steps=0 is invalid" in proc.stderr
 
 
 def test_job_baseline_names_match_the_package():

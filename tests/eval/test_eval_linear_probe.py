@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from siamim.eval.baselines import baseline_representation
-from siamim.eval.linear_probe import LinearProbe, accuracy, lr_at, per_class_accuracy, predict, train_linear_probe
+from siamim.eval.linear_probe import LinearProbe, accuracy, per_class_accuracy, predict, train_linear_probe
 from siamim.eval.representation import extract_many
+from siamim.train.schedules import lr_at
 from tests.eval.helpers import cfg, chance, planted, real_set
 
 FAST = dict(steps=300, batch_size=128, blr=3.2, warmup_steps=30)  # lr 1.6
@@ -18,9 +19,14 @@ def test_head_is_batchnorm_without_affine_then_linear():
     assert isinstance(fc, torch.nn.Linear) and fc.out_features == 3 and float(fc.bias.detach().abs().sum()) == 0.0
 
 
-def test_schedule_warms_up_then_follows_half_cosine():
-    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+def test_probe_schedule_is_the_training_schedule_warm_up_from_zero_then_half_cosine():
+    """One lr_at (siamim.train.schedules) for pretraining, probes and FT: MAE's warm-up from lr 0 at step 0."""
+    import siamim.eval.finetune
+    import siamim.eval.linear_probe
+
+    assert siamim.eval.linear_probe.lr_at is lr_at and siamim.eval.finetune.lr_at is lr_at
+    assert lr_at(0, 100, 10, 1.0) == 0.0
+    assert lr_at(5, 100, 10, 1.0) == pytest.approx(0.5)
     assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(100, 100, 10, 1.0, min_lr=0.1) == pytest.approx(0.1)

@@ -4,7 +4,7 @@ import torch
 from siamim.eval.baselines import baseline_representation
 from siamim.eval.linear_probe import accuracy, predict, train_linear_probe
 from siamim.eval.representation import extract
-from siamim.eval.robustness import CORRUPTIONS, SEVERITIES, corrupt, corrupted_accuracy, summarize
+from siamim.eval.robustness import CORRUPTIONS, SEVERITIES, corrupt, corrupted_accuracy, mean_corrupted_accuracy
 from tests.eval.helpers import cfg, real_set
 
 
@@ -39,7 +39,7 @@ def test_corrupted_accuracy_of_a_probe_on_real_pixels():
     clean = corrupted_accuracy(classify, test, None)
     assert clean == pytest.approx(accuracy(predict(probe, extract(rep, test)), test.labels))
     table = {n: {s: corrupted_accuracy(classify, test, n, s, batch_size=128) for s in (1, 5)} for n in CORRUPTIONS}
-    out = summarize(table)
+    out = mean_corrupted_accuracy(table)
     assert set(out) == set(CORRUPTIONS) | {"mCA"}
     assert all(0.0 <= v <= 100.0 for v in out.values())
     assert clean > 65.0 and out["mCA"] < clean  # corruptions hurt the classifier

@@ -3,63 +3,35 @@ import io
 
 import pytest
 
-from siamim.config import ConfigError
 from siamim.eval.baselines import baseline_representation
+from siamim.eval.protocols import names
 from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
-from siamim.eval.runner import PROTOCOLS, Suite, evaluate, limit_indices
-from siamim.eval.settings import check_eval_config, parse_protocols
+from siamim.eval.runner import Suite, evaluate
 from tests.eval.helpers import cfg
 
 QUICK = [
     "eval.train_limit=600",
     "eval.test_limit=200",
-    "eval.lin_steps=150",
-    "eval.lin_batch_size=128",
-    "eval.lin_warmup_steps=15",
-    "eval.fewshot_seeds=2",
-    "eval.dense_train_mosaics=120",
-    "eval.dense_test_mosaics=40",
-    "eval.dense_epochs=3",
-    "eval.robust_test_limit=60",
-    "eval.ft_epochs=1",
-    "eval.ft_batch_size=64",
-    "eval.ft_warmup_epochs=0.2",
+    "eval.lin.steps=150",
+    "eval.lin.batch_size=128",
+    "eval.lin.warmup_steps=15",
+    "eval.fewshot.seeds=2",
+    "eval.dense.train_mosaics=120",
+    "eval.dense.test_mosaics=40",
+    "eval.dense.epochs=3",
+    "eval.robust.test_limit=60",
+    "eval.ft.epochs=1",
+    "eval.ft.batch_size=64",
+    "eval.ft.warmup_epochs=0.2",
     "eval.device=cpu",
 ]
-
-
-def test_protocol_names_are_checked_with_the_closest_match():
-    assert parse_protocols("robust,knn") == ["knn", "robust"]  # run order, FT before robust
-    assert parse_protocols("all") == list(PROTOCOLS)
-    with pytest.raises(ValueError, match=r"did you mean 'fewshot'"):
-        parse_protocols("knn,fewshoot")
-    with pytest.raises(ValueError, match="choose from knn, lin"):
-        parse_protocols("")
-
-
-def test_eval_settings_are_checked_before_compute():
-    c = cfg("eval.fewshot_fraction=0.0")
-    with pytest.raises(ConfigError, match="eval.fewshot_fraction=0.0"):
-        check_eval_config(c.eval)
-    with pytest.raises(ConfigError, match="eval.train_limit=3"):
-        Suite(cfg("eval.train_limit=3"))
-
-
-def test_limit_indices_is_class_balanced_and_seeded():
-    import numpy as np
-
-    labels = np.repeat(np.arange(10), 100)
-    a = limit_indices(labels, 200, seed=0)
-    assert np.bincount(labels[a]).tolist() == [20] * 10
-    assert np.array_equal(a, limit_indices(labels, 200, seed=0))
-    assert len(limit_indices(labels, None, 0)) == 1000
 
 
 def test_every_protocol_runs_on_real_data_with_metrics_in_range_and_a_table():
     c = cfg(*QUICK)
     suite = Suite(c, log=lambda m: None)
     results = {"pixels": evaluate(baseline_representation("pixels", c), c, "all", suite, log=lambda m: None)}
-    assert [r.protocol for r in results["pixels"]] == list(PROTOCOLS)
+    assert [r.protocol for r in results["pixels"]] == names()
     m = {k: v for r in results["pixels"] for k, v in r.metrics.items()}
     for key in (
         "knn_top1",
@@ -84,7 +56,7 @@ def test_every_protocol_runs_on_real_data_with_metrics_in_range_and_a_table():
     md = to_markdown(rows, ["pixels"])
     for col in ("LIN", "1% FT", "FT", "ADE20k mIoU / COCO AP", "LVIS AP box rare", "IN-C 1-mCE"):
         assert f"| {col} |" in md
-    assert md.count("wall time") == len(PROTOCOLS)
+    assert md.count("wall time") == len(names())
     parsed = list(csv.DictReader(io.StringIO(to_csv(rows, ["pixels"]))))
     assert {r["key"] for r in parsed} >= {"knn_top1", "ft_top1", "robust_mca", "dense_wall_s"}
     assert float(next(r for r in parsed if r["key"] == "knn_top1")["value"]) == pytest.approx(m["knn_top1"], abs=1e-3)

@@ -17,7 +17,7 @@ TINY_ARGS = [
     "train.batch_size=32",
     "data.train_subset=512",
     "data.num_workers=0",
-    "eval.knn_train_subset=500",
+    "eval.knn.train_subset=500",
     "run.num_workers=2",
 ]
 
@@ -28,8 +28,8 @@ def _has_key(key: str) -> bool:
     return key in flatten(load_config())
 
 
-if _has_key("eval.knn_test_subset"):  # fewer kNN queries: the largest cost of a tiny run
-    TINY_ARGS.append("eval.knn_test_subset=1000")
+if _has_key("eval.knn.test_subset"):  # fewer kNN queries: the largest cost of a tiny run
+    TINY_ARGS.append("eval.knn.test_subset=1000")
 
 
 def free_port() -> int:

@@ -142,8 +142,8 @@ TINY_EMBEDDED = [
     "train.batch_size=32",
     "data.train_subset=512",
     "data.num_workers=0",
-    "eval.knn_train_subset=500",
-    "eval.knn_test_subset=1000",
+    "eval.knn.train_subset=500",
+    "eval.knn.test_subset=1000",
 ]
 
 

@@ -35,14 +35,14 @@ TINY = {
     "train.batch_size": 32,
     "data.train_subset": 512,
     "data.num_workers": 0,
-    "eval.knn_train_subset": 500,
+    "eval.knn.train_subset": 500,
     "run.num_workers": 2,
     "run.keep_checkpoints": 2,
 }
 
 
-if "eval.knn_test_subset" in flatten(load_config()):  # fewer kNN queries: the suite's largest cost
-    TINY["eval.knn_test_subset"] = 1000
+if "eval.knn.test_subset" in flatten(load_config()):  # fewer kNN queries: the suite's largest cost
+    TINY["eval.knn.test_subset"] = 1000
 
 
 def tiny_cfg(**overrides):

@@ -1,0 +1,115 @@
+"""Where a ``--checkpoint`` reference points (``jobs/evaluate.py``, the ablation's evaluation task).
+
+A checkpoint reference is one of
+
+* a local file (``.../checkpoint.pt``) or directory holding ``checkpoint.pt``
+  (a Ray Train checkpoint directory);
+* a storage URI: ``s3://bucket/prefix/checkpoint_000100[/checkpoint.pt]``, with
+  pyarrow's query parameters for S3-compatible servers
+  (``?endpoint_override=127.0.0.1:9000&scheme=http``), or any other scheme
+  pyarrow understands;
+* an MLflow run id (32 hex digits) or ``runs:/<run id>[/<artifact path>]``: the
+  run's checkpoint artifact (``checkpoint/checkpoint.pt`` as the pretraining job
+  logs it, or ``checkpoints/checkpoint.pt``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from siamim.checkpoint import CHECKPOINT_FILE
+from siamim.orchestration.storage import StorageError, resolve_storage
+from siamim.orchestration.tracking import resolve_tracking_uri
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+ARTIFACT_CANDIDATES = ("checkpoint/checkpoint.pt", "checkpoints/checkpoint.pt", "checkpoint.pt")
+
+
+class CheckpointNotFound(FileNotFoundError):
+    """The ``--checkpoint`` reference does not lead to a checkpoint file; the message says what was tried."""
+
+
+@dataclass
+class ResolvedCheckpoint:
+    path: Path  # local checkpoint file
+    mlflow_run_id: str | None  # the run the reference named (None for paths/URIs)
+    reference: str
+
+
+def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Path) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as err:
+        raise CheckpointNotFound(
+            f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); "
+            "pass --tracking-uri of the store the pretraining logged to"
+        ) from err
+    candidates = [artifact] if artifact else list(ARTIFACT_CANDIDATES)
+    for cand in candidates:
+        try:
+            local = Path(client.download_artifacts(run_id, cand, str(dest)))
+        except Exception:
+            continue
+        local = local / CHECKPOINT_FILE if local.is_dir() else local
+        if local.is_file():
+            return local
+    raise CheckpointNotFound(
+        f"MLflow run {run_id} has no checkpoint artifact (tried {', '.join(candidates)}); "
+        "was the pretraining run finished with a checkpoint?"
+    )
+
+
+def _from_storage(uri: str, dest: Path) -> Path:
+    import pyarrow.fs as pafs
+
+    try:
+        storage = resolve_storage(uri)
+    except StorageError as err:
+        raise CheckpointNotFound(str(err)) from err
+    fs, path = storage.fs, storage.path
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        path = path.rstrip("/") + "/" + CHECKPOINT_FILE
+        info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise CheckpointNotFound(
+            f"no checkpoint at {uri} (looked for {path}); give a checkpoint file or a "
+            f"directory holding {CHECKPOINT_FILE}"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    local = dest / CHECKPOINT_FILE
+    with fs.open_input_stream(path) as src, open(local, "wb") as out:
+        while chunk := src.read(1 << 24):
+            out.write(chunk)
+    return local
+
+
+def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = None) -> ResolvedCheckpoint:
+    """Turn a ``--checkpoint`` reference into a local ``checkpoint.pt`` (downloading into ``dest``)."""
+    dest = Path(dest)
+    text = str(ref).strip()
+    local = Path(text).expanduser()
+    if "://" not in text and local.exists():
+        path = local / CHECKPOINT_FILE if local.is_dir() else local
+        if not path.is_file():
+            raise CheckpointNotFound(f"directory {local} holds no {CHECKPOINT_FILE}")
+        return ResolvedCheckpoint(path, None, text)
+    if text.startswith("runs:/"):
+        run_id, _, artifact = text[len("runs:/") :].partition("/")
+        uri = resolve_tracking_uri(tracking_uri)
+        return ResolvedCheckpoint(_from_mlflow(run_id, artifact or None, uri, dest), run_id, text)
+    if RUN_ID.match(text):
+        uri = resolve_tracking_uri(tracking_uri)
+        return ResolvedCheckpoint(_from_mlflow(text, None, uri, dest), text, text)
+    if "://" in text and not text.startswith("file://"):
+        return ResolvedCheckpoint(_from_storage(text, dest), None, text)
+    raise CheckpointNotFound(
+        f"checkpoint {text!r} is not an existing file or directory, a storage URI "
+        "(s3://bucket/path), an MLflow run id (32 hex digits) or runs:/<run id>/<path>"
+    )
