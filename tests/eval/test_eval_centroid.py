@@ -1,0 +1,32 @@
+"""The nearest-class-centroid protocol (one module plus this test), against scikit-learn's NearestCentroid."""
+
+import torch
+import torch.nn.functional as F
+from sklearn.neighbors import NearestCentroid
+
+from siamim.eval.baselines import baseline_representation
+from siamim.eval.protocols.centroid import nearest_centroid_predict
+from siamim.eval.runner import Suite, evaluate
+from tests.eval.helpers import cfg, chance, planted
+
+
+def test_predictions_equal_sklearn_nearest_centroid_on_normalised_features():
+    labels = torch.arange(10).repeat(30)
+    train, test = planted(labels, 24, 0.7), planted(labels, 24, 0.7, noise_seed=1)
+    ours = nearest_centroid_predict(train, labels, test, 10)
+    oracle = NearestCentroid().fit(F.normalize(train, dim=1).numpy(), labels.numpy())
+    assert ours.tolist() == oracle.predict(F.normalize(test, dim=1).numpy()).tolist()
+    acc = 100.0 * (ours == labels).float().mean().item()
+    none = nearest_centroid_predict(planted(labels, 24, 0.0), labels, planted(labels, 24, 0.0, noise_seed=1), 10)
+    assert acc > 80.0 and abs(100.0 * (none == labels).float().mean().item() - chance()) < 8.0
+
+
+def test_centroid_protocol_runs_from_the_registry_on_real_pixels():
+    top1 = {}
+    for pool in ("cls", "mean"):
+        c = cfg("eval.train_limit=500", "eval.test_limit=200", f"eval.centroid.pool={pool}", "eval.device=cpu")
+        rep = baseline_representation("pixels", c)
+        (res,) = evaluate(rep, c, "centroid", Suite(c, log=None), log=lambda m: None)
+        top1[pool] = res.metrics["centroid_top1"]
+    assert 5 * chance() < top1["cls"] <= 100.0, top1  # measured 69.5 on flattened pixels
+    assert top1["mean"] < top1["cls"] - 20.0, top1  # pixels' mean pool is the average patch: 23.0
