@@ -44,3 +44,22 @@ def test_corrupted_accuracy_of_a_probe_on_real_pixels():
     assert all(0.0 <= v <= 100.0 for v in out.values())
     assert clean > 65.0 and out["mCA"] < clean  # corruptions hurt the classifier
     assert table["gaussian_noise"][5] < table["gaussian_noise"][1] or table["occlusion"][5] < table["occlusion"][1]
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "elastic", "affine", "occlusion"])
+def test_random_corruptions_follow_the_seed_and_the_batch_offset(name):
+    x = real_set("test", 40).images[:16].float() / 255.0
+    a = corrupt(x, name, 3, seed=0)
+    assert torch.equal(a, corrupt(x.clone(), name, 3, seed=0))
+    assert not torch.equal(a, corrupt(x, name, 3, seed=1))
+    assert not torch.equal(a, corrupt(x, name, 3, seed=0, start=16))
+
+
+def test_occlusion_is_one_grey_square_of_the_severity_area_per_image():
+    x = torch.zeros(8, 3, 28, 28)
+    for sev, area in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5)):
+        grey = (corrupt(x, "occlusion", sev, seed=2) == 0.5).all(dim=1)  # [B, S, S]
+        side = round(28 * area**0.5)
+        assert grey.flatten(1).sum(1).tolist() == [side * side] * 8
+        rows, cols = grey.any(dim=2), grey.any(dim=1)  # [B, S]: a square, not scattered pixels
+        assert rows.sum(1).tolist() == [side] * 8 and cols.sum(1).tolist() == [side] * 8
