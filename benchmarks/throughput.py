@@ -199,9 +199,10 @@ def main() -> None:
             step = ReferenceStep(model, cfg, device)
             precision = "fp16+GradScaler" if device.type == "cuda" else "fp32"
         else:
-            online = torch.compile(model.online) if args.compile else model.online
+            if args.compile:
+                model.wrap_online(torch.compile)
             amp = autocast_dtype(cfg, device)
-            step = TrainStep(model, online, build_optimizer(model.online, cfg), amp, cfg.optim.clip_grad)
+            step = TrainStep(model, build_optimizer(model.online, cfg), amp, cfg.optim.clip_grad)
             precision = str(amp or "fp32")
         seconds, memory = measure(step, batch, args.steps, args.warmup, device)
         tflops = flops / seconds / 1e12

@@ -2,11 +2,14 @@
 
 ``model(batch)`` returns ``{"loss": ..., <scalars>}``; the training loop calls
 :meth:`SiameseIM.update_target` after each optimiser step (never inside
-``forward``). Only :attr:`SiameseIM.online` has gradients, so DDP wraps only it.
+``forward``). Only :attr:`SiameseIM.online` has gradients, so DDP wraps only it,
+in place through :meth:`SiameseIM.wrap_online` (``forward`` then runs the wrapper).
 Every ablation row (docs/method.md) is this object under a different config.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,15 +31,35 @@ class SiameseIM(nn.Module):
         self.online = build_online(cfg)
         self.target = None if self.pixel_target else TargetBranch(self.online, cfg)
 
-    def forward(self, batch: dict, online: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    def wrap_online(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """From now on ``forward`` runs the online branch through ``wrap(branch)`` (DDP, ``torch.compile``).
+
+        Calls stack: ``wrap_online(ddp); wrap_online(torch.compile)`` compiles the DDP-wrapped branch.
+        The wrapper is held outside the module tree, so parameter names, the state dict (checkpoints),
+        the EMA pairs and ``self.online.encoder`` stay those of the bare branch: a wrapper registered as
+        ``self.online`` would prefix every key with ``module.``, which DDP, unlike the FSDP that dinov2
+        wraps its submodules in, neither strips from the state dict nor forwards attribute access past.
+        """
+        self.__dict__["_online_wrapped"] = wrap(self.__dict__.get("_online_wrapped", self.online))
+
+    def train(self, mode: bool = True) -> SiameseIM:
+        """``nn.Module.train``, also setting the mode of the :meth:`wrap_online` wrapper."""
+        super().train(mode)
+        wrapped = self.__dict__.get("_online_wrapped")
+        if wrapped is not None:
+            wrapped.train(mode)
+        return self
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Loss of one batch from :class:`siamim.data.pipeline.Collate`.
 
         Args:
-            online: the (possibly DDP-wrapped) online branch; defaults to ``self.online``.
+            batch: ``view1``/``view2`` ``[B, 3, S, S]``, ``mask`` ``[B, L]``, ``ids_keep`` ``[B, Lv]``,
+                ``ids_masked`` ``[B, L - Lv]``, ``geometry`` ``[B, 6]``.
         Returns:
             ``{"loss": scalar with grad, ...}``; UniGrad adds detached ``loss_pos``/``loss_neg``.
         """
-        online = self.online if online is None else online
+        online = self.__dict__.get("_online_wrapped", self.online)  # DDP / compiled, see wrap_online
         query_ids = batch["ids_masked"] if self.masked_queries else None  # [B, Lm] or None (all view-2 patches)
         pred = online(batch["view1"], batch["mask"], batch["ids_keep"], batch["geometry"], query_ids)
         target = self.compute_target(batch["view2"], query_ids)

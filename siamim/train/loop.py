@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from siamim import dist
 from siamim.checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
@@ -24,7 +23,7 @@ from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
 from siamim.train.progress import TrainProgress
 from siamim.train.schedules import lr_at, momentum_at
-from siamim.train.step import MetricBuffer, TrainStep
+from siamim.train.step import MetricBuffer, TrainStep, wrap_for_training
 
 Reporter = Callable[[dict], None]
 CheckpointSaver = Callable[[dict | None, int], None]
@@ -159,13 +158,7 @@ def pretrain(
         optimizer.load_state_dict(resume_state["optimizer"])
         set_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
-    online = model.online
-    if world > 1:
-        if device.type == "cuda" and cfg.model.norm == "bn":
-            model.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
-        online = DistributedDataParallel(model.online, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        online = torch.compile(online)
+    wrap_for_training(model, cfg, device, world)  # DDP / torch.compile, in place
     model.train()
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256
     loader = build_loader(source, cfg, rank, world, start_step, stop_step, on_device=views_on_device(cfg, device))
@@ -176,7 +169,7 @@ def pretrain(
         enabled=verbose and rank == 0,
         stop_step=stop_step,
     )
-    train_step = TrainStep(model, online, optimizer, autocast_dtype(cfg, device), cfg.optim.clip_grad)
+    train_step = TrainStep(model, optimizer, autocast_dtype(cfg, device), cfg.optim.clip_grad)
     buffer = MetricBuffer()
     step = start_step
     state = None

@@ -13,14 +13,33 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def wrap_for_training(model: nn.Module, cfg, device: torch.device, world_size: int) -> None:
+    """Wrap ``model.online`` in place: DDP when ``world_size > 1``, then ``torch.compile`` if ``train.compile``.
+
+    ``model`` is a :class:`siamim.model.siamim.SiameseIM`. Under DDP on CUDA a ``model.norm=bn`` branch
+    gets SyncBatchNorm (on CPU each worker normalises over its own part of the batch).
+
+    Call it after building the optimiser and loading any checkpoint: the parameters stay the same
+    objects, and the state dict keeps the bare branch's names (:meth:`SiameseIM.wrap_online`).
+    """
+    if world_size > 1:
+        if device.type == "cuda" and cfg.model.norm == "bn":
+            model.online = nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
+        device_ids = [device.index] if device.type == "cuda" else None
+        model.wrap_online(lambda online: DistributedDataParallel(online, device_ids=device_ids))
+    if cfg.train.compile:
+        model.wrap_online(torch.compile)
 
 
 class TrainStep:
     """forward (autocast) -> backward -> clip -> AdamW -> EMA update.
 
     Args:
-        model: the :class:`siamim.model.siamim.SiameseIM` method object.
-        online: the module that runs the online branch (``model.online``, DDP-wrapped or compiled).
+        model: the :class:`siamim.model.siamim.SiameseIM` method object (its online branch possibly
+            wrapped in place by :func:`wrap_for_training`).
         optimizer: over ``model.online``'s trainable parameters.
         amp: autocast dtype, or None for fp32.
         clip_grad: max gradient norm, or None (the norm is still computed, on the device).
@@ -29,23 +48,25 @@ class TrainStep:
     def __init__(
         self,
         model: nn.Module,
-        online: nn.Module,
         optimizer: torch.optim.Optimizer,
         amp: torch.dtype | None,
         clip_grad: float | None,
     ):
-        self.model, self.online, self.optimizer = model, online, optimizer
+        self.model, self.optimizer = model, optimizer
         self.amp, self.clip_grad = amp, clip_grad
         self.params = [p for p in model.online.parameters() if p.requires_grad]
 
     def __call__(self, batch: dict, lr: float, momentum: float) -> dict[str, torch.Tensor]:
-        """Train on ``batch``; returns detached device scalars ``loss``, ``grad_norm`` (+ loss terms)."""
+        """Train on ``batch`` (a :class:`siamim.data.pipeline.Collate` batch on the device).
+
+        Returns detached device scalars ``loss``, ``grad_norm`` (+ the loss's terms).
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         device_type = batch["view1"].device.type
         ctx = torch.autocast(device_type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with ctx:
-            out = self.model(batch, online=self.online)
+            out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         if self.clip_grad is not None:
