@@ -127,7 +127,6 @@ class TrainConfig(Section):
     log_every: PositiveInt = 10
     checkpoint_every: int = Field(500, ge=0)  # steps between checkpoints (0: only at the end)
     output_dir: str = "runs/default"  # checkpoints of single-process runs
-    fail_at_step: int | None = None  # test-only: raise once at this step (fault-tolerance tests)
 
 
 class PlatformConfig(Section):
