@@ -122,8 +122,6 @@ def build_trainer(
 def _restore_state(config: dict | None = None) -> tuple[dict | None, dict]:
     """``(state, metadata)`` of Ray's latest checkpoint for this run (or of the intact one the driver
     chose); ``(None, {})`` when there is none."""
-    from siamim.checkpoint import load_checkpoint
-
     config = config or {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -133,13 +131,29 @@ def _restore_state(config: dict | None = None) -> tuple[dict | None, dict]:
 
         storage = resolve_storage(config["storage"])
         checkpoint = ray.train.Checkpoint(config["restore_from"], filesystem=storage.fs)
-    with checkpoint.as_directory() as directory:
-        state = load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+    state = _load_state(checkpoint)
     metadata = checkpoint.get_metadata()
     for key in ("mlflow_run_id", "pending_metrics"):  # checkpoints written before the metadata carried them
         if key in state:
             metadata.setdefault(key, state.pop(key))
     return state, metadata
+
+
+def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
+    """``checkpoint.pt`` of ``checkpoint``: read in place from local storage, else from this worker's own download.
+
+    Not ``Checkpoint.as_directory()``: its download directory is shared by the workers of a
+    node, and a worker that arrives after another's download has finished downloads again,
+    in place, over the file the other one is reading (a "corrupted" checkpoint on resume).
+    """
+    import pyarrow.fs
+
+    from siamim.checkpoint import load_checkpoint
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return load_checkpoint(Path(checkpoint.path) / CHECKPOINT_FILE)
+    with tempfile.TemporaryDirectory(prefix="siamim-restore-") as tmp:
+        return load_checkpoint(Path(checkpoint.to_directory(tmp)) / CHECKPOINT_FILE)
 
 
 class RaySaver:
@@ -217,6 +231,8 @@ def _system_metrics(tracking_uri: str, run_id: str):
     """
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop INFO lines
 
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
         monitor.start()
