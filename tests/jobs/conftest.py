@@ -1,18 +1,20 @@
 """Real services for the job tests: a Ray head, an S3 server (moto), an MLflow server.
 
-Module-scoped (every test that needs a cluster lives in test_pretrain_ray.py, so
-each service starts once) and stopped when that module ends, by terminating
-exactly the process trees the fixtures started (never ``ray stop``, which would
-also stop other Ray clusters on the host); the test process's Ray driver is shut
-down too, so later test modules can start their own Ray. The Ray head uses its own
+One Ray head serves the whole session (the grid, the pretraining and the CLI
+tests; test_data_s3.py starts its own, with the credentials it checks for leaks);
+the S3 and MLflow servers are module-scoped. Every service is stopped by
+terminating exactly the process tree its fixture started (never ``ray stop``,
+which would also stop other Ray clusters on the host). The test process's Ray
+driver (``ray_driver``) connects per module and is shut down when the module
+ends, so later test modules can start their own Ray. The Ray head uses its own
 ``RAY_TMPDIR``, so a plain ``ray.init()`` elsewhere on the host does not attach to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.helpers import BIN, REPO, free_port
+from tests.jobs.helpers import BIN, free_port
 
 FASHION_MNIST = Path(os.environ.get("SIAMIM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 S3_BUCKET = "siamim-test"
@@ -43,51 +45,28 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise RuntimeError(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:] if log else ''}")
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def stop_tree(proc: subprocess.Popen, timeout: float = 8.0) -> None:
-    """Terminate ``proc`` and every process it spawned (only those, found through /proc)."""
-    kids = _children()
-    tree, todo = [], [proc.pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(kids.get(pid, []))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in tree:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + timeout
-        while time.time() < deadline and any(_alive(p) for p in tree if p != proc.pid):
-            time.sleep(0.2)
+    """Terminate ``proc`` and every process it spawned (only those), then kill what is left."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
         try:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            continue
-        if not any(_alive(p) for p in tree if p != proc.pid):
-            return
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    proc.wait(timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +79,13 @@ def fashion_mnist_available():
     return FASHION_MNIST
 
 
+@pytest.fixture(scope="session")
+def session_dir():
+    path = Path(tempfile.mkdtemp(prefix="siamim-svc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def service_dir():
     path = Path(tempfile.mkdtemp(prefix="siamim-svc-"))
@@ -107,25 +93,21 @@ def service_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def base_env(service_dir):
-    """Environment of the Ray head, the servers and every job subprocess.
+OWN_ENV = {  # what this process's in-process Ray driver needs too: no token auth, S3 test credentials
+    "RAY_AUTH_MODE": "disabled",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
-    This process gets only what its in-process Ray driver needs (no token auth,
-    S3 test credentials); ``RAY_TMPDIR`` stays with the subprocesses, so other
-    tests' ``ray.init()`` calls are not redirected.
-    """
+
+@pytest.fixture(scope="session")
+def session_env():
+    """Environment of the session's Ray head, the servers and every job subprocess (own ``RAY_TMPDIR``)."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="srt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    own = {
-        "RAY_AUTH_MODE": "disabled",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in own}
-    os.environ.update(own)
     env = {
         **os.environ,
+        **OWN_ENV,
         "RAY_TMPDIR": str(ray_tmp),
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -133,12 +115,23 @@ def base_env(service_dir):
     for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
     yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def base_env(session_env):
+    """:func:`session_env` for a module's subprocesses; this process gets :data:`OWN_ENV` for the module.
+
+    ``RAY_TMPDIR`` stays with the subprocesses, so other tests' ``ray.init()`` calls are not redirected.
+    """
+    saved = {k: os.environ.get(k) for k in OWN_ENV}
+    os.environ.update(OWN_ENV)
+    yield dict(session_env)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +156,11 @@ def s3_server(base_env, service_dir):
         stop_tree(proc)
 
 
-@pytest.fixture(scope="module")
-def ray_head(base_env, service_dir):
+@contextlib.contextmanager
+def ray_head_process(env: dict, log_dir: Path):
     """``ray start --head --block`` with 2 CPUs; yields ``{"gcs": host:port, "dashboard": url}``."""
     port, dash = free_port(), free_port()
-    log = service_dir / "ray-head.log"
+    log = log_dir / f"ray-head-{port}.log"
     cmd = [
         str(BIN / "ray"),
         "start",
@@ -191,7 +184,7 @@ def ray_head(base_env, service_dir):
     ]
     # Ray Train's PlacementGroupCleaner actor finds "its" cluster through the state API: name it (another
     # Ray instance on the host otherwise makes it print "Found multiple active Ray instances" every second).
-    env = {**base_env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
+    env = {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/version", 90, proc, log)
@@ -204,13 +197,19 @@ def ray_head(base_env, service_dir):
         stop_tree(proc)
 
 
+@pytest.fixture(scope="session")
+def ray_head(session_env, session_dir):
+    """The session's Ray head (2 CPUs), shared by every module that does not start its own."""
+    with ray_head_process(session_env, session_dir) as head:
+        yield head
+
+
 @pytest.fixture(scope="module")
-def ray_driver(ray_head):
-    """This test process connected to the head as a Ray driver (for in-process launches)."""
+def ray_driver(ray_head, base_env):
+    """This test process connected to the head as a Ray driver (for in-process launches), for one module."""
     import ray
 
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=ray_head["gcs"], runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(address=ray_head["gcs"])
     yield ray_head
     ray.shutdown()
 

@@ -18,18 +18,9 @@ TINY_ARGS = [
     "data.train_subset=512",
     "data.num_workers=0",
     "eval.knn.train_subset=500",
+    "eval.knn.test_subset=1000",  # fewer kNN queries: the largest cost of a tiny run
     "run.num_workers=2",
 ]
-
-
-def _has_key(key: str) -> bool:
-    from siamim.config import flatten, load_config
-
-    return key in flatten(load_config())
-
-
-if _has_key("eval.knn.test_subset"):  # fewer kNN queries: the largest cost of a tiny run
-    TINY_ARGS.append("eval.knn.test_subset=1000")
 
 
 def free_port() -> int:

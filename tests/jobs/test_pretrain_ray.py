@@ -2,10 +2,10 @@
 
 One uninterrupted reference run; a run stopped by ``train.max_steps`` and resumed
 (checkpoints on S3, served by moto); a run whose workers raise mid-run and that
-Ray restarts from the last checkpoint. Per-step losses of all three must agree
-exactly (CPU, same seed) and every step must be in MLflow exactly once. Last,
-``ray job submit`` of jobs/pretrain.py to the same head, tracked on an MLflow server.
-All share one Ray head (module-scoped fixtures in conftest.py).
+Ray restarts from the last checkpoint (``SIAMIM_FAIL_AT_STEP``). Per-step losses of
+all three must agree exactly (CPU, same seed) and every step must be in MLflow
+exactly once. Last, ``ray job submit`` of jobs/pretrain.py to the same head,
+tracked on an MLflow server. All share the session's Ray head (conftest.py).
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ import uuid
 import pytest
 import torch
 
-from siamim.checkpoint import load_checkpoint, load_encoder
+from siamim.checkpoint import encoder_timm_spec, export_encoder, load_checkpoint, load_encoder
 from siamim.config import flatten, load_config
 from siamim.orchestration import tracking
+from siamim.orchestration.faults import FAIL_AT_STEP_ENV
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
 from tests.jobs.helpers import REPO, TINY_ARGS
 
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-CHECKPOINT_ARTIFACTS = ["checkpoint/checkpoint.pt", "checkpoint/checkpoint.pt.integrity.json"]  # data + integrity
+# the exported encoder (not the training state, which stays in Ray storage) + its integrity record
+CHECKPOINT_ARTIFACTS = ["checkpoint/checkpoint.pt", "checkpoint/checkpoint.pt.integrity.json"]
 TINY = {
     "train.max_steps": STEPS,
     "train.checkpoint_every": 2,
@@ -36,13 +38,10 @@ TINY = {
     "data.train_subset": 512,
     "data.num_workers": 0,
     "eval.knn.train_subset": 500,
+    "eval.knn.test_subset": 1000,  # fewer kNN queries: the suite's largest cost
     "run.num_workers": 2,
     "run.keep_checkpoints": 2,
 }
-
-
-if "eval.knn.test_subset" in flatten(load_config()):  # fewer kNN queries: the suite's largest cost
-    TINY["eval.knn.test_subset"] = 1000
 
 
 def tiny_cfg(**overrides):
@@ -68,10 +67,12 @@ def tracking_uri(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(ray_driver, fashion_mnist_available, tracking_uri, tmp_path_factory):
-    """An uninterrupted run of STEPS steps."""
+    """An uninterrupted run of STEPS steps (system metrics sampled every second: the run lasts seconds)."""
     storage = tmp_path_factory.mktemp("ray-storage")
     cfg = tiny_cfg(**{"run.storage": str(storage), "run.name": "reference", "run.experiment": "e2e-reference"})
-    summary = run_pretraining(cfg, tracking_uri=tracking_uri)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        summary = run_pretraining(cfg, tracking_uri=tracking_uri)
     return summary, storage
 
 
@@ -101,6 +102,8 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     assert run.data.metrics["knn_top1"] == pytest.approx(summary.knn_top1)
     assert summary.knn_top1 > 20.0
     assert summary.time_to_first_step_s is not None and summary.time_to_first_step_s > 0
+    # MLflow's system metrics from rank 0's monitor
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
 
     # tags and artifacts
     tags = run.data.tags
@@ -109,10 +112,13 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
     assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
+    assert tags["siamim.checkpoint"] == summary.checkpoint == str(storage / "reference" / "checkpoint_00000004")
 
 
 def test_checkpoint_restores(reference, tracking_uri, tmp_path):
     import mlflow
+    import ray.train
+    import timm
 
     summary, storage = reference
     # Ray kept the last K=2 checkpoints, one per checkpoint_every=2 steps
@@ -121,7 +127,10 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
         "checkpoint_00000004",
     ]
     state = load_checkpoint(summary.checkpoint)
-    assert state["step"] == STEPS and state["mlflow_run_id"] == summary.mlflow_run_id
+    assert state["step"] == STEPS and "mlflow_run_id" not in state  # the run id is in Ray's metadata
+    metadata = ray.train.Checkpoint(summary.checkpoint).get_metadata()
+    assert metadata["mlflow_run_id"] == summary.mlflow_run_id
+    assert [int(r["step"]) for r in metadata["pending_metrics"]] == [3, 4]  # not yet in MLflow when saved
     encoder, cfg = load_encoder(state)
     with torch.no_grad():
         feats = encoder.forward_features(torch.randn(2, 3, cfg.data.img_size, cfg.data.img_size))
@@ -131,10 +140,14 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
     local = mlflow.artifacts.download_artifacts(
         run_id=summary.mlflow_run_id, artifact_path="checkpoint", dst_path=str(tmp_path)
     )
-    from_mlflow = load_checkpoint(local)
-    assert from_mlflow["step"] == STEPS
-    for key, value in state["model"].items():
+    from_mlflow = load_checkpoint(local)  # the exported encoder: what jobs/evaluate.py --checkpoint <run id> reads
+    assert from_mlflow["step"] == STEPS and from_mlflow["kind"] == "encoder" and "optimizer" not in from_mlflow
+    weights = export_encoder(state)
+    assert from_mlflow["model"].keys() == weights.keys()
+    for key, value in weights.items():
         assert torch.equal(value, from_mlflow["model"][key]), key
+    name, kwargs = encoder_timm_spec(cfg)  # and timm loads it as it is
+    timm.models.load_checkpoint(timm.create_model(name, **kwargs), f"{local}/checkpoint.pt", strict=True)
 
 
 def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri, s3_server):
@@ -169,17 +182,12 @@ def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri
     assert [v for _, v in starts] == [0.0, 2.0]
 
 
-def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, tmp_path):
+def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, tmp_path, monkeypatch):
     """A worker raises at step 3; FailureConfig restarts the group from the step-2 checkpoint; it finishes."""
     ref_summary, _ = reference
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
     cfg = tiny_cfg(
-        **{
-            "run.storage": str(tmp_path),
-            "run.name": "fault",
-            "run.experiment": "e2e-fault",
-            "train.fail_at_step": 3,
-            "run.max_failures": 1,
-        }
+        **{"run.storage": str(tmp_path), "run.name": "fault", "run.experiment": "e2e-fault", "run.max_failures": 1}
     )
     summary = run_pretraining(cfg, tracking_uri=tracking_uri)
     assert summary.step == STEPS and summary.knn_top1 is not None
@@ -258,18 +266,18 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(
 
 
 def test_failure_without_retries_marks_the_mlflow_run_failed(
-    ray_driver, fashion_mnist_available, tracking_uri, tmp_path
+    ray_driver, fashion_mnist_available, tracking_uri, tmp_path, monkeypatch
 ):
     from mlflow.tracking import MlflowClient
 
     from siamim.orchestration.launch import LaunchError
 
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
     cfg = tiny_cfg(
         **{
             "run.storage": str(tmp_path),
             "run.name": "no-retry",
             "run.experiment": "e2e-no-retry",
-            "train.fail_at_step": 3,
             "run.max_failures": 0,
         }
     )
@@ -284,12 +292,14 @@ def test_failure_without_retries_marks_the_mlflow_run_failed(
 
 
 def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist_available, tracking_uri, tmp_path):
-    """A 4-step plan; its latest checkpoint truncated -> resume verifies, skips it, restarts from step 2 and
-    finishes; then --more-steps 2 grows the plan to 6 with the documented schedule. MLflow: every step once,
-    one kNN point per final step, and the description shows the configuration the run finished with."""
+    """A 4-step plan; its latest checkpoint truncated -> a resume with --more-steps 4 verifies, skips it,
+    restarts from step 2 and grows the plan to 6 with the documented schedule; then there is nothing left to
+    train. MLflow: every step once, one kNN point per final step, and the description shows the configuration
+    the run finished with."""
     from mlflow.tracking import MlflowClient
 
     from siamim.checkpoint import integrity_path
+    from siamim.train.schedules import lr_at, momentum_at
 
     cfg = tiny_cfg(
         **{
@@ -318,44 +328,43 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
         )
 
     lines: list[str] = []
-    again = run_pretraining(
+    longer = run_pretraining(
         tiny_cfg(**{"run.storage": str(tmp_path)}),
         tracking_uri=tracking_uri,
         resume="longer",
+        more_steps=4,
         log=lambda m: lines.append(str(m)),
     )
     text = "\n".join(lines)
     assert "skipping damaged checkpoint checkpoint_00000004" in text and "truncated" in text, text
-    assert "resuming from checkpoint_00000002" in text, text
-    assert again.step == 4 and again.mlflow_run_id == first.mlflow_run_id
+    assert "resuming from checkpoint_00000002" in text and "the plan grows to 6 steps" in text, text
+    assert longer.step == 6 and longer.mlflow_run_id == first.mlflow_run_id
+    assert longer.knn_top1 is not None and longer.time_to_first_step_s is not None
     assert latest.read_bytes() == data[: len(data) // 3]  # the damaged file is left as it was (nothing deleted)
     assert (tmp_path / "longer" / "checkpoint_00000004_r" / "checkpoint.pt").is_file()
 
     with pytest.raises(LaunchInputError, match="nothing to train.*--more-steps"):
         run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer")
 
-    longer = run_pretraining(
-        tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer", more_steps=2
-    )
-    assert longer.step == 6 and longer.knn_top1 is not None and longer.time_to_first_step_s is not None
     run_id = first.mlflow_run_id
     assert [s for s, _ in losses(tracking_uri, run_id)] == list(range(1, 7))  # each step once
     for key in ("lr", "momentum", "epoch"):
         assert [s for s, _ in tracking.metric_history(tracking_uri, run_id, key)] == list(range(1, 7)), key
     assert [s for s, _ in tracking.metric_history(tracking_uri, run_id, "knn_top1")] == [4, 6]
-    assert tracking.metric_history(tracking_uri, run_id, "restored_from_step") == [(0, 0.0), (2, 2.0), (4, 4.0)]
+    assert tracking.metric_history(tracking_uri, run_id, "restored_from_step") == [(0, 0.0), (2, 2.0)]
 
-    # the documented schedule: the 4-step plan grows to 6; lr ramps over the warm-up length (2 steps) from the
-    # lr of step 4 to the re-planned cosine (warm-up 2, total 6); EMA momentum follows the re-planned cosine
+    # the documented schedule: the 4-step plan grows to 6 from the checkpoint it continues (step 2), a restart
+    # whose lr ramps over the warm-up length (2 steps) from the lr that checkpoint last used to the re-planned
+    # cosine (warm-up 2, total 6); EMA momentum follows the re-planned cosine. MLflow's point at step k is the
+    # lr of step index k - 1; steps 3 and 4 keep the points of the first launch (each step is logged once).
     peak = cfg.optim.blr * cfg.train.batch_size / 256
     lr = dict(tracking.metric_history(tracking_uri, run_id, "lr"))
-    curve = lambda i: peak * 0.5 * (1 + math.cos(math.pi * (i - 2) / (6 - 2)))  # noqa: E731
-    assert lr[4] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * (3 - 2) / (4 - 2))))
-    assert lr[5] == pytest.approx(lr[4] + (curve(4) - lr[4]) * 0.5)
-    assert lr[6] == pytest.approx(curve(5))
+    plan = load_checkpoint(longer.checkpoint)["plan"]
+    assert plan["total_steps"] == 6 and plan["warmup_steps"] == 2
+    assert plan["restarts"] == [{"step": 2, "from_lr": pytest.approx(lr[2]), "steps": 2, "old_total_steps": 4}]
+    curve = lambda i: lr_at(i, 6, 2, peak, cfg.optim.min_lr)  # noqa: E731
+    assert lr[5] == pytest.approx(curve(4)) and lr[6] == pytest.approx(curve(5))
     momentum = dict(tracking.metric_history(tracking_uri, run_id, "momentum"))
-    from siamim.train.schedules import momentum_at
-
     assert momentum[6] == pytest.approx(momentum_at(5, 6, cfg.optim.ema_m0))
 
     run = MlflowClient(tracking_uri).get_run(run_id)
