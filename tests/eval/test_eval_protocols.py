@@ -29,7 +29,7 @@ def test_a_module_dropped_into_the_package_registers_itself(tmp_path, monkeypatc
         "from siamim.eval.protocols import Protocol\n"
         "from siamim.sections import Section\n"
         "class S(Section):\n    pass\n"
-        "PROTOCOL = Protocol('majority', 15, S, lambda ctx, s, p: {}, {'majority_top1': ('-', 'x')}, 'x')\n"
+        "PROTOCOL = Protocol('majority', 12, S, lambda ctx, s, p: {}, {'majority_top1': ('-', 'x')}, 'x')\n"
     )
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
     registry._registry.cache_clear()
