@@ -106,10 +106,19 @@ def resume_point(storage: Storage, run_name: str) -> ResumePoint:
 
 def checkpoint_run_id(storage: Storage, ckpt: StoredCheckpoint) -> str | None:
     """The MLflow run id in ``ckpt``'s Ray metadata; None for checkpoints written before it was kept there."""
+    return directory_run_id(storage.fs, ckpt.path)
+
+
+def directory_run_id(fs: pafs.FileSystem, directory: str) -> str | None:
+    """The MLflow run id in the Ray metadata of checkpoint directory ``directory`` on ``fs`` (None: none there).
+
+    For any reference to a Ray checkpoint directory (``jobs/evaluate.py --checkpoint <dir or URI>``);
+    checkpoints written before the metadata carried it have ``mlflow_run_id`` inside ``checkpoint.pt``.
+    """
     import ray.train
 
     try:
-        metadata = ray.train.Checkpoint(ckpt.path, filesystem=storage.fs).get_metadata()
+        metadata = ray.train.Checkpoint(directory, filesystem=fs).get_metadata()
     except (OSError, ValueError):
         return None
     return metadata.get("mlflow_run_id")
