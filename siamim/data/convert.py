@@ -67,8 +67,14 @@ def describe_source(kind: str, root: str | None) -> dict:
                 h.update(hashlib.sha256(path.read_bytes()).digest())
             images, _ = _fashion_split(str(base), split)
             splits[split] = list(range(len(images)))
-        return {"classes": list(fashion_mnist.CLASSES), "mean": [fashion_mnist.MEAN] * 3,
-                "std": [fashion_mnist.STD] * 3, "splits": splits, "fingerprint": h.hexdigest(), "root": str(base)}
+        return {
+            "classes": list(fashion_mnist.CLASSES),
+            "mean": [fashion_mnist.MEAN] * 3,
+            "std": [fashion_mnist.STD] * 3,
+            "splits": splits,
+            "fingerprint": h.hexdigest(),
+            "root": str(base),
+        }
     if kind == "image_folder":
         if root is None or not Path(root).is_dir():
             raise FileNotFoundError(f"--root {root!r} is not a directory of class folders")
@@ -92,8 +98,14 @@ def describe_source(kind: str, root: str | None) -> dict:
             if not items:
                 raise FileNotFoundError(f"ImageFolder tree {tree} holds no images with suffix in {IMAGE_SUFFIXES}")
             splits[split] = items
-        return {"classes": classes, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "splits": splits,
-                "fingerprint": h.hexdigest(), "root": str(base)}
+        return {
+            "classes": classes,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "splits": splits,
+            "fingerprint": h.hexdigest(),
+            "root": str(base),
+        }
     raise ValueError(f"unknown source {kind!r}; choose fashion_mnist or image_folder")
 
 
@@ -102,9 +114,19 @@ def plan_tasks(kind: str, source: dict, out: str, rows_per_shard: int, row_group
     tasks = []
     for split, items in source["splits"].items():
         for index, start in enumerate(range(0, len(items), rows_per_shard)):
-            tasks.append({"kind": kind, "root": source["root"], "out": out, "split": split, "index": index,
-                          "first_id": start, "items": items[start : start + rows_per_shard],
-                          "path": f"{split}/part-{index:05d}.parquet", "row_group_rows": row_group_rows})
+            tasks.append(
+                {
+                    "kind": kind,
+                    "root": source["root"],
+                    "out": out,
+                    "split": split,
+                    "index": index,
+                    "first_id": start,
+                    "items": items[start : start + rows_per_shard],
+                    "path": f"{split}/part-{index:05d}.parquet",
+                    "row_group_rows": row_group_rows,
+                }
+            )
     return tasks
 
 
@@ -143,14 +165,24 @@ def convert_shard(task: dict) -> dict:
     """Write one shard; returns its manifest entry plus pixel sums for the mean/std."""
     labels, blobs, total, total_sq, count = _encode_items(task)
     ids = list(range(task["first_id"], task["first_id"] + len(blobs)))
-    table = pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
-                      "image": pa.array(blobs, pa.binary())}, schema=SCHEMA)
+    table = pa.table(
+        {"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()), "image": pa.array(blobs, pa.binary())},
+        schema=SCHEMA,
+    )
     buf = io.BytesIO()
     # Encoded images do not compress further; row groups of row_group_rows let readers stream small pieces.
     pq.write_table(table, buf, row_group_size=task["row_group_rows"], compression="NONE")
     payload = buf.getvalue()
     fs, base = open_root(task["out"])
     write_bytes(fs, join(fs, base, task["path"]), payload)
-    return {"split": task["split"], "index": task["index"], "path": task["path"], "rows": len(blobs),
-            "bytes": len(payload), "digest": row_digest(ids, labels, blobs),
-            "pixel_sum": total.tolist(), "pixel_sumsq": total_sq.tolist(), "pixel_count": count}
+    return {
+        "split": task["split"],
+        "index": task["index"],
+        "path": task["path"],
+        "rows": len(blobs),
+        "bytes": len(payload),
+        "digest": row_digest(ids, labels, blobs),
+        "pixel_sum": total.tolist(),
+        "pixel_sumsq": total_sq.tolist(),
+        "pixel_count": count,
+    }

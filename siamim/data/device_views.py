@@ -54,8 +54,9 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size
     return weight / weight.sum(dim=-1, keepdim=True)
 
 
-def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, widths: torch.Tensor,
-                     size: int) -> torch.Tensor:
+def crop_resize_flip(
+    images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, widths: torch.Tensor, size: int
+) -> torch.Tensor:
     """Per-sample ``flip(image)[i:i+h, j:j+w]`` resized to ``size x size``: two batched matmuls.
 
     The resize is separable, so each view is ``R_rows @ image @ R_cols^T`` with the per-sample
@@ -113,8 +114,11 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     sat = chroma / torch.where(flat, ones, maxc)
     div = torch.where(flat, ones, chroma)
     rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    hue = ((maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-           + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
+    hue = (
+        (maxc == r) * (bc - gc)
+        + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+        + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    )
     hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
     return torch.stack([hue, sat, maxc], dim=1)
 
@@ -204,8 +208,11 @@ def render_views(batch: dict, img_size: int, mean: torch.Tensor, std: torch.Tens
     ``colour1``/``colour2`` (``[B, 12]``, present when colour augmentation is on); adds ``view1``/``view2``
     float ``[B, 3, S, S]``. Works on any device; everything stays on the batch's device.
     """
-    out = {k: v for k, v in batch.items()
-           if k not in ("image", "box1", "box2", "flip1", "flip2", "width", "colour1", "colour2")}
+    out = {
+        k: v
+        for k, v in batch.items()
+        if k not in ("image", "box1", "box2", "flip1", "flip2", "width", "colour1", "colour2")
+    }
     images = batch["image"].float().div_(255.0)
     kernel = max_blur_kernel(img_size)
     mean = mean.to(images.device).view(1, 3, 1, 1)

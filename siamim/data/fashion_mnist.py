@@ -16,8 +16,16 @@ import numpy as np
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 # Per-pixel statistics of the training images (scaled to [0, 1]).
 MEAN = 0.2860
@@ -83,5 +91,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "trai
     images = _read_idx(_find(base, img_stem))
     labels = _read_idx(_find(base, lbl_stem)).astype(np.int64)
     if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST {split} files in {base} disagree: {images.shape} images, {labels.shape} labels")
+        raise ValueError(
+            f"Fashion-MNIST {split} files in {base} disagree: {images.shape} images, {labels.shape} labels"
+        )
     return images, labels

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def relative_geometry(box1: torch.Tensor, box2: torch.Tensor, flip1: torch.Tensor, flip2: torch.Tensor,
-                      width: torch.Tensor) -> torch.Tensor:
+def relative_geometry(
+    box1: torch.Tensor, box2: torch.Tensor, flip1: torch.Tensor, flip2: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
     """Geometry of view 2 relative to view 1.
 
     Args:
@@ -27,8 +28,9 @@ def relative_geometry(box1: torch.Tensor, box2: torch.Tensor, flip1: torch.Tenso
     i1, j1, h1, w1 = box1.double().unbind(-1)
     i2, j2, h2, w2 = box2.double().unbind(-1)
     rel_flip = (flip1.bool() ^ flip2.bool()).double()
-    geo = torch.stack([(i2 - i1) / h1, (j2 - j1) / w1, h2 / h1, w2 / w1, rel_flip,
-                       (width.double() - j1 - j2) / w1], dim=-1)
+    geo = torch.stack(
+        [(i2 - i1) / h1, (j2 - j1) / w1, h2 / h1, w2 / w1, rel_flip, (width.double() - j1 - j2) / w1], dim=-1
+    )
     return geo.float()
 
 

@@ -77,15 +77,22 @@ def open_root(root: str, timeout_s: float = S3_TIMEOUT_S) -> tuple[pafs.FileSyst
     if parts.scheme != "s3":
         raise ParquetDataError(f"data.root={display(text)!r}: only local paths and s3:// URIs are supported")
     if "@" in parts.netloc:
-        raise ParquetDataError("data.root must not carry credentials (user:secret@); export AWS_ACCESS_KEY_ID / "
-                               "AWS_SECRET_ACCESS_KEY or use an AWS profile instead")
+        raise ParquetDataError(
+            "data.root must not carry credentials (user:secret@); export AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or use an AWS profile instead"
+        )
     query = dict(urllib.parse.parse_qsl(parts.query))
     unknown = set(query) - {"endpoint_override", "scheme", "region"}
     if unknown:
-        raise ParquetDataError(f"data.root={display(text)!r}: unknown query parameter(s) {sorted(unknown)}; "
-                               "allowed: endpoint_override, scheme, region")
-    kwargs = {"connect_timeout": timeout_s, "request_timeout": timeout_s,
-              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+        raise ParquetDataError(
+            f"data.root={display(text)!r}: unknown query parameter(s) {sorted(unknown)}; "
+            "allowed: endpoint_override, scheme, region"
+        )
+    kwargs = {
+        "connect_timeout": timeout_s,
+        "request_timeout": timeout_s,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+    }
     endpoint = query.get("endpoint_override")
     scheme = query.get("scheme")
     env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -96,8 +103,9 @@ def open_root(root: str, timeout_s: float = S3_TIMEOUT_S) -> tuple[pafs.FileSyst
         kwargs["endpoint_override"] = endpoint
     if scheme is not None:
         kwargs["scheme"] = scheme
-    kwargs["region"] = query.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") \
-        or "us-east-1"
+    kwargs["region"] = (
+        query.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    )
     fs = pafs.S3FileSystem(**kwargs)
     return fs, (parts.netloc + parts.path).rstrip("/")
 
@@ -128,12 +136,16 @@ def read_manifest(root: str) -> dict:
         with fs.open_input_stream(path) as f:
             manifest = json.loads(f.read().decode())
     except FileNotFoundError:
-        raise ParquetDataError(f"data.root={display(root)!r} has no {MANIFEST}: not a prepared dataset, or its "
-                               "conversion did not finish. Run `python jobs/prepare_data.py --out <root> ...`") from None
+        raise ParquetDataError(
+            f"data.root={display(root)!r} has no {MANIFEST}: not a prepared dataset, or its "
+            "conversion did not finish. Run `python jobs/prepare_data.py --out <root> ...`"
+        ) from None
     except OSError as err:
-        raise ParquetDataError(f"data.root={display(root)!r}: cannot read {MANIFEST} from {endpoint_of(root)} "
-                               f"({str(err).splitlines()[0][:300]}); check the endpoint, the bucket and the AWS_* "
-                               "credentials") from err
+        raise ParquetDataError(
+            f"data.root={display(root)!r}: cannot read {MANIFEST} from {endpoint_of(root)} "
+            f"({str(err).splitlines()[0][:300]}); check the endpoint, the bucket and the AWS_* "
+            "credentials"
+        ) from err
     if manifest.get("format") != FORMAT:
         raise ParquetDataError(f"{display(root)}/{MANIFEST} has format {manifest.get('format')!r}; expected {FORMAT!r}")
     return manifest
@@ -219,8 +231,10 @@ class ParquetSource:
         table = pa.concat_tables(tables)
         ids = table.column("id").to_numpy()
         if not np.array_equal(ids, np.arange(self.count)):
-            raise ParquetDataError(f"{display(self.root)}/{self.split}: ids are not 0..{self.count - 1} in shard order "
-                                   "(damaged or mixed conversion); prepare the data again")
+            raise ParquetDataError(
+                f"{display(self.root)}/{self.split}: ids are not 0..{self.count - 1} in shard order "
+                "(damaged or mixed conversion); prepare the data again"
+            )
         return table
 
     def _cached(self, fs, paths: list[str]):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from siamim.data.device_views import render_views
 from siamim.data.geometry import relative_geometry
 from siamim.data.masks import make_mask
 from siamim.data.sources import ImageSource
-from siamim.data.device_views import render_views
 from siamim.data.views import draw_view_params, render_view_pair
 
 
@@ -43,14 +43,23 @@ class ViewPairDataset(Dataset):
         cfg = self.cfg
         gen = torch.Generator().manual_seed(sample_seed(cfg.train.seed, epoch, index))
         image = self.source.image(index)  # uint8 [3, H, W]
-        params = draw_view_params(image.shape[1], image.shape[2], cfg.data.img_size, gen,
-                                  crop_min=cfg.views.crop_min, flip_prob=cfg.views.flip_prob,
-                                  different_views=cfg.views.different_views, color_aug=cfg.views.color_aug)
+        params = draw_view_params(
+            image.shape[1],
+            image.shape[2],
+            cfg.data.img_size,
+            gen,
+            crop_min=cfg.views.crop_min,
+            flip_prob=cfg.views.flip_prob,
+            different_views=cfg.views.different_views,
+            color_aug=cfg.views.color_aug,
+        )
         mask = make_mask(cfg.mask.type, cfg.grid_size, cfg.num_masked, gen, cfg.mask.min_block)
         sample = {
             "mask": mask,
-            "box1": torch.tensor(params.box1, dtype=torch.float32), "box2": torch.tensor(params.box2, dtype=torch.float32),
-            "flip1": torch.tensor(params.flip1), "flip2": torch.tensor(params.flip2),
+            "box1": torch.tensor(params.box1, dtype=torch.float32),
+            "box2": torch.tensor(params.box2, dtype=torch.float32),
+            "flip1": torch.tensor(params.flip1),
+            "flip2": torch.tensor(params.flip2),
             "width": torch.tensor(float(image.shape[2])),
         }
         if self.on_device:
@@ -93,7 +102,9 @@ class Collate:
         # Same count per row, so the visible indices form a dense [B, Lv] tensor.
         ids_keep, ids_masked = mask_indices(mask)
         out = {
-            "mask": mask, "ids_keep": ids_keep, "ids_masked": ids_masked,
+            "mask": mask,
+            "ids_keep": ids_keep,
+            "ids_masked": ids_masked,
             "geometry": relative_geometry(stack["box1"], stack["box2"], stack["flip1"], stack["flip2"], stack["width"]),
         }
         if images is None:
@@ -101,8 +112,9 @@ class Collate:
             out["view1"], out["view2"] = norm(stack["view1"]), norm(stack["view2"])
             return out
         out["image"] = pad_images(images)
-        out.update({k: stack[k] for k in ("box1", "box2", "flip1", "flip2", "width", "colour1", "colour2")
-                    if k in stack})
+        out.update(
+            {k: stack[k] for k in ("box1", "box2", "flip1", "flip2", "width", "colour1", "colour2") if k in stack}
+        )
         return out
 
 
@@ -129,8 +141,9 @@ def prepare_batch(batch: dict, device: torch.device, img_size: int, mean, std) -
     """Move a collated batch to ``device``; render its views there when it carries source images."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if "image" in batch:
-        batch = render_views(batch, img_size, torch.tensor(mean, dtype=torch.float32),
-                             torch.tensor(std, dtype=torch.float32))
+        batch = render_views(
+            batch, img_size, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        )
     return batch
 
 
@@ -152,8 +165,10 @@ class StepBatchSampler:
 
     def __post_init__(self):
         if self.steps_per_epoch < 1:
-            raise ValueError(f"train.batch_size={self.global_batch} exceeds the {self.num_samples} training images; "
-                             "lower train.batch_size or use more data")
+            raise ValueError(
+                f"train.batch_size={self.global_batch} exceeds the {self.num_samples} training images; "
+                "lower train.batch_size or use more data"
+            )
 
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step)
@@ -181,8 +196,9 @@ def register_loader(name: str, factory) -> None:
     LOADERS[name] = factory
 
 
-def build_loader(source: ImageSource, cfg, rank: int, world_size: int, start_step: int, total_steps: int,
-                 on_device: bool = False) -> DataLoader:
+def build_loader(
+    source: ImageSource, cfg, rank: int, world_size: int, start_step: int, total_steps: int, on_device: bool = False
+) -> DataLoader:
     """The training DataLoader of one rank, starting at ``start_step``.
 
     ``on_device``: the loader hands over source images + view parameters; :func:`prepare_batch`
@@ -190,12 +206,20 @@ def build_loader(source: ImageSource, cfg, rank: int, world_size: int, start_ste
     """
     if getattr(cfg.data, "loader", "map") != "map":  # e.g. ray_data: views rendered by the stream's CPU tasks
         if cfg.data.loader not in LOADERS:
-            raise RuntimeError(f"data.loader={cfg.data.loader!r} streams through Ray Data inside Ray Train workers "
-                               "(jobs/pretrain.py); run it there, or use data.loader=map")
+            raise RuntimeError(
+                f"data.loader={cfg.data.loader!r} streams through Ray Data inside Ray Train workers "
+                "(jobs/pretrain.py); run it there, or use data.loader=map"
+            )
         return LOADERS[cfg.data.loader](source, cfg, rank, world_size, start_step, total_steps)
-    sampler = StepBatchSampler(len(source), cfg.train.batch_size, rank, world_size, cfg.train.seed,
-                               start_step, total_steps)
+    sampler = StepBatchSampler(
+        len(source), cfg.train.batch_size, rank, world_size, cfg.train.seed, start_step, total_steps
+    )
     workers = cfg.data.num_workers
-    return DataLoader(ViewPairDataset(source, cfg, on_device), batch_sampler=sampler,
-                      collate_fn=Collate(source.mean, source.std), num_workers=workers, persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
+    return DataLoader(
+        ViewPairDataset(source, cfg, on_device),
+        batch_sampler=sampler,
+        collate_fn=Collate(source.mean, source.std),
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

@@ -98,8 +98,17 @@ class ColourParams:
 
     def as_tensor(self) -> torch.Tensor:
         """float32 ``[12]``: ``jitter, factors[4], order[4], gray, blur_sigma, solarize``."""
-        return torch.tensor([float(self.jitter), *self.factors, *map(float, self.order), float(self.gray),
-                             self.blur_sigma, float(self.solarize)], dtype=torch.float32)
+        return torch.tensor(
+            [
+                float(self.jitter),
+                *self.factors,
+                *map(float, self.order),
+                float(self.gray),
+                self.blur_sigma,
+                float(self.solarize),
+            ],
+            dtype=torch.float32,
+        )
 
 
 def draw_colour(recipe: ColourRecipe, gen: torch.Generator, img_size: int) -> ColourParams:
@@ -160,8 +169,16 @@ class ViewParams:
     same_view: bool  # view 2 is an exact copy of view 1
 
 
-def draw_view_params(height: int, width: int, img_size: int, gen: torch.Generator, crop_min: float = 0.08,
-                     flip_prob: float = 0.5, different_views: bool = True, color_aug: bool = True) -> ViewParams:
+def draw_view_params(
+    height: int,
+    width: int,
+    img_size: int,
+    gen: torch.Generator,
+    crop_min: float = 0.08,
+    flip_prob: float = 0.5,
+    different_views: bool = True,
+    color_aug: bool = True,
+) -> ViewParams:
     """Draw a view pair's parameters for an ``height x width`` source (order: view 1, then view 2).
 
     ``different_views=False``: view 2 is an exact copy of view 1 (ablation rows a-c; docs/method.md).
@@ -203,8 +220,15 @@ def render_view_pair(image: torch.Tensor, params: ViewParams, img_size: int) -> 
     return ViewPair(v1, v2, params.box1, params.box2, params.flip1, params.flip2, image.shape[-1])
 
 
-def make_view_pair(image: torch.Tensor, img_size: int, gen: torch.Generator, crop_min: float = 0.08,
-                   flip_prob: float = 0.5, different_views: bool = True, color_aug: bool = True) -> ViewPair:
+def make_view_pair(
+    image: torch.Tensor,
+    img_size: int,
+    gen: torch.Generator,
+    crop_min: float = 0.08,
+    flip_prob: float = 0.5,
+    different_views: bool = True,
+    color_aug: bool = True,
+) -> ViewPair:
     """Draw and render the two views of one uint8 ``[3, H, W]`` image (see :func:`draw_view_params`)."""
     _, height, width = image.shape
     params = draw_view_params(height, width, img_size, gen, crop_min, flip_prob, different_views, color_aug)

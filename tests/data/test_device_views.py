@@ -23,10 +23,12 @@ def _images(seed=0, size=24) -> torch.Tensor:
 def test_each_jitter_op_equals_torchvision_per_image():
     x = _images()
     gen = torch.Generator().manual_seed(1)
-    cases = {"brightness": (dv.adjust_brightness, torch.rand(B, generator=gen) * 0.8 + 0.6),
-             "contrast": (dv.adjust_contrast, torch.rand(B, generator=gen) * 0.8 + 0.6),
-             "saturation": (dv.adjust_saturation, torch.rand(B, generator=gen) * 0.4 + 0.8),
-             "hue": (dv.adjust_hue, torch.rand(B, generator=gen) * 0.2 - 0.1)}
+    cases = {
+        "brightness": (dv.adjust_brightness, torch.rand(B, generator=gen) * 0.8 + 0.6),
+        "contrast": (dv.adjust_contrast, torch.rand(B, generator=gen) * 0.8 + 0.6),
+        "saturation": (dv.adjust_saturation, torch.rand(B, generator=gen) * 0.4 + 0.8),
+        "hue": (dv.adjust_hue, torch.rand(B, generator=gen) * 0.2 - 0.1),
+    }
     for name, (fn, factors) in cases.items():
         got = fn(x, factors)
         want = torch.stack([getattr(TF, f"adjust_{name}")(x[b], float(factors[b])) for b in range(B)])
@@ -65,8 +67,9 @@ def test_crops_equal_the_cpu_crops():
         boxes = torch.tensor([sample_crop(40, 56, (0.2, 1.0), gen) for _ in range(B)], dtype=torch.float32)
         flips = torch.tensor([b % 2 == 0 for b in range(B)])
         got = dv.crop_resize_flip(src / 255, boxes, flips, torch.full((B,), 56.0), size)
-        want = torch.stack([spatial_view(src[b] / 255, tuple(int(v) for v in boxes[b]), bool(flips[b]), size)
-                            for b in range(B)])
+        want = torch.stack(
+            [spatial_view(src[b] / 255, tuple(int(v) for v in boxes[b]), bool(flips[b]), size) for b in range(B)]
+        )
         assert (got - want).abs().max() < 1e-5, size  # measured 2.4e-7
 
 
@@ -80,8 +83,15 @@ def test_geometry_holds_on_the_device_path():
                 box1, box2 = sample_crop(96, 96, (0.3, 1.0), gen), sample_crop(96, 96, (0.3, 1.0), gen)
                 rendered = []
                 for box, flip in ((box1, flip1), (box2, flip2)):
-                    rendered.append(dv.crop_resize_flip(img[None], torch.tensor([box], dtype=torch.float32),
-                                                        torch.tensor([flip]), torch.tensor([96.0]), SIZE)[0])
+                    rendered.append(
+                        dv.crop_resize_flip(
+                            img[None],
+                            torch.tensor([box], dtype=torch.float32),
+                            torch.tensor([flip]),
+                            torch.tensor([96.0]),
+                            SIZE,
+                        )[0]
+                    )
                 check_pair(rendered[0], rendered[1], box1, box2, flip1, flip2, min_points=0)
     assert GRID == SIZE // 8
 
@@ -118,11 +128,16 @@ def test_training_with_device_views_learns_like_the_cpu_path(small_cfg):
 
     curves = {}
     for where in ("cpu", "device"):
-        cfg = small_cfg(f"data.views_on={where}", "data.train_subset=64", "train.max_steps=16", "train.epochs=8",
-                        "optim.warmup_epochs=1", "optim.blr=1e-3")
-        losses = []
-        pretrain(cfg, reporter=lambda m: losses.append(m["loss"]), verbose=False)
-        curves[where] = losses
+        cfg = small_cfg(
+            f"data.views_on={where}",
+            "data.train_subset=64",
+            "train.max_steps=16",
+            "train.epochs=8",
+            "optim.warmup_epochs=1",
+            "optim.blr=1e-3",
+        )
+        curves[where] = []
+        pretrain(cfg, reporter=lambda m, out=curves[where]: out.append(m["loss"]), verbose=False)
     cpu, dev = curves["cpu"], curves["device"]
     assert sum(dev[-4:]) < 0.9 * sum(dev[:4])  # it learns
     assert abs(dev[0] - cpu[0]) < 0.02 * cpu[0]  # same first batch up to uint8 rounding (same init)

@@ -19,8 +19,13 @@ def coordinate_image() -> torch.Tensor:
 
 
 def check_pair(v1, v2, box1, box2, flip1, flip2, min_points=1):
-    geo = relative_geometry(torch.tensor([box1], dtype=torch.float32), torch.tensor([box2], dtype=torch.float32),
-                            torch.tensor([flip1]), torch.tensor([flip2]), torch.tensor([float(W)]))
+    geo = relative_geometry(
+        torch.tensor([box1], dtype=torch.float32),
+        torch.tensor([box2], dtype=torch.float32),
+        torch.tensor([flip1]),
+        torch.tensor([flip2]),
+        torch.tensor([float(W)]),
+    )
     centres = view2_patch_centres(geo, GRID)[0]  # [G*G, 2] in view-1 patch units
     # Encoded coordinate at each view-2 patch centre: mean of the patch's 2x2 central pixels.
     c = PATCH // 2

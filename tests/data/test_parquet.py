@@ -29,8 +29,12 @@ def local_ray():
     started = not ray.is_initialized()
     if started:
         repo = str(Path(__file__).resolve().parents[2])
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_AUTH_MODE": "disabled"}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": repo, "RAY_AUTH_MODE": "disabled"}},
+        )
     yield
     if started:
         ray.shutdown()
@@ -110,7 +114,7 @@ def test_rerun_is_a_no_op_and_a_half_written_root_is_not_a_dataset(fmnist_shards
     # A conversion that died before its manifest: shards present, no dataset.
     half = tmp_path / "half"
     (half / "train").mkdir(parents=True)
-    (half / "train" / "part-00000.parquet").write_bytes(shard.read_bytes()[: 1000])
+    (half / "train" / "part-00000.parquet").write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(ParquetDataError, match="no manifest.json"):
         ParquetSource(str(half), "train")
     redone = prepare("fashion_mnist", None, str(half), rows_per_shard=200, row_group_rows=64, limit=N)
@@ -139,12 +143,33 @@ def test_stream_resume_semantics(fmnist_shards):
     from siamim.orchestration.ray_data import build_stream, stream_batches
 
     out, manifest = fmnist_shards
-    cfg = load_config("tiny", [*SMALL, "data.dataset=parquet", f"data.root={out}", "data.loader=ray_data",
-                               "data.train_subset=256", "data.shuffle_buffer=64", "data.stream_batch=32"])
+    cfg = load_config(
+        "tiny",
+        [
+            *SMALL,
+            "data.dataset=parquet",
+            f"data.root={out}",
+            "data.loader=ray_data",
+            "data.train_subset=256",
+            "data.shuffle_buffer=64",
+            "data.stream_batch=32",
+        ],
+    )
     spe, start, stop = 256 // 32, 11, 19  # resume in epoch 1 after b=3 of its 8 steps
     trace: list = []
-    batches = list(stream_batches(build_stream(cfg, start).iterator(), cfg, manifest["mean"], manifest["std"],
-                                  start, stop, spe, world_size=1, trace=trace))
+    batches = list(
+        stream_batches(
+            build_stream(cfg, start).iterator(),
+            cfg,
+            manifest["mean"],
+            manifest["std"],
+            start,
+            stop,
+            spe,
+            world_size=1,
+            trace=trace,
+        )
+    )
     assert [s for s, _, _ in trace] == list(range(start, stop))
     epochs = {s: set(tags) for s, tags, _ in trace}
     assert all(epochs[s] == {1} for s in range(11, 16)) and all(epochs[s] == {2} for s in range(16, 19))
@@ -197,13 +222,29 @@ def test_pretrain_and_evaluate_from_shards(fmnist_shards, tmp_path):
     from siamim.train import pretrain
 
     out, _ = fmnist_shards
-    cfg = load_config("tiny", [*SMALL, "data.dataset=parquet", f"data.root={out}", "train.max_steps=1",
-                               f"train.output_dir={tmp_path}/run"])
+    cfg = load_config(
+        "tiny",
+        [*SMALL, "data.dataset=parquet", f"data.root={out}", "train.max_steps=1", f"train.output_dir={tmp_path}/run"],
+    )
     pretrain(cfg, verbose=False)
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(repo / "jobs" / "evaluate.py"), "--checkpoint",
-                           str(tmp_path / "run" / "checkpoint.pt"), "--protocols", "knn", "--out", str(tmp_path / "eval")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "jobs" / "evaluate.py"),
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoint.pt"),
+            "--protocols",
+            "knn",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert f"train {N} / test {N} images" in proc.stdout  # the shards' splits, not the 60k/10k IDX files
     assert "knn_top1" in (tmp_path / "eval" / "evaluation.csv").read_text()

@@ -15,13 +15,18 @@ def _colour_image(seed: int) -> torch.Tensor:
 def test_same_view_is_an_exact_copy_with_identity_geometry():
     for seed in range(8):
         for colour in (False, True):
-            pair = make_view_pair(_colour_image(seed), 16, torch.Generator().manual_seed(seed),
-                                  different_views=False, color_aug=colour)
+            pair = make_view_pair(
+                _colour_image(seed), 16, torch.Generator().manual_seed(seed), different_views=False, color_aug=colour
+            )
             assert pair.box1 == pair.box2 and pair.flip1 == pair.flip2
             assert torch.equal(pair.view1, pair.view2)
-            geo = relative_geometry(torch.tensor([pair.box1], dtype=torch.float32),
-                                    torch.tensor([pair.box2], dtype=torch.float32), torch.tensor([pair.flip1]),
-                                    torch.tensor([pair.flip2]), torch.tensor([float(pair.width)]))
+            geo = relative_geometry(
+                torch.tensor([pair.box1], dtype=torch.float32),
+                torch.tensor([pair.box2], dtype=torch.float32),
+                torch.tensor([pair.flip1]),
+                torch.tensor([pair.flip2]),
+                torch.tensor([float(pair.width)]),
+            )
             assert torch.allclose(geo[0, :4], torch.tensor([0.0, 0.0, 1.0, 1.0])) and geo[0, 4] == 0
             rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
             assert torch.allclose(view2_patch_centres(geo, 4)[0], torch.stack([rows, cols], -1).view(-1, 2), atol=1e-5)
