@@ -12,24 +12,20 @@ step); the only collective is UniGrad's correlation all-reduce, taken only when 
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from siamim.plugins import PluginFolder
 
 if TYPE_CHECKING:
     import torch
 
-
-@functools.cache
-def _discover() -> tuple[str, ...]:
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+_PLUGINS = PluginFolder(__name__, __path__, "loss.type")
 
 
 def names() -> list[str]:
     """The valid ``loss.type`` values, sorted (one per plugin module)."""
-    return list(_discover())
+    return _PLUGINS.names()
 
 
 def get(name: str) -> Callable[..., dict[str, torch.Tensor]]:
@@ -38,10 +34,7 @@ def get(name: str) -> Callable[..., dict[str, torch.Tensor]]:
     Raises:
         ValueError: ``name`` is not one of :func:`names` (the message lists them).
     """
-    if name not in _discover():
-        raise ValueError(f"unknown loss.type {name!r}; choose one of {names()}")
-    module = importlib.import_module(f"{__name__}.{name}")
-    return getattr(module, f"{name}_loss")
+    return getattr(_PLUGINS.module(name), f"{name}_loss")
 
 
 def compute_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, neg_weight: float) -> dict[str, torch.Tensor]:

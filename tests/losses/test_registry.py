@@ -10,6 +10,7 @@ import torch
 
 import siamim.losses
 from siamim.losses import compute_loss, get, names
+from siamim.plugins import PluginFolder
 
 
 def test_names_are_the_plugin_modules():
@@ -70,13 +71,13 @@ def test_a_new_module_file_is_a_new_loss(tmp_path, monkeypatch):
     (tmp_path / "half_l2.py").write_text(
         "def half_l2_loss(pred, target, neg_weight=0.0):\n    return {'loss': ((pred - target) ** 2).mean() / 2}\n"
     )
-    monkeypatch.setattr(siamim.losses, "__path__", [*siamim.losses.__path__, str(tmp_path)])
-    siamim.losses._discover.cache_clear()
+    path = [*siamim.losses.__path__, str(tmp_path)]
+    monkeypatch.setattr(siamim.losses, "__path__", path)  # where the import finds the module
+    monkeypatch.setattr(siamim.losses, "_PLUGINS", PluginFolder("siamim.losses", path, "loss.type"))
     try:
         assert "half_l2" in names()
         assert float(compute_loss("half_l2", torch.ones(2), torch.zeros(2), 0.0)["loss"]) == 0.5
     finally:
         monkeypatch.undo()
-        siamim.losses._discover.cache_clear()
         sys.modules.pop("siamim.losses.half_l2", None)
     assert "half_l2" not in names()
