@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from siamim.plugins import PluginFolder
 from siamim.sections import Section
 
 
@@ -52,17 +51,20 @@ class Protocol:
     summary: str
 
 
+def _plugins() -> PluginFolder:
+    return PluginFolder(__name__, __path__, "protocol")
+
+
 @functools.cache
 def _registry() -> tuple[Protocol, ...]:
     found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    folder = _plugins()
+    for name in folder.names():
+        module = folder.module(name)
         proto = getattr(module, "PROTOCOL", None)
         if not isinstance(proto, Protocol):
             raise TypeError(f"{module.__name__} defines no PROTOCOL = Protocol(...)")
-        if proto.name != info.name:
+        if proto.name != name:
             raise ValueError(f"{module.__name__}: PROTOCOL.name={proto.name!r} must be the module's name")
         found.append(proto)
     return tuple(sorted(found, key=lambda p: (p.order, p.name)))
