@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from siamim.data import fashion_mnist
+from siamim.data.fs import write_bytes
 from siamim.data.parquet import (
     SCHEMA,
     decode_array,
@@ -28,7 +29,6 @@ from siamim.data.parquet import (
     join,
     open_root,
     row_digest,
-    write_bytes,
 )
 from siamim.data.sources import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
 

@@ -114,20 +114,6 @@ def join(fs: pafs.FileSystem, base: str, *parts: str) -> str:
     return str(Path(base, *parts)) if isinstance(fs, pafs.LocalFileSystem) else posixpath.join(base, *parts)
 
 
-def write_bytes(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
-    """One PUT on object stores; temp file + rename on local disk (never a half-written file)."""
-    parent = posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else str(Path(path).parent)
-    fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(payload)
-        fs.move(tmp, path)
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(payload)
-
-
 def read_manifest(root: str) -> dict:
     """The manifest of a prepared root; :class:`ParquetDataError` (naming the endpoint) if absent or unreachable."""
     fs, base = open_root(root)

@@ -17,6 +17,7 @@ import time
 import pyarrow.fs as pafs
 
 from siamim.data.convert import convert_shard, describe_source, plan_tasks
+from siamim.data.fs import write_bytes
 from siamim.data.parquet import (
     FORMAT,
     MANIFEST,
@@ -24,7 +25,6 @@ from siamim.data.parquet import (
     display,
     join,
     open_root,
-    write_bytes,
 )
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from siamim.data.fs import write_bytes
+
 RUN_RECORD = "siamim_run.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -166,18 +168,7 @@ def read_json(storage: Storage, *parts: str) -> dict:
 
 def write_json(storage: Storage, data: dict, *parts: str) -> None:
     """Write ``data`` as JSON (temp file + move on local disk, one PUT on object stores)."""
-    fs = storage.fs
-    path = storage.join(*parts)
-    fs.create_dir(posixpath.dirname(path) if not storage.is_local else str(Path(path).parent), recursive=True)
-    payload = json.dumps(data, indent=1, sort_keys=True).encode()
-    if storage.is_local:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(payload)
-        fs.move(tmp, path)
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(payload)
+    write_bytes(storage.fs, storage.join(*parts), json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def list_runs(storage: Storage) -> list[dict]:
