@@ -220,16 +220,10 @@ def render_view_pair(image: torch.Tensor, params: ViewParams, img_size: int) -> 
     return ViewPair(v1, v2, params.box1, params.box2, params.flip1, params.flip2, image.shape[-1])
 
 
-def make_view_pair(
-    image: torch.Tensor,
-    img_size: int,
-    gen: torch.Generator,
-    crop_min: float = 0.08,
-    flip_prob: float = 0.5,
-    different_views: bool = True,
-    color_aug: bool = True,
-) -> ViewPair:
-    """Draw and render the two views of one uint8 ``[3, H, W]`` image (see :func:`draw_view_params`)."""
+def make_view_pair(image: torch.Tensor, img_size: int, gen: torch.Generator, **options) -> ViewPair:
+    """Draw and render the two views of one uint8 ``[3, H, W]`` image.
+
+    ``options``: :func:`draw_view_params`'s keywords (``crop_min``, ``flip_prob``, ``different_views``, ``color_aug``).
+    """
     _, height, width = image.shape
-    params = draw_view_params(height, width, img_size, gen, crop_min, flip_prob, different_views, color_aug)
-    return render_view_pair(image, params, img_size)
+    return render_view_pair(image, draw_view_params(height, width, img_size, gen, **options), img_size)

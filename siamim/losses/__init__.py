@@ -6,8 +6,8 @@ names are discovered from the module files (``_``-prefixed ones are private help
 validates ``loss.type`` against :func:`names`. This module imports no torch, so the config and the
 job scripts can check a name without it; :func:`get` imports the chosen module on first use.
 
-Every loss runs in fp32 with autocast disabled inside it (so its matmuls stay fp32 under a bf16/fp16
-step); the only collective is UniGrad's correlation all-reduce, taken only when a process group exists.
+Every loss is decorated with ``siamim.losses._common.fp32_loss``: it runs in fp32 with autocast disabled
+(so its matmuls stay fp32 under a bf16/fp16 step); the only collective is UniGrad's correlation all-reduce, taken only when a process group exists.
 """
 
 from __future__ import annotations

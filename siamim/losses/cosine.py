@@ -5,18 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from siamim.losses._common import fp32_rows
+from siamim.losses._common import fp32_loss
 
 
+@fp32_loss
 def cosine_loss(pred: torch.Tensor, target: torch.Tensor, neg_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Squared distance of L2-normalised prediction and target, ``2 - 2 cos`` (BYOL's form).
 
-    Args:
-        pred, target: ``[..., D]``.
-    Returns:
-        ``{"loss"}`` fp32 scalar. ``neg_weight`` is ignored.
+    ``[..., D]`` rows -> ``{"loss"}`` fp32 scalar. ``neg_weight`` is ignored.
     """
-    with torch.autocast(pred.device.type, enabled=False):
-        p, z = fp32_rows(pred, target)
-        loss = (F.normalize(p, dim=-1) - F.normalize(z, dim=-1)).pow(2).sum(-1).mean()
-    return {"loss": loss}
+    return {"loss": (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1).mean()}

@@ -9,20 +9,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from siamim.losses._common import fp32_rows
+from siamim.losses._common import fp32_loss
 
 BETA = 1.0  # the target is LayerNorm-normalised (unit variance per token), so 1 is its natural scale
 
 
+@fp32_loss
 def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, neg_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Mean over elements of ``0.5 e^2 / beta`` if ``|e| < beta`` else ``|e| - 0.5 beta`` (``e = p - z``).
 
-    Args:
-        pred, target: ``[..., D]``.
-    Returns:
-        ``{"loss"}`` fp32 scalar.
+    ``[..., D]`` rows -> ``{"loss"}`` fp32 scalar.
     """
-    with torch.autocast(pred.device.type, enabled=False):
-        p, z = fp32_rows(pred, target)
-        loss = F.smooth_l1_loss(p, z, beta=BETA)
-    return {"loss": loss}
+    return {"loss": F.smooth_l1_loss(pred, target, beta=BETA)}

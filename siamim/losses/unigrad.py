@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from siamim.dist import all_reduce_mean
-from siamim.losses._common import fp32_rows
+from siamim.losses._common import fp32_loss
 
 
+@fp32_loss
 def unigrad_loss(pred: torch.Tensor, target: torch.Tensor, neg_weight: float = 0.02) -> dict[str, torch.Tensor]:
     """UniGrad over all rows (tokens, or images for a global loss).
 
@@ -17,16 +18,14 @@ def unigrad_loss(pred: torch.Tensor, target: torch.Tensor, neg_weight: float = 0
     ``loss = (positive + neg_weight * negative) / D``.
 
     Args:
-        pred: ``[..., D]`` predictions (any leading shape, flattened to ``[N, D]``).
+        pred: ``[..., D]`` predictions (any leading shape; :func:`fp32_loss` hands them over as fp32 ``[N, D]``).
         target: ``[..., D]`` targets, same shape; treated as constants.
     Returns:
         ``{"loss", "loss_pos", "loss_neg"}`` fp32 scalars (pos/neg detached).
     """
-    with torch.autocast(pred.device.type, enabled=False):
-        p, z = fp32_rows(pred, target)  # [N, D]
-        dim = p.shape[-1]
-        corr = all_reduce_mean(z.T @ z / z.shape[0])  # [D, D]
-        positive = (p - z).pow(2).sum(-1).mean()
-        negative = ((p @ corr) * p).sum(-1).mean()
-        loss = (positive + neg_weight * negative) / dim
+    dim = pred.shape[-1]
+    corr = all_reduce_mean(target.T @ target / target.shape[0])  # [D, D]
+    positive = (pred - target).pow(2).sum(-1).mean()
+    negative = ((pred @ corr) * pred).sum(-1).mean()
+    loss = (positive + neg_weight * negative) / dim
     return {"loss": loss, "loss_pos": positive.detach() / dim, "loss_neg": negative.detach() / dim}
