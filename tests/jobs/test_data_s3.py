@@ -1,18 +1,25 @@
 """Training from Parquet shards on S3 (moto server), through a real Ray head, tracked on a real MLflow server.
 
-One module, one set of services: shards written to S3 by Ray Data; an
-uninterrupted 2-worker map-style run from them (its kNN reads the test shards);
-the same run submitted with ``ray job submit``, its driver stopped after the
-first S3 checkpoint, and a new submitted job ``--resume NAME`` that ends with the
-same per-step losses; a 2-worker streaming run (``data.loader=ray_data``); last,
-the secret access key is searched for in everything these runs wrote.
+One module, one set of services (its own Ray head, started with the credentials
+the last test searches for): shards written to S3 by Ray Data; an uninterrupted
+2-worker map-style run from them (its kNN reads the test shards); the same run
+interrupted twice and finished: S3 stops answering after its first checkpoint (the
+run fails with the resume command), a submitted job ``--resume NAME`` is stopped
+(``ray job stop``) after its next checkpoint, and a last ``--resume`` ends with
+the per-step losses of the uninterrupted run; a 2-worker streaming run
+(``data.loader=ray_data``); last, the secret access key is searched for in
+everything these runs wrote.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,15 +28,15 @@ import pytest
 
 from siamim.config import load_config
 from siamim.orchestration import tracking
-from siamim.orchestration.launch import run_pretraining
-from tests.jobs.conftest import S3_BUCKET
+from siamim.orchestration.launch import LaunchError, run_pretraining
+from tests.jobs.conftest import S3_BUCKET, ray_head_process
 from tests.jobs.helpers import BIN, REPO
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex  # a value that appears nowhere unless something leaks it
 KEY_ID = "AKIA" + uuid.uuid4().hex[:16].upper()
-STEPS = 20  # long enough that a stop issued at the first checkpoint lands mid-run on a quiet machine
+STEPS = 20  # long enough that a stop issued at a checkpoint lands mid-run on a quiet machine
 ARGS = {
     "train.checkpoint_every": 2,
     "train.log_every": 1,
@@ -55,12 +62,23 @@ def base_env(base_env):
     """The shared service environment with credentials only this module knows (head, servers, jobs, driver)."""
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET})
-    yield {**base_env, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    ray_tmp = tempfile.mkdtemp(prefix="srt-", dir="/tmp")  # this module's head: its own session files
+    yield {**base_env, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "RAY_TMPDIR": ray_tmp}
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    import shutil
+
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(base_env, service_dir):
+    """This module's own Ray head, started with the credentials the leak test searches for."""
+    with ray_head_process(base_env, service_dir) as head:
+        yield head
 
 
 @pytest.fixture(scope="module")
@@ -124,61 +142,99 @@ def tracking_uri_of(env) -> str:
     return env["_SIAMIM_TEST_MLFLOW"]
 
 
-def test_killed_driver_then_resubmitted_job_resumes_from_s3(
+def _checkpoint_steps(s3, prefix: str) -> set[int]:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix).get("Contents", [])]
+    return {int(m.group(1)) for k in keys if (m := re.search(r"/checkpoint_(\d+)[^/]*/checkpoint\.pt$", k))}
+
+
+def _moto_pid(endpoint: str) -> int:
+    import psutil
+
+    port = endpoint.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(a.endswith("moto_server") for a in argv) and port in argv:
+            return proc.pid
+    raise RuntimeError(f"no moto_server on port {port}")
+
+
+def test_s3_outage_then_stopped_job_then_resume_matches_the_uninterrupted_run(
     reference, ray_head, base_env, s3_server, shards, mlflow_server
 ):
+    """One run, interrupted twice. 1) S3 stops answering after the first checkpoint (the server is paused):
+    the run fails with the resume command, in bounded time. 2) Once S3 answers again, a submitted job
+    ``--resume`` continues from S3 and its driver is stopped (``ray job stop``) after its next checkpoint.
+    3) A last ``--resume`` finishes: one MLflow run whose per-step losses equal the uninterrupted run's."""
     import boto3
+    from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    env = {**base_env, "_SIAMIM_TEST_MLFLOW": mlflow_server}
-    storage = storage_for(s3_server, "killed")
-    overrides = [f"{k}={v}" for k, v in ARGS.items()] + ["data.dataset=parquet", f"data.root={shards}"]
-    first = f"killed-{uuid.uuid4().hex[:6]}"
-    proc = _submit(
-        ray_head,
-        env,
-        first,
-        "--storage",
-        storage,
-        "--name",
-        "killed",
-        "--experiment",
-        "data-s3",
-        *overrides,
-        wait=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     s3 = boto3.client("s3", endpoint_url=f"http://{s3_server}")
+    storage, prefix = storage_for(s3_server, "cut"), "cut/cut/"
+    cfg = cfg_for(shards, **{"run.storage": storage, "run.name": "cut", "run.experiment": "data-s3"})
+
+    # 1. the outage
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["summary"] = run_pretraining(cfg, tracking_uri=mlflow_server)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    pid = _moto_pid(s3_server)
+    thread.start()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and thread.is_alive() and not _checkpoint_steps(s3, prefix):
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGSTOP)
+        started = time.time()
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "the run neither failed nor finished within 300 s of the S3 outage"
+        outage_s = time.time() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert isinstance(outcome.get("error"), LaunchError), outcome
+    assert "--resume cut" in str(outcome["error"]), outcome["error"]
+    assert outage_s < 240, outage_s
+
+    # 2. a submitted job resumes from S3; its driver is stopped after its next checkpoint
+    before = max(_checkpoint_steps(s3, prefix))
+    env = {**base_env, "_SIAMIM_TEST_MLFLOW": mlflow_server}
+    job = f"cut-{uuid.uuid4().hex[:6]}"
+    proc = _submit(ray_head, env, job, "--storage", storage, "--resume", "cut", wait=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     client = JobSubmissionClient(ray_head["dashboard"])
     deadline = time.time() + 300
-    while time.time() < deadline:
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="killed/killed/").get("Contents", [])]
-        if any(k.endswith("checkpoint.pt") for k in keys):
-            break
-        assert client.get_job_status(first) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(first)[
-            -3000:
-        ]
+    while time.time() < deadline and max(_checkpoint_steps(s3, prefix)) <= before:
+        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
         time.sleep(0.3)
-    client.stop_job(first)  # the driver is killed mid-run
-    while client.get_job_status(first) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+    client.stop_job(job)
+    while client.get_job_status(job) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
         time.sleep(0.5)
-    assert client.get_job_status(first) == JobStatus.STOPPED
+    assert client.get_job_status(job) == JobStatus.STOPPED
+    resumed = re.search(r"resuming from checkpoint_\d+ \(step (\d+)", client.get_job_logs(job))
+    assert resumed and 0 < int(resumed.group(1)) < STEPS, client.get_job_logs(job)[-3000:]
 
-    second = f"resumed-{uuid.uuid4().hex[:6]}"
-    done = _submit(ray_head, env, second, "--storage", storage, "--resume", "killed")
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    import re
-
-    resumed = re.search(r"resuming from checkpoint_\d+ \(step (\d+)", done.stdout + done.stderr)
-    assert resumed and 0 < int(resumed.group(1)) < STEPS  # it really was interrupted, and resumed mid-run
-    from mlflow.tracking import MlflowClient
-
+    # 3. the last resume finishes from where the stopped job got to
+    lines: list[str] = []
+    done = run_pretraining(
+        load_config("tiny", {"run.storage": storage}),
+        tracking_uri=mlflow_server,
+        resume="cut",
+        log=lambda m: lines.append(str(m)),
+    )
+    assert done.resumed and done.step == STEPS
+    last = re.search(r"resuming from checkpoint_\d+ \(step (\d+)", "\n".join(lines))
+    assert last and int(resumed.group(1)) < int(last.group(1)) < STEPS, lines  # the stopped job did train
     exp = MlflowClient(mlflow_server).get_experiment_by_name("data-s3")
-    runs = [r for r in MlflowClient(mlflow_server).search_runs([exp.experiment_id]) if r.info.run_name == "killed"]
-    assert len(runs) == 1
-    got = tracking.metric_history(mlflow_server, runs[0].info.run_id, "loss")
+    runs = [r for r in MlflowClient(mlflow_server).search_runs([exp.experiment_id]) if r.info.run_name == "cut"]
+    assert len(runs) == 1 and runs[0].info.run_id == done.mlflow_run_id
+    got = tracking.metric_history(mlflow_server, done.mlflow_run_id, "loss")
     ref = tracking.metric_history(mlflow_server, reference.mlflow_run_id, "loss")
-    assert [s for s, _ in got] == list(range(1, STEPS + 1))
+    assert [s for s, _ in got] == list(range(1, STEPS + 1))  # every step once
     for (step, value), (_, ref_value) in zip(got, ref):
         assert value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
 
@@ -237,68 +293,3 @@ def test_secret_appears_nowhere(reference, ray_head, base_env, s3_server, mlflow
                 if SECRET.encode() in data:
                     hits.append(str(path))
     assert not hits, f"the secret access key leaked into: {hits[:20]}"
-
-
-def _moto_pid(endpoint: str) -> int:
-    port = endpoint.rsplit(":", 1)[1]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.endswith(b"moto_server") for a in argv) and port.encode() in argv:
-                return int(entry)
-    raise RuntimeError(f"no moto_server on port {port}")
-
-
-def test_s3_outage_mid_run_fails_with_resume_hint_then_resumes(shards, s3_server, mlflow_server):
-    """S3 stops answering after the first checkpoint (the server is paused): the run fails with the step it
-    reached and the resume command; once S3 answers again, --resume finishes the run from the last checkpoint."""
-    import signal
-    import threading
-
-    import boto3
-
-    from siamim.orchestration.launch import LaunchError
-
-    cfg = cfg_for(
-        shards, **{"run.storage": storage_for(s3_server, "outage"), "run.name": "outage", "run.experiment": "data-s3"}
-    )
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["summary"] = run_pretraining(cfg, tracking_uri=mlflow_server)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, daemon=True)
-    s3 = boto3.client("s3", endpoint_url=f"http://{s3_server}")
-    pid = _moto_pid(s3_server)
-    thread.start()
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and thread.is_alive():
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="outage/outage/").get("Contents", [])]
-            if any(k.endswith("checkpoint.pt") for k in keys):
-                break
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGSTOP)
-        started = time.time()
-        thread.join(timeout=300)
-        assert not thread.is_alive(), "the run neither failed nor finished within 300 s of the S3 outage"
-        outage_s = time.time() - started
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    assert isinstance(outcome.get("error"), LaunchError), outcome
-    message = str(outcome["error"])
-    assert "--resume outage" in message, message
-    assert outage_s < 240, outage_s
-
-    resumed = run_pretraining(
-        load_config("tiny", {"run.storage": storage_for(s3_server, "outage")}),
-        tracking_uri=mlflow_server,
-        resume="outage",
-    )
-    assert resumed.resumed and resumed.step == STEPS
