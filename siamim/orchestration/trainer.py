@@ -233,7 +233,6 @@ def _system_metrics(tracking_uri: str, run_id: str):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop INFO lines
-
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
         monitor.start()
     except Exception as err:  # psutil missing, store hiccup: training goes on without system metrics
