@@ -147,7 +147,8 @@ def test_image_files_read_shards_from_s3(tmp_path):
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, io, json, siamim
 assert siamim.__file__.startswith({str(image)!r}), siamim.__file__
 from siamim.data.convert import convert_shard
-from siamim.data.parquet import FORMAT, open_root, join, write_bytes
+from siamim.data.fs import write_bytes
+from siamim.data.parquet import FORMAT, open_root, join
 from siamim.data.sources import build_source
 import siamim.data.convert as conv
 conv._fashion_split.cache_clear()

@@ -1,11 +1,11 @@
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from siamim.losses.unigrad import unigrad_loss
+from tests.helpers import free_port
 
 
 def reference_unigrad(p, z, lam):
@@ -53,16 +53,10 @@ def _worker(rank, world, port, p, z, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_single_process(tmp_path):
     gen = torch.Generator().manual_seed(3)
     p, z = torch.randn(64, 16, generator=gen), torch.randn(64, 16, generator=gen) * 2 + 0.5
-    mp.spawn(_worker, args=(2, _free_port(), p, z, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), p, z, str(tmp_path)), nprocs=2, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     pred = p.clone().requires_grad_(True)
     full = unigrad_loss(pred, z, 0.02)["loss"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from siamim.orchestration.checkpoint_refs import CheckpointNotFound, resolve_checkpoint
+from tests.helpers import free_port
 
 
 def test_local_file_and_ray_directory(tmp_path):
@@ -26,15 +27,9 @@ def test_local_file_and_ray_directory(tmp_path):
         resolve_checkpoint("no/such/thing", tmp_path / "dl")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_endpoint(monkeypatch):
-    port = _free_port()
+    port = free_port()
     server = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

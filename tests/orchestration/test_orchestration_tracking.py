@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from siamim.orchestration import tracking
+from tests.helpers import free_port
 
 
 @pytest.fixture()
@@ -26,9 +25,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
 
 
 def test_check_tracking_unreachable_server_and_unwritable_store(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(tracking.TrackingError, match="unreachable"):
         tracking.check_tracking(f"http://127.0.0.1:{port}", timeout_s=2)
     blocker = tmp_path / "file"

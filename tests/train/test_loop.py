@@ -103,17 +103,13 @@ def _ddp_worker(rank, world, port, cfg_dict, out):
 
 
 def test_runs_unchanged_under_gloo_process_group(small_cfg, tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     from siamim.config import to_dict
+    from tests.helpers import free_port
 
     cfg = small_cfg("train.max_steps=3", "data.train_subset=320", "run.num_workers=2")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # DDP kept the replicas identical
     init = small_cfg("train.max_steps=3", "data.train_subset=320")

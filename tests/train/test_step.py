@@ -1,5 +1,4 @@
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -14,6 +13,7 @@ from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
 from siamim.train.step import TrainStep, wrap_for_training
 from tests.conftest import SMALL
+from tests.helpers import free_port
 from tests.model.helpers import one_batch
 
 CPU = torch.device("cpu")
@@ -49,12 +49,6 @@ def _ddp_worker(rank, world, port, runs, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
@@ -74,7 +68,7 @@ def test_ddp_wrapped_in_place_equals_one_process_on_the_whole_batch(tmp_path):
     must still keep identical replicas.
     """
     runs = {"ln": ["model.norm=ln"], "bn": []}
-    mp.spawn(_ddp_worker, args=(2, _free_port(), runs, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), runs, str(tmp_path)), nprocs=2, join=True)
     for name in runs:
         r0, r1 = (torch.load(tmp_path / f"{name}-rank{r}.pt") for r in range(2))
         assert max_diff(r0, r1) == 0.0, name  # DDP: every replica applies the same averaged gradient
