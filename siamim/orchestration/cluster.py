@@ -3,8 +3,10 @@
 Ray workers import ``siamim`` from the installed package (``pip install -e .``,
 scripts/setup.sh) on the driver's node; a submitted job (``ray job submit
 --working-dir``) gets the uploaded checkout on every node through the job's
-``working_dir``; a driver that joins a cluster itself (``--address``) ships the
-package to the cluster's other nodes as a ``py_modules`` entry of its runtime env.
+``working_dir``; a driver that joins a cluster itself (``--address``) from a
+checkout uploads it the same way (its runtime env's ``working_dir``; Ray leaves out
+what ``.gitignore`` names). The checkout, not the package alone (``py_modules``):
+the config presets (``configs/``) live beside the package.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../siamim
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root of an editable install
 
 _STARTED_LOCAL = False  # ensure_ray started a local instance in this process
 
@@ -91,8 +93,10 @@ def ensure_ray(address: str | None = None) -> bool:
         address = "local"
     if address == "local":
         runtime_env, kwargs = _local_runtime_env()
-    else:  # a cluster's other nodes may lack this checkout: ship the package with the job
-        runtime_env, kwargs = {"py_modules": [str(PACKAGE_DIR)]}, {}
+    elif (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "configs").is_dir():
+        runtime_env, kwargs = {"working_dir": str(CHECKOUT)}, {}  # the cluster's other nodes lack this checkout
+    else:  # an installed (non-editable) package: the cluster's nodes have their own installation
+        runtime_env, kwargs = {}, {}
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
     _python_sigterm()
     _STARTED_LOCAL = address == "local"
