@@ -19,7 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from siamim.checkpoint import CHECKPOINT_FILE
+from siamim.orchestration.checkpoints import directory_run_id
 from siamim.orchestration.storage import StorageError, resolve_storage
 from siamim.orchestration.tracking import resolve_tracking_uri
 
@@ -35,7 +38,7 @@ class CheckpointNotFound(FileNotFoundError):
 @dataclass
 class ResolvedCheckpoint:
     path: Path  # local checkpoint file
-    mlflow_run_id: str | None  # the run the reference named (None for paths/URIs)
+    mlflow_run_id: str | None  # the run the reference named, or the run in a Ray checkpoint directory's metadata
     reference: str
 
 
@@ -65,16 +68,17 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
     )
 
 
-def _from_storage(uri: str, dest: Path) -> Path:
-    import pyarrow.fs as pafs
-
+def _from_storage(uri: str, dest: Path) -> tuple[Path, str | None]:
+    """The checkpoint file at ``uri`` downloaded into ``dest``, and the run id of its Ray directory (if any)."""
     try:
         storage = resolve_storage(uri)
     except StorageError as err:
         raise CheckpointNotFound(str(err)) from err
     fs, path = storage.fs, storage.path
     info = fs.get_file_info(path)
+    run_id = None
     if info.type == pafs.FileType.Directory:
+        run_id = directory_run_id(fs, path)
         path = path.rstrip("/") + "/" + CHECKPOINT_FILE
         info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
@@ -87,7 +91,7 @@ def _from_storage(uri: str, dest: Path) -> Path:
     with fs.open_input_stream(path) as src, open(local, "wb") as out:
         while chunk := src.read(1 << 24):
             out.write(chunk)
-    return local
+    return local, run_id
 
 
 def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = None) -> ResolvedCheckpoint:
@@ -99,7 +103,8 @@ def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = No
         path = local / CHECKPOINT_FILE if local.is_dir() else local
         if not path.is_file():
             raise CheckpointNotFound(f"directory {local} holds no {CHECKPOINT_FILE}")
-        return ResolvedCheckpoint(path, None, text)
+        run_id = directory_run_id(pafs.LocalFileSystem(), str(local.resolve())) if local.is_dir() else None
+        return ResolvedCheckpoint(path, run_id, text)
     if text.startswith("runs:/"):
         run_id, _, artifact = text[len("runs:/") :].partition("/")
         uri = resolve_tracking_uri(tracking_uri)
@@ -108,7 +113,7 @@ def resolve_checkpoint(ref: str, dest: str | Path, tracking_uri: str | None = No
         uri = resolve_tracking_uri(tracking_uri)
         return ResolvedCheckpoint(_from_mlflow(text, None, uri, dest), text, text)
     if "://" in text and not text.startswith("file://"):
-        return ResolvedCheckpoint(_from_storage(text, dest), None, text)
+        return ResolvedCheckpoint(*_from_storage(text, dest), text)
     raise CheckpointNotFound(
         f"checkpoint {text!r} is not an existing file or directory, a storage URI "
         "(s3://bucket/path), an MLflow run id (32 hex digits) or runs:/<run id>/<path>"

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import ray.train
 
 from siamim.orchestration.checkpoint_refs import CheckpointNotFound, resolve_checkpoint
+from siamim.orchestration.storage import resolve_storage
 from tests.helpers import free_port
 
 
@@ -18,8 +20,12 @@ def test_local_file_and_ray_directory(tmp_path):
     d = tmp_path / "checkpoint_00000003"
     d.mkdir()
     (d / "checkpoint.pt").write_bytes(b"x")
-    assert resolve_checkpoint(str(d), tmp_path / "dl").path == d / "checkpoint.pt"
-    assert resolve_checkpoint(str(d / "checkpoint.pt"), tmp_path / "dl").path == d / "checkpoint.pt"
+    got = resolve_checkpoint(str(d), tmp_path / "dl")
+    assert got.path == d / "checkpoint.pt" and got.mlflow_run_id is None  # no Ray metadata yet
+    ray.train.Checkpoint.from_directory(str(d)).set_metadata({"mlflow_run_id": "cd" * 16})
+    assert resolve_checkpoint(str(d), tmp_path / "dl").mlflow_run_id == "cd" * 16  # the pretraining run to log into
+    got = resolve_checkpoint(str(d / "checkpoint.pt"), tmp_path / "dl")
+    assert got.path == d / "checkpoint.pt" and got.mlflow_run_id is None  # a bare file has no metadata
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointNotFound, match="holds no checkpoint.pt"):
         resolve_checkpoint(str(tmp_path / "empty"), tmp_path / "dl")
@@ -67,6 +73,10 @@ def test_s3_checkpoint_directory_and_file_are_downloaded(tmp_path, s3_endpoint):
     query = f"?endpoint_override={s3_endpoint}&scheme=http"
     got = resolve_checkpoint(f"s3://ckpts/runs/a/checkpoint_00000002{query}", tmp_path / "d1")
     assert got.path.read_bytes() == b"weights" and got.mlflow_run_id is None
+    storage = resolve_storage(f"s3://ckpts/runs/a/checkpoint_00000002{query}")
+    ray.train.Checkpoint(storage.path, filesystem=storage.fs).set_metadata({"mlflow_run_id": "ef" * 16})
+    got = resolve_checkpoint(f"s3://ckpts/runs/a/checkpoint_00000002{query}", tmp_path / "d1b")
+    assert got.path.read_bytes() == b"weights" and got.mlflow_run_id == "ef" * 16
     got = resolve_checkpoint(f"s3://ckpts/runs/a/checkpoint_00000002/checkpoint.pt{query}", tmp_path / "d2")
     assert got.path.read_bytes() == b"weights"
     with pytest.raises(CheckpointNotFound, match="no checkpoint at"):
