@@ -123,7 +123,7 @@ def test_image_files_read_shards_from_s3(tmp_path):
         "AWS_SECRET_ACCESS_KEY": "s",
         "AWS_DEFAULT_REGION": "us-east-1",
         "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(image),
+        "PYTHONPATH": str(image),  # stands in for the image's `pip install -e .` of the copied tree
         "HOME": str(tmp_path),
     }
     proc = subprocess.Popen(
