@@ -23,19 +23,19 @@ import os
 import sys
 import time
 
+from siamim.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, job_parser, report_error
+
 LAUNCH_TIME = time.time()
 
-EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     from siamim.eval.protocols import names as protocol_names  # the registry, without torch
 
-    p = argparse.ArgumentParser(
-        prog="jobs/ablate.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = job_parser(
+        "ablate.py",
+        __doc__,
         epilog="""overrides: dotted config keys applied to every trial after the row's preset, e.g.
   data.train_subset=10000 eval.train_limit=10000 model.depth=6 (a row's switches can be overridden too)
 
@@ -161,13 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
     except (AblationInputError, PreflightError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return report_error(err, EXIT_BAD_INPUT)
     except AblationFailed as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_TRIALS_FAILED
+        return report_error(err, EXIT_TRIALS_FAILED)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     print(
         "=" * 72,
         f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s",

@@ -22,17 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+from siamim.cli import EXIT_BAD_INPUT, job_parser, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
     from siamim.eval.protocols import protocols  # the registry, without torch
 
     listing = "\n".join(f"  {p.name:<9} {p.summary}" for p in protocols())
-    p = argparse.ArgumentParser(
-        prog="jobs/evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = job_parser(
+        "evaluate.py",
+        __doc__,
         epilog=f"protocols (run in this order):\n{listing}\n\n"
         "overrides: dotted config keys, e.g. eval.lin.steps=500 eval.ft.blr=1e-3 eval.knn.k=10\n"
         "(eval.<protocol>.<key>: the settings of siamim/eval/protocols/<protocol>.py; docs/evaluation.md)",
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return report_error(err, EXIT_BAD_INPUT)
 
     from siamim.checkpoint import load_encoder
     from siamim.config import flatten, parse_override, set_value, validate
@@ -158,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[evaluate] checkpoint {resolved.reference} -> {resolved.path} (step {step})")
         reps += [baseline_representation(b, cfg, seed=cfg.eval.seed) for b in baselines]
     except (ConfigError, ValueError, KeyError, RuntimeError) as err:
-        print(f"error: {args.checkpoint}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return report_error(f"{args.checkpoint}: {type(err).__name__}: {err}".replace("\n", " "))
 
     suite = Suite(cfg, log)
     log(

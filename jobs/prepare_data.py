@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_BAD_INPUT = 2
+from siamim.cli import EXIT_BAD_INPUT, job_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jobs/prepare_data.py",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = job_parser("prepare_data.py", __doc__)
     p.add_argument("--source", required=True, choices=["fashion_mnist", "image_folder"])
     p.add_argument(
         "--root",

@@ -24,18 +24,18 @@ import signal
 import sys
 import time
 
+from siamim.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, job_parser, report_error
+
 LAUNCH_TIME = time.time()
 
-EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobs/pretrain.py",
-        description="SiameseIM pretraining on Ray Train (data-parallel TorchTrainer), tracked in MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = job_parser(
+        "pretrain.py",
+        "SiameseIM pretraining on Ray Train (data-parallel TorchTrainer), tracked in MLflow.",
         epilog="""overrides: dotted config keys, e.g. train.max_steps=200 model.depth=6 optim.blr=5e-4
              (the same keys as the YAML presets in configs/ and the MLflow params)
 
@@ -159,13 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             launch_time=LAUNCH_TIME,
         )
     except (ConfigError, PreflightError, LaunchInputError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return report_error(err, EXIT_BAD_INPUT)
     except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_TRAINING_FAILED
+        return report_error(err, EXIT_TRAINING_FAILED)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except SystemExit as exc:  # SIGTERM (our handler before Ray starts, Ray's own after ray.init)
         if exc.code in (signal.SIGTERM, EXIT_TERMINATED):
             print("[siamim] terminated (SIGTERM)", file=sys.stderr, flush=True)

@@ -24,17 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from siamim.cli import job_parser, report_error
+
 REPO = Path(__file__).resolve().parents[1]
-EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jobs/submit.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    p = job_parser("submit.py", __doc__, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument(
         "--address", default=None, help="Ray job API (default: $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)"
     )
@@ -93,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             json.loads(args.runtime_env_json)
         except ValueError as err:
-            print(f"error: --runtime-env-json is not JSON ({err})", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return report_error(f"--runtime-env-json is not JSON ({err})")
     cmd = command(args)
     print("[submit] " + shlex.join(cmd), flush=True)
     if args.dry_run:
