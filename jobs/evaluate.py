@@ -41,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", default=None, help="comma list of floors to evaluate through the same code: pixels, random"
     )
     p.add_argument("--protocols", default="all", help=f"comma list of {','.join(p.name for p in protocols())} or all")
-    p.add_argument(
-        "--config",
-        default=None,
-        metavar="PRESET",
-        help="preset for baselines without a checkpoint (default: tiny); a checkpoint brings its own config",
-    )
+    p.add_argument("--config", metavar="PRESET", help="preset of baselines (default tiny); a checkpoint has its own")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (eval.*, data.root)")
     p.add_argument("--limit-train", type=int, help="class-balanced seeded training subset (eval.train_limit)")
     p.add_argument("--limit-test", type=int, help="class-balanced seeded test subset (eval.test_limit)")

@@ -53,12 +53,7 @@ environment:
   RAY_AUTH_MODE=disabled  for local dev/CI clusters started without tokens
 """,
     )
-    parser.add_argument(
-        "--config",
-        default=None,
-        metavar="PRESET",
-        help="preset name (tiny) or YAML path (configs/tiny.yaml); default: tiny",
-    )
+    parser.add_argument("--config", metavar="PRESET", help="preset name (tiny) or YAML path; default: tiny")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (run.num_workers)")
     parser.add_argument(
