@@ -203,7 +203,7 @@ def test_unreachable_s3_fails_in_seconds_naming_the_endpoint():
     import time
 
     from siamim.orchestration.preflight import PreflightError, check_data
-    from tests.jobs.helpers import free_port
+    from tests.helpers import free_port
 
     port = free_port()  # nothing listens there
     root = f"s3://bucket/shards?endpoint_override=127.0.0.1:{port}&scheme=http"

@@ -104,8 +104,9 @@ def test_image_files_read_shards_from_s3(tmp_path):
     """Copy exactly what the Dockerfile COPYs, then read shards from a moto S3 server with that copy only."""
     import boto3
 
+    from tests.helpers import free_port
     from tests.jobs.conftest import stop_tree, wait_http
-    from tests.jobs.helpers import BIN, free_port
+    from tests.jobs.helpers import BIN
 
     image = tmp_path / "image"
     image.mkdir()

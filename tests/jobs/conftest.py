@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.helpers import BIN, free_port
+from tests.helpers import free_port
+from tests.jobs.helpers import BIN
 
 FASHION_MNIST = Path(os.environ.get("SIAMIM_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 S3_BUCKET = "siamim-test"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
+
+from siamim.config import parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -22,8 +23,5 @@ TINY_ARGS = [
     "run.num_workers=2",
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The same run as a dict of dotted keys (load_config's dict form, Ray Tune's param_space form).
+TINY = dict(parse_override(o) for o in TINY_ARGS)

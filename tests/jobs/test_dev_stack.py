@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.jobs.helpers import REPO, free_port
+from tests.helpers import free_port
+from tests.jobs.helpers import REPO
 
 STACK = REPO / "platform" / "dev_stack.sh"
 

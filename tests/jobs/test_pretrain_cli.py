@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from tests.jobs.helpers import PRETRAIN, REPO, free_port
+from tests.helpers import free_port
+from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS
 
 
 def load_cli():
@@ -136,15 +137,7 @@ def _mlflow_runs(db: str) -> list:
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
-TINY_EMBEDDED = [
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "train.batch_size=32",
-    "data.train_subset=512",
-    "data.num_workers=0",
-    "eval.knn.train_subset=500",
-    "eval.knn.test_subset=1000",
-]
+TINY_EMBEDDED = [o for o in TINY_ARGS if not o.startswith("run.num_workers")]  # each test sets its workers
 
 
 def test_embedded_ray_that_cannot_fit_the_workers_fails_fast(base_env, tmp_path):

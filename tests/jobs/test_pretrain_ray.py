@@ -24,24 +24,14 @@ from siamim.orchestration import tracking
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
 from tests.jobs.helpers import REPO, TINY_ARGS
+from tests.jobs.helpers import TINY as TINY_RUN
 
 pytestmark = pytest.mark.slow
 
 STEPS = 4
 # the exported encoder (not the training state, which stays in Ray storage) + its integrity record
 CHECKPOINT_ARTIFACTS = ["checkpoint/checkpoint.pt", "checkpoint/checkpoint.pt.integrity.json"]
-TINY = {
-    "train.max_steps": STEPS,
-    "train.checkpoint_every": 2,
-    "train.log_every": 1,
-    "train.batch_size": 32,
-    "data.train_subset": 512,
-    "data.num_workers": 0,
-    "eval.knn.train_subset": 500,
-    "eval.knn.test_subset": 1000,  # fewer kNN queries: the suite's largest cost
-    "run.num_workers": 2,
-    "run.keep_checkpoints": 2,
-}
+TINY = {**TINY_RUN, "train.max_steps": STEPS, "run.keep_checkpoints": 2}
 
 
 def tiny_cfg(**overrides):
