@@ -6,6 +6,7 @@ are Fashion-MNIST's first 512 and an ImageFolder tree the test writes itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def fmnist_shards(local_ray, tmp_path_factory):
 
 def test_fashion_mnist_round_trip(fmnist_shards):
     out, manifest = fmnist_shards
-    assert (out / MANIFEST).is_file()
+    assert json.loads((out / MANIFEST).read_text()) == manifest  # written, and what prepare returned
     assert manifest["splits"]["train"]["count"] == N and manifest["splits"]["test"]["count"] == N
     assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [200, 200, 112]
     assert pq.ParquetFile(out / "train" / "part-00000.parquet").metadata.num_row_groups == 4  # 64-row groups

@@ -18,7 +18,14 @@ import uuid
 import pytest
 import torch
 
-from siamim.checkpoint import encoder_timm_spec, export_encoder, load_checkpoint, load_encoder
+from siamim.checkpoint import (
+    CheckpointError,
+    encoder_timm_spec,
+    export_encoder,
+    load_checkpoint,
+    load_encoder,
+    verify_checkpoint,
+)
 from siamim.config import flatten, load_config
 from siamim.orchestration import tracking
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV
@@ -252,7 +259,7 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(
     assert "knn_top1" in run.data.metrics
     assert [s for s, _ in [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]] == [1, 2]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
-    assert (storage / "submitted" / "checkpoint_00000002" / "checkpoint.pt").is_file()
+    assert load_checkpoint(storage / "submitted" / "checkpoint_00000002")["step"] == 2
 
 
 def test_failure_without_retries_marks_the_mlflow_run_failed(
@@ -277,7 +284,7 @@ def test_failure_without_retries_marks_the_mlflow_run_failed(
     assert run.info.status == "FAILED"
     # the steps up to the last checkpoint are in MLflow once; the checkpoint is there to resume from
     assert [s for s, _ in losses(tracking_uri, run.info.run_id)] == [1, 2]
-    assert (tmp_path / "no-retry" / "checkpoint_00000002" / "checkpoint.pt").is_file()
+    assert load_checkpoint(tmp_path / "no-retry" / "checkpoint_00000002")["step"] == 2
     assert MlflowClient(tracking_uri).get_run(run.info.run_id).data.tags["siamim.run_name"] == "no-retry"
 
 
@@ -288,7 +295,6 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     the run finished with."""
     from mlflow.tracking import MlflowClient
 
-    from siamim.checkpoint import integrity_path
     from siamim.train.schedules import lr_at, momentum_at
 
     cfg = tiny_cfg(
@@ -306,7 +312,8 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     latest = tmp_path / "longer" / "checkpoint_00000004" / "checkpoint.pt"
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 3])  # an interrupted copy
-    assert integrity_path(latest).is_file()
+    with pytest.raises(CheckpointError, match="truncated"):  # its record still vouches for the full file
+        verify_checkpoint(latest)
 
     # past the plan: names the flag to use, counted from the intact checkpoint it would resume from (step 2)
     with pytest.raises(LaunchInputError, match="--more-steps 38"):
@@ -331,7 +338,7 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     assert longer.step == 6 and longer.mlflow_run_id == first.mlflow_run_id
     assert longer.knn_top1 is not None and longer.time_to_first_step_s is not None
     assert latest.read_bytes() == data[: len(data) // 3]  # the damaged file is left as it was (nothing deleted)
-    assert (tmp_path / "longer" / "checkpoint_00000004_r" / "checkpoint.pt").is_file()
+    assert load_checkpoint(tmp_path / "longer" / "checkpoint_00000004_r")["step"] == 4  # the retrained step 4
 
     with pytest.raises(LaunchInputError, match="nothing to train.*--more-steps"):
         run_pretraining(tiny_cfg(**{"run.storage": str(tmp_path)}), tracking_uri=tracking_uri, resume="longer")

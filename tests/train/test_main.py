@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from siamim.checkpoint import load_checkpoint
+from siamim.config import load_config, to_dict
 from tests.conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ def test_trains_and_writes_a_checkpoint(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 3 and state["config"]["train"]["max_steps"] == 3
-    assert (out / "config.yaml").is_file()
+    assert to_dict(load_config(out / "config.yaml")) == state["config"]  # the resolved config, saved beside it
     assert "done: step 3" in done.stdout
 
 
