@@ -66,15 +66,9 @@ class MAELikeOnline(nn.Module):
         self.predictor.apply(official_init)
         init_token(self.predictor.mask_token)
 
-    def forward(
-        self,
-        view1: torch.Tensor,
-        mask: torch.Tensor,
-        ids_keep: torch.Tensor,
-        geometry: torch.Tensor,
-        query_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """-> ``[B, Q, D_out]`` predictions (``Q = G*G`` when ``query_ids`` is None)."""
+    def forward(self, view1, mask, ids_keep, geometry, query_ids=None) -> torch.Tensor:
+        """``view1 [B, 3, H, W]``, ``mask`` bool ``[B, G*G]``, ``ids_keep [B, Lv]``, ``geometry [B, 6]``, ``query_ids``
+        ``[B, Q]`` or None -> ``[B, Q, D_out]`` predictions (``Q = G*G`` when ``query_ids`` is None)."""
         tokens = self.projector(encode_visible(self.encoder, view1, ids_keep, self.final_norm))  # [B, 1+Lv, Dd]
         centres = view2_patch_centres(geometry, self.grid)  # [B, G*G, 2]
         if query_ids is not None:
@@ -103,15 +97,8 @@ class MoCoLikeOnline(nn.Module):
                 module.apply(official_init)
         init_token(self.mask_token)
 
-    def forward(
-        self,
-        view1: torch.Tensor,
-        mask: torch.Tensor,
-        ids_keep: torch.Tensor,
-        geometry: torch.Tensor,
-        query_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """-> ``[B, Q, Dd]`` (dense) or ``[B, Dd]`` (global)."""
+    def forward(self, view1, mask, ids_keep, geometry, query_ids=None) -> torch.Tensor:
+        """The same inputs as :meth:`MAELikeOnline.forward` -> ``[B, Q, Dd]`` (dense) or ``[B, Dd]`` (global)."""
         num_patches = mask.shape[1]
         extra = None
         if self.cross_view:
