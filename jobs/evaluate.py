@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(err, EXIT_BAD_INPUT)
 
     from siamim.checkpoint import load_encoder
-    from siamim.config import flatten, parse_override, set_value, validate
+    from siamim.config import apply_overrides, flatten
     from siamim.eval.baselines import baseline_representation
     from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
     from siamim.eval.representation import EncoderRepresentation
@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             encoder, cfg = load_encoder(state)
             step = int(state.get("step", 0))
             ckpt_run_id = resolved.mlflow_run_id or state.get("mlflow_run_id")
-            for text in overrides:
-                set_value(cfg, *parse_override(text))
-            validate(cfg)
+            cfg = apply_overrides(cfg, overrides)
             reps.append(EncoderRepresentation(encoder, name="checkpoint"))
             log(f"[evaluate] checkpoint {resolved.reference} -> {resolved.path} (step {step})")
         reps += [baseline_representation(b, cfg, seed=cfg.eval.seed) for b in baselines]

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from siamim.eval.settings import EvalConfig  # common keys + one section per evaluation protocol (no torch)
-from siamim.sections import ConfigError, Section, config_error, validated
+from siamim.sections import ConfigError, Section, validated
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -254,43 +254,6 @@ def _nest(dotted: str, value: Any) -> dict:
     return out
 
 
-def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set ``cfg.<section>.<key>`` in place from a dotted key, type- and range-checked.
-
-    Rules that span keys are checked by :func:`validate` (so a set of overrides can pass
-    through an inconsistent state while it is applied).
-    """
-    parts = dotted.split(".")
-    obj: BaseModel = cfg
-    for depth, part in enumerate(parts[:-1]):
-        if part not in type(obj).model_fields:
-            raise _unknown(".".join(parts[: depth + 1]), sorted(type(obj).model_fields))
-        obj = getattr(obj, part)
-        if not isinstance(obj, BaseModel):
-            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
-    key = parts[-1]
-    if key not in type(obj).model_fields:
-        raise _unknown(dotted, sorted(type(obj).model_fields))
-    current = getattr(obj, key)
-    if isinstance(current, BaseModel):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{dotted} is a section; set its keys, e.g. {dotted}.<key>=...")
-        for k, v in value.items():
-            set_value(cfg, f"{dotted}.{k}", v)
-        return
-    try:
-        setattr(obj, key, value)
-    except ValidationError as err:
-        raise config_error(err, type(obj), prefix=dotted.rsplit(".", 1)[0] + "." if "." in dotted else "") from None
-
-
-def _unknown(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
-    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key {key!r}{hint}")
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``'model.depth=4'`` -> ``('model.depth', 4)`` (the value is parsed as YAML)."""
     if "=" not in text:
@@ -355,16 +318,25 @@ def read_preset(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict
     return _merge(read_preset(base, (*_chain, path)), data)
 
 
+def _with_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
+    """``data`` with ``["model.depth=4", ...]`` or ``{"model.depth": 4, ...}`` merged in key by key."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        data = _merge(data, _nest(key, value))
+    return data
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Defaults <- YAML preset (with its ``_base_`` chain) <- overrides, validated once.
 
     ``overrides``: ``["model.depth=4", ...]`` or ``{"model.depth": 4, ...}``.
     """
-    data = read_preset(preset) if preset is not None else {}
-    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
-    for key, value in items:
-        data = _merge(data, _nest(key, value))
-    return validated(Config, data)
+    return validated(Config, _with_overrides(read_preset(preset) if preset is not None else {}, overrides))
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict | None) -> Config:
+    """A new config: ``cfg`` with dotted overrides applied, validated once (e.g. over a stored config)."""
+    return validated(Config, _with_overrides(to_dict(cfg), overrides))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -416,8 +388,3 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def validate(cfg: Config) -> None:
-    """Every check again on the whole config (after :func:`set_value` calls); raises :class:`ConfigError`."""
-    validated(Config, to_dict(cfg))

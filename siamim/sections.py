@@ -42,8 +42,8 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(choices)}"
 
 
-def config_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
-    """pydantic's first error as a :class:`ConfigError` naming the dotted key (``prefix`` + location).
+def config_error(err: ValidationError, model: type[BaseModel]) -> ConfigError:
+    """pydantic's first error as a :class:`ConfigError` naming the dotted key (its location in ``model``).
 
     An unknown key gets the closest valid key of its section, a bad choice the closest valid choice; a
     :class:`ConfigError` raised by a validator is returned as it is.
@@ -53,7 +53,7 @@ def config_error(err: ValidationError, model: type[BaseModel], prefix: str = "")
     if isinstance(cause, ConfigError):
         return cause
     loc = tuple(str(p) for p in first["loc"] if not isinstance(p, int))
-    key = prefix + ".".join(loc)
+    key = ".".join(loc)
     value = first.get("input")
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -100,9 +100,9 @@ _BOUNDS = {
 }
 
 
-def validated(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
+def validated(model: type[BaseModel], data: Any) -> Any:
     """``model.model_validate(data)``, with a pydantic error raised as :func:`config_error`'s ConfigError."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise config_error(err, model, prefix) from None
+        raise config_error(err, model) from None

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from siamim.config import Config, ConfigError, from_dict, parse_override, set_value, validate
+from siamim.config import Config, ConfigError, apply_overrides, from_dict
 from siamim.orchestration import storage as st
 from siamim.orchestration.checkpoints import ResumePoint, checkpoint_run_id, resume_point
 from siamim.orchestration.errors import LaunchInputError
@@ -33,15 +33,6 @@ class Target:
 
 
 # --------------------------------------------------------------------------- config / names
-def apply_overrides(cfg: Config, overrides: list[str] | dict | None) -> Config:
-    """``cfg`` with dotted overrides applied and validated (used on resume, over the stored config)."""
-    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
-    for key, value in items:
-        set_value(cfg, key, value)
-    validate(cfg)
-    return cfg
-
-
 def new_run_name(cfg: Config) -> str:
     return cfg.run.name or f"{cfg.run.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
 
