@@ -22,6 +22,7 @@ class PluginFolder:
 
     def __init__(self, package: str, path: Iterable[str], key: str):
         self.package, self.path, self.key = package, list(path), key
+        self._modules: dict[str, ModuleType] = {}  # looked up per loss call and per mask drawn: import once
 
     @functools.cached_property
     def _names(self) -> tuple[str, ...]:
@@ -37,8 +38,11 @@ class PluginFolder:
         Raises:
             ValueError: ``name`` is not an entry (the message lists them and the closest one).
         """
+        if name in self._modules:
+            return self._modules[name]
         if name not in self._names:
             close = difflib.get_close_matches(name, self._names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown {self.key} {name!r}; choose one of {self.names()}{hint}")
-        return importlib.import_module(f"{self.package}.{name}")
+        self._modules[name] = importlib.import_module(f"{self.package}.{name}")
+        return self._modules[name]
