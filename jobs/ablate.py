@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="""overrides: dotted config keys applied to every trial after the row's preset, e.g.
   data.train_subset=10000 eval.train_limit=10000 model.depth=6 (a row's switches can be overridden too)
 
-rows: a row is configs/ablation/<row>.yaml (docs/method.md); a,b,...,k, ranges (a-e) or all.
+rows: a row is configs/ablation/<row>.yaml (docs/method.md); a,b,...,k, ranges (a-e) or all;
+  baselines by name: mae (configs/baselines/mae.yaml, MAE's own recipe), e.g. --rows a,mae,i.
 examples:
   python jobs/ablate.py --rows all --seeds 3 --epochs 1 --dry-run
   python jobs/ablate.py --rows e,a --seeds 2 --steps 200 --protocols knn,lin --max-concurrent 2
@@ -55,7 +56,9 @@ environment:
 """,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")
-    p.add_argument("--rows", default="all", help="comma list of rows a..k, ranges (a-e) or all (default: all)")
+    p.add_argument(
+        "--rows", default="all", help="comma list of rows a..k, ranges (a-e), all (default), or a baseline (mae)"
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per row: train.seed = 0..N-1 (default 1)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="pretraining steps per trial (train.max_steps)")

@@ -84,11 +84,15 @@ class ModelConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0.0)
     decoder_dim: PositiveInt = 96  # projector output / predictor width / target feature width
     decoder_heads: PositiveInt = 3
-    projector_depth: PositiveInt = 2
+    projector_depth: int = Field(2, ge=0)  # 0: the projector is its linear layer only (MAE's decoder_embed)
     predictor_depth: PositiveInt = 2
     norm: Literal["bn", "ln"] = "bn"  # norm inside projector/predictor (ablation column "proj/dec norm")
     target: Literal["feature", "pixel"] = "feature"  # ablation column "target": EMA features or normalised pixels
     heads: Literal["mae_like", "moco_like"] = "mae_like"  # ablation column "proj & dec" (docs/method.md)
+    # MAE-like predictor queries: relative = mask token + learned embedding of the view-2 position relative to
+    # view 1 (SiameseIM); grid = mask token + the decoder's fixed sin-cos position of the masked view-1 patch
+    # (MAE's decoder, same-view only; configs/baselines/mae.yaml)
+    query_pos: Literal["relative", "grid"] = "relative"
     train_patch_embed: bool = False  # False: frozen patch-embedding projection (MoCo v3 trick)
     drop_path: Fraction = 0.0
     timm_name: str = "vit_tiny_patch16_224"  # timm architecture name the exported encoder loads into
@@ -114,6 +118,7 @@ class OptimConfig(Section):
     warmup_epochs: float = Field(40.0, ge=0.0)
     clip_grad: float | None = Field(1.0, gt=0.0)  # None: no clipping
     ema_m0: float = Field(0.995, ge=0.0, le=1.0)  # EMA momentum, cosine from m0 to 1
+    decay_tokens: bool = True  # the release: cls/mask tokens are weight-decayed (False: exempt, as 1-D params)
 
 
 class TrainConfig(Section):
@@ -165,7 +170,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         """Every rule that spans keys (each key's own range is its field's constraint)."""
-        d, m, mk, t, r, loss = self.data, self.model, self.mask, self.train, self.run, self.loss
+        d, m, mk, t, r, loss, v = self.data, self.model, self.mask, self.train, self.run, self.loss, self.views
         _check(
             d.img_size % m.patch_size == 0, "model.patch_size", m.patch_size, f"must divide data.img_size={d.img_size}"
         )
@@ -227,6 +232,13 @@ class Config(Section):
             "loss.scope",
             loss.scope,
             "the global loss (ablation row k) is built on the MoCo-like heads; set model.heads=moco_like",
+        )
+        _check(
+            m.query_pos == "relative" or (m.heads == "mae_like" and not v.different_views and loss.scope == "dense"),
+            "model.query_pos",
+            m.query_pos,
+            "grid queries (MAE's decoder) predict view 1's masked patches; they need model.heads=mae_like, "
+            "views.different_views=false and loss.scope=dense",
         )
         _check(
             t.batch_size % r.num_workers == 0,

@@ -6,7 +6,7 @@ ROWS = "abcdefghijk"
 
 
 def test_presets_load_and_round_trip():
-    for preset in ("tiny", "vit_small", "vit_base", *(f"ablation/{r}" for r in ROWS)):
+    for preset in ("tiny", "vit_small", "vit_base", "baselines/mae", *(f"ablation/{r}" for r in ROWS)):
         cfg = load_config(preset)
         assert from_dict(to_dict(cfg)) == cfg
 

@@ -7,8 +7,9 @@ images; this module renders a whole batch at once on whatever device the
 batch lives on:
 
 - flip + RandomResizedCrop: two batched matmuls per view with per-sample
-  resampling matrices holding torchvision's antialiased bilinear weights (so the
-  crops equal the CPU path's), the flip folded into the column matrix;
+  resampling matrices holding torchvision's antialiased bicubic weights (so the
+  crops equal the CPU path's, which resizes bicubically as the release does),
+  the flip folded into the column matrix, then a clamp to ``[0, 1]``;
 - ColorJitter (brightness, contrast, saturation, hue in each sample's own
   random order; hue only on the samples whose slot holds it, which costs a
   host sync per slot), grayscale, Gaussian blur with a per-sample sigma (one fixed
@@ -31,13 +32,25 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision
 
 
 # --------------------------------------------------------------------------- spatial
+BICUBIC_A = -0.5  # the cubic convolution coefficient of PIL's and torchvision's antialiased bicubic
+
+
+def bicubic_filter(x: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution kernel (a = -0.5), support ``|x| < 2``."""
+    a, x = BICUBIC_A, x.abs()
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
+
+
 def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size: int) -> torch.Tensor:
     """Per-sample resampling matrices of one axis: crop ``[start, start + length)`` resized to ``size``.
 
-    torchvision's antialiased bilinear filter (``antialias=True``) as weights: output pixel ``u``
-    has centre ``c = s (u + 0.5)`` in crop pixels, ``s = length / size``; crop pixel ``k`` weighs
-    ``max(0, 1 - |k + 0.5 - c| / max(s, 1))``, normalised over the crop (so upscaling is plain
-    bilinear clamped at the crop's edges, downscaling a triangle filter as wide as the scale).
+    torchvision's antialiased bicubic filter (``InterpolationMode.BICUBIC, antialias=True``, PIL's
+    filter) as weights: output pixel ``u`` has centre ``c = s (u + 0.5)`` in crop pixels,
+    ``s = length / size``; crop pixel ``k`` weighs ``bicubic((k + 0.5 - c) / max(s, 1))``, normalised
+    over the crop (so upscaling is plain bicubic clamped at the crop's edges, downscaling a cubic
+    filter stretched by the scale).
 
     Args:
         start, length: ``[B]`` crop offset and length in source pixels.
@@ -50,7 +63,7 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, size
     centre = scale * (torch.arange(size, device=start.device, dtype=dt).view(1, -1, 1) + 0.5)  # [B, S, 1]
     rel = torch.arange(in_size, device=start.device, dtype=dt).view(1, 1, -1) - start  # [B, 1, in]
     inside = (rel >= 0) & (rel < length)
-    weight = (1.0 - (rel + 0.5 - centre).abs() / scale.clamp(min=1.0)).clamp(min=0.0) * inside  # [B, S, in]
+    weight = bicubic_filter((rel + 0.5 - centre) / scale.clamp(min=1.0)) * inside  # [B, S, in]
     return weight / weight.sum(dim=-1, keepdim=True)
 
 
@@ -60,8 +73,9 @@ def crop_resize_flip(
     """Per-sample ``flip(image)[i:i+h, j:j+w]`` resized to ``size x size``: two batched matmuls.
 
     The resize is separable, so each view is ``R_rows @ image @ R_cols^T`` with the per-sample
-    matrices of :func:`resize_weights` (torchvision's antialiased bilinear weights); the flip
-    reverses the rows of ``R_cols``.
+    matrices of :func:`resize_weights` (torchvision's antialiased bicubic weights); the flip
+    reverses the rows of ``R_cols``. Bicubic overshoots: the result is not clamped here
+    (:func:`render_views` clamps to ``[0, 1]``, as the uint8 CPU path does).
 
     Args:
         images: float ``[B, C, H, W]`` (sources padded to a common size; padding is never read).
@@ -219,7 +233,7 @@ def render_views(batch: dict, img_size: int, mean: torch.Tensor, std: torch.Tens
     std = std.to(images.device).view(1, 3, 1, 1)
     views = []
     for v in ("1", "2"):
-        x = crop_resize_flip(images, batch["box" + v], batch["flip" + v], batch["width"], img_size)
+        x = crop_resize_flip(images, batch["box" + v], batch["flip" + v], batch["width"], img_size).clamp_(0.0, 1.0)
         if "colour" + v in batch:
             x = apply_colour_batch(x, batch["colour" + v], kernel)
         views.append((x - mean) / std)

@@ -1,7 +1,7 @@
 """Two augmented views per image, drawn on the CPU (docs/method.md, "Views and geometry").
 
 Spatial: horizontal flip (p=0.5) of the whole image, then RandomResizedCrop
-(scale ``[crop_min, 1]``, ratio ``[3/4, 4/3]``), resized to ``img_size``; the two
+(scale ``[crop_min, 1]``, ratio ``[3/4, 4/3]``), resized bicubically to ``img_size``; the two
 views draw independently (different positions and scales).
 Colour, view 1: ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0.
 Colour, view 2: ColorJitter p=0.8, grayscale p=0.2, blur p=0.1, solarize p=0.2.
@@ -66,8 +66,13 @@ def sample_crop(height: int, width: int, scale: tuple[float, float], gen: torch.
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+BICUBIC = TF.InterpolationMode.BICUBIC  # the release resizes crops bicubically (PIL's filter)
+
+
 def spatial_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """Flip the whole image (if ``flip``), then crop ``box`` and resize to ``size``.
+    """Flip the whole image (if ``flip``), then crop ``box`` and resize to ``size`` (antialiased bicubic).
+
+    A uint8 image stays uint8 (rounded and clamped); a float image may overshoot ``[0, 1]`` slightly.
 
     Args:
         image: ``[C, H, W]`` (uint8 or float).
@@ -77,7 +82,7 @@ def spatial_view(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool
     if flip:
         image = TF.horizontal_flip(image)
     i, j, h, w = box
-    return TF.resized_crop(image, i, j, h, w, [size, size], antialias=True)
+    return TF.resized_crop(image, i, j, h, w, [size, size], interpolation=BICUBIC, antialias=True)
 
 
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")

@@ -7,7 +7,8 @@ for a global one.
 
 - :class:`MAELikeOnline` (proj & dec "MAE-like", rows a, c, d, i, j): the encoder
   sees the visible view-1 tokens only; a transformer predictor receives mask
-  tokens carrying the relative position of each query.
+  tokens carrying the relative position of each query (or, ``model.query_pos=grid``,
+  the fixed grid position of each masked patch: MAE's decoder, configs/baselines/mae.yaml).
 - :class:`MoCoLikeOnline` (rows b, e-h, k): the encoder sees all ``L`` tokens with
   masked patches replaced by a learned mask token; for cross-view prediction
   the ``L`` view-2 queries (mask token + relative position embedding) are
@@ -61,6 +62,7 @@ class MAELikeOnline(nn.Module):
             self.grid,
             out_dim=out_dim,
             pre_head_norm=pixel,
+            query_pos=m.query_pos,
         )
         self.projector.apply(official_init)
         self.predictor.apply(official_init)
@@ -70,10 +72,12 @@ class MAELikeOnline(nn.Module):
         """``view1 [B, 3, H, W]``, ``mask`` bool ``[B, G*G]``, ``ids_keep [B, Lv]``, ``geometry [B, 6]``, ``query_ids``
         ``[B, Q]`` or None -> ``[B, Q, D_out]`` predictions (``Q = G*G`` when ``query_ids`` is None)."""
         tokens = self.projector(encode_visible(self.encoder, view1, ids_keep, self.final_norm))  # [B, 1+Lv, Dd]
+        if self.predictor.rel_pos is None:  # model.query_pos=grid (MAE): the masked patches' own positions
+            return self.predictor(tokens, ids_keep, self.predictor.grid_queries(query_ids))
         centres = view2_patch_centres(geometry, self.grid)  # [B, G*G, 2]
         if query_ids is not None:
             centres = gather_tokens(centres, query_ids)  # [B, Q, 2]
-        return self.predictor(tokens, ids_keep, centres, geometry)
+        return self.predictor(tokens, ids_keep, self.predictor.relative_queries(centres, geometry))
 
 
 class MoCoLikeOnline(nn.Module):

@@ -17,11 +17,11 @@ from siamim.model.pos_embed import sincos_1d, sincos_2d_grid
 class TokenBatchNorm(nn.Module):
     """BatchNorm over tokens: statistics over all ``B*N`` tokens of ``[B, N, D]``.
 
-    The ``nn.BatchNorm1d`` sits in a child so ``nn.SyncBatchNorm.convert_sync_batchnorm``
-    can replace it for data-parallel runs.
+    The ``nn.BatchNorm1d`` (PyTorch's eps 1e-5, as the release's ``PermuteBN``) sits in a child so
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` can replace it for data-parallel runs.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6, **factory_kwargs):
+    def __init__(self, dim: int, eps: float = 1e-5, **factory_kwargs):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, eps=eps, **factory_kwargs)
 
@@ -85,9 +85,15 @@ class Predictor(nn.Module):
     """Transformer decoder that predicts view-2 tokens from visible view-1 tokens.
 
     Input sequence: ``[cls + pos_cls, visible + pos(view-1 grid), mask_token +
-    rel_pos(queries)]``; blocks, then the output linear layer directly (the
+    query position]``; blocks, then the output linear layer directly (the
     official structure: no norm in between) unless ``pre_head_norm`` (MAE's
     decoder norm, pixel-target rows); the outputs at the queries are the prediction.
+
+    The query position (``query_pos``): ``"relative"`` embeds each view-2 query's position
+    relative to view 1 (:class:`RelativePositionEmbedding`, SiameseIM); ``"grid"`` adds the fixed
+    sin-cos position of the masked view-1 patch it stands for, which is MAE's decoder (MAE restores
+    the full grid order before its blocks; attention without positional bias does not depend on the
+    order of the sequence, so appending the mask tokens is the same computation).
     """
 
     def __init__(
@@ -100,33 +106,44 @@ class Predictor(nn.Module):
         grid: int,
         out_dim: int | None = None,
         pre_head_norm: bool = False,
+        query_pos: str = "relative",
     ):
         super().__init__()
         self.register_buffer("pos_embed", sincos_2d_grid(dim, grid).unsqueeze(0), persistent=False)  # [1, 1+L, D]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.rel_pos = RelativePositionEmbedding(dim)
+        self.rel_pos = RelativePositionEmbedding(dim) if query_pos == "relative" else None
         self.blocks = blocks(dim, heads, depth, mlp_ratio, norm)
         self.norm = norm_layer(norm)(dim) if pre_head_norm else nn.Identity()
         self.head = nn.Linear(dim, out_dim or dim)
 
-    def forward(
-        self, tokens: torch.Tensor, ids_keep: torch.Tensor, centres: torch.Tensor, geometry: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, ids_keep: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """
         Args:
             tokens: projector output ``[B, 1 + Lv, D]`` (cls first).
             ids_keep: ``[B, Lv]`` view-1 grid index of each visible token.
-            centres: ``[B, Q, 2]`` query positions (view-2 patch centres) in view-1 patch units.
-            geometry: ``[B, 6]``.
+            queries: ``[B, Q, D]`` query positions from :meth:`relative_queries` or :meth:`grid_queries`.
         Returns:
             ``[B, Q, out_dim]`` predictions at the queries.
         """
         pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
-        vis_pos = torch.gather(pos[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))  # [B, Lv, D]
-        queries = self.mask_token + self.rel_pos(centres, geometry)  # [B, Q, D]
+        vis_pos = _gather(pos[:, 1:], ids_keep)  # [B, Lv, D]
+        queries = self.mask_token + queries  # [B, Q, D]
         x = torch.cat([tokens[:, :1] + pos[:, :1], tokens[:, 1:] + vis_pos, queries.to(tokens.dtype)], dim=1)
         x = self.head(self.norm(self.blocks(x)))
-        return x[:, -centres.shape[1] :]
+        return x[:, -queries.shape[1] :]
+
+    def relative_queries(self, centres: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """``centres [B, Q, 2]`` (view-2 patch centres in view-1 patch units), ``geometry [B, 6]`` -> ``[B, Q, D]``."""
+        return self.rel_pos(centres, geometry)
+
+    def grid_queries(self, query_ids: torch.Tensor) -> torch.Tensor:
+        """``query_ids [B, Q]`` (masked view-1 patches) -> their fixed grid positions ``[B, Q, D]``."""
+        return _gather(self.pos_embed[:, 1:].expand(query_ids.shape[0], -1, -1), query_ids)
+
+
+def _gather(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x [B, L, D]``, ``ids [B, Q]`` -> ``[B, Q, D]``."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class MLPHead(nn.Module):

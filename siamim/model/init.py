@@ -2,7 +2,7 @@
 
 Every ``nn.Linear``: xavier-uniform weight, zero bias; LayerNorm and BatchNorm:
 weight 1, bias 0. Tokens (cls, mask) are drawn separately with normal(std 0.02)
-and the patch projection like a linear layer (:func:`init_patch_projection`).
+and the patch projection's kernel like a linear layer (:func:`init_patch_projection`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ def official_init(module: nn.Module) -> None:
 
 
 def init_patch_projection(conv: nn.Conv2d) -> None:
-    """Xavier-uniform on the flattened ``[D, C*p*p]`` kernel (as a linear layer), zero bias."""
+    """Xavier-uniform on the flattened ``[D, C*p*p]`` kernel (as a linear layer).
+
+    The bias keeps PyTorch's default ``Conv2d`` init (uniform in ``±1/sqrt(C*p*p)``), as in the release,
+    whose ``initialize_weights`` touches only the kernel.
+    """
     w = conv.weight.data
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
 
 
 def init_token(token: torch.Tensor) -> None:

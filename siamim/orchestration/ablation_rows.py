@@ -87,6 +87,17 @@ ROWS: dict[str, Row] = {
     )
 }
 
+# Baselines that run in the grid beside the rows (``--rows a,mae,i``), each its preset
+# ``configs/baselines/<name>.yaml``. Their paper numbers come from the paper's main table (ViT-B,
+# 400 epochs), not from the ablation table.
+BASELINES: dict[str, Row] = {
+    # MAE's own recipe (facebookresearch/mae); row (a) is row (i)'s architecture with a pixel target.
+    "mae": _row("mae", "pixel", False, False, "random", "ln", "mae_like", "dense", "l2", 83.1, 62.5, 50.6, 45.1),
+}
+
+# Every name the grid accepts, in table order (the paper's rows, then the baselines).
+GRID_ROWS: dict[str, Row] = {**ROWS, **BASELINES}
+
 # The paper's key comparisons (first minus second) and what each one isolates.
 KEY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("e", "a", "feature target + different views vs MAE (semantic alignment)"),
@@ -99,31 +110,38 @@ KEY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
 
 
 def parse_rows(text: str) -> list[str]:
-    """``"a,b,k"`` / ``"all"`` / ``"a-e"`` -> row names in table order; unknown names raise ``ValueError``."""
+    """``"a,b,k"`` / ``"all"`` / ``"a-e"`` / ``"a,mae,i"`` -> row names in table order.
+
+    ``all`` and ranges cover the paper's rows (a-k); a baseline (:data:`BASELINES`) is named on its
+    own. Unknown names raise ``ValueError``.
+    """
     items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    valid = f"the paper's rows are {','.join(ROWS)} (or 'all'), the baselines {','.join(BASELINES)}"
     if not items:
-        raise ValueError(f"--rows: no row given; choose from {','.join(ROWS)} or 'all'")
+        raise ValueError(f"--rows: no row given; {valid}")
     names: set[str] = set()
     for item in items:
         if item == "all":
             names.update(ROWS)
             continue
+        if item in BASELINES:
+            names.add(item)
+            continue
         lo, _, hi = item.partition("-")
         for end in (lo, hi) if hi else (lo,):
             if end not in ROWS:
-                close = difflib.get_close_matches(end, list(ROWS), n=1)
+                close = difflib.get_close_matches(end, list(GRID_ROWS), n=1)
                 raise ValueError(
-                    f"--rows: unknown row {end!r}; the paper's rows are {','.join(ROWS)} (or 'all')"
-                    + (f"; did you mean {close[0]!r}?" if close else "")
+                    f"--rows: unknown row {end!r}; {valid}" + (f"; did you mean {close[0]!r}?" if close else "")
                 )
         keys = list(ROWS)
         names.update(keys[keys.index(lo) : keys.index(hi) + 1] if hi else [lo])
-    return [r for r in ROWS if r in names]
+    return [r for r in GRID_ROWS if r in names]
 
 
 def row_source(row: str) -> str:
-    """The preset a row's settings come from (for logs and MLflow): ``ablation/<row>``."""
-    return f"ablation/{row}"
+    """The preset a row's settings come from (for logs and MLflow): ``ablation/<row>`` or ``baselines/<name>``."""
+    return f"baselines/{row}" if row in BASELINES else f"ablation/{row}"
 
 
 def row_config(row: str, overrides: list[str] | None = None) -> Config:

@@ -15,7 +15,7 @@ import io
 import math
 from pathlib import Path
 
-from siamim.orchestration.ablation_rows import KEY_COMPARISONS, ROWS
+from siamim.orchestration.ablation_rows import BASELINES, GRID_ROWS, KEY_COMPARISONS
 
 # protocol -> (headline metric key in a trial's results, column title, the paper column it stands in for)
 HEADLINES: dict[str, tuple[str, str, str]] = {
@@ -62,7 +62,7 @@ def by_row(results: list[dict], key: str) -> dict[str, dict[int, float]]:
 
 def assemble(results: list[dict], protocols: list[str], failed: list[dict] | None = None) -> list[dict]:
     """One record per row (table order): ``{"row", "n", "seeds", "failed", "ours": {title: (mean, std)}, "paper"}``."""
-    rows = sorted({r["row"] for r in results} | {f["row"] for f in failed or []}, key=list(ROWS).index)
+    rows = sorted({r["row"] for r in results} | {f["row"] for f in failed or []}, key=list(GRID_ROWS).index)
     table = []
     for row in rows:
         mine = [r for r in results if r["row"] == row]
@@ -73,7 +73,7 @@ def assemble(results: list[dict], protocols: list[str], failed: list[dict] | Non
             "failed": sorted(int(f["seed"]) for f in failed or [] if f["row"] == row),
         }
         rec["ours"] = {title: mean_std([r.get(key) for r in mine]) for key, title, _ in headline_keys(protocols)}
-        rec["paper"] = ROWS[row].paper
+        rec["paper"] = GRID_ROWS[row].paper
         table.append(rec)
     return table
 
@@ -93,6 +93,11 @@ def to_markdown(table: list[dict], protocols: list[str]) -> str:
         ours = [_fmt(*rec["ours"][h]) for h in heads]
         paper = [f"{rec['paper'][c]:.1f}" for c in PAPER_COLUMNS]
         lines.append(f"| {rec['row']} | {n} | " + " | ".join(ours) + " | " + " | ".join(paper) + " |")
+    baselines = [rec["row"] for rec in table if rec["row"] in BASELINES]
+    if baselines:
+        lines.append(
+            f"\n{', '.join(baselines)}: paper numbers from the paper's main table (400 epochs), not the ablation."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +137,7 @@ def paired_differences(results: list[dict], protocols: list[str]) -> list[dict]:
                 continue
             diffs = [a[s] - b[s] for s in common]
             m, s = mean_std(diffs)
-            paper = round(ROWS[first].paper[paper_col] - ROWS[second].paper[paper_col], 2)
+            paper = round(GRID_ROWS[first].paper[paper_col] - GRID_ROWS[second].paper[paper_col], 2)
             match = None if paper == 0 or math.isnan(m) else (m > 0) == (paper > 0) and m != 0
             out.append(
                 {
@@ -202,7 +207,7 @@ def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     heads = headline_keys(protocols)
-    rows = sorted({r["row"] for r in results}, key=list(ROWS).index)
+    rows = sorted({r["row"] for r in results}, key=list(GRID_ROWS).index)
     fig, axes = plt.subplots(
         1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)), 3.6), squeeze=False
     )

@@ -265,7 +265,8 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
         st.RUN_RECORD,
     )
     tracking.log_text(uri, run_id, dump_yaml(cfg), "config.yaml")
-    trainer = build_trainer(cfg, storage, name, uri, run_id, started)
+    # kNN once per trial: the evaluation computes it when the protocols include it.
+    trainer = build_trainer(cfg, storage, name, uri, run_id, started, final_knn="knn" not in spec["protocols"])
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
     result = trainer.fit()
     if getattr(result, "error", None) is not None:

@@ -88,6 +88,7 @@ def build_trainer(
     skip_checkpoints: list[str] | None = None,
     start_step: int = 0,
     log_encoder: bool = False,
+    final_knn: bool = True,
 ) -> TorchTrainer:
     """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
 
@@ -96,6 +97,8 @@ def build_trainer(
     the directory names of the damaged ones; a worker that Ray hands one of those
     restores ``restore_from`` instead, and new checkpoints avoid their names.
     ``log_encoder``: rank 0 logs the exported encoder to the MLflow run at the end.
+    ``final_knn``: rank 0 computes the kNN top-1 at the end (a grid trial whose protocols include
+    ``knn`` turns it off: its evaluation computes the same number once).
     """
     loop_config = {
         "cfg": to_dict(cfg),
@@ -107,6 +110,7 @@ def build_trainer(
         "restore_from": restore_from,
         "skip_checkpoints": list(skip_checkpoints or []),
         "log_encoder": log_encoder,
+        "final_knn": final_knn,
     }
     from siamim.orchestration.ray_data import trainer_datasets
 
@@ -324,20 +328,24 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         timings = {"time_to_worker_s": started - config["launch_time"]}
         if first_step:
             timings["time_to_first_step_s"] = first_step[0] - config["launch_time"]
-        knn_start = time.time()
-        threads = torch.get_num_threads()
-        # The other local ranks idle in the final report while rank 0 evaluates: use their CPUs too.
-        local_cpus = int(cfg.run.cpus_per_worker * ray.train.get_context().get_local_world_size())
-        torch.set_num_threads(max(threads, local_cpus))
-        try:
-            knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
-        finally:
-            torch.set_num_threads(threads)
-        timings["knn_eval_s"] = time.time() - knn_start
-        final.update(knn_top1=knn, **timings)
+        knn = None
+        if config.get("final_knn", True):
+            knn_start = time.time()
+            threads = torch.get_num_threads()
+            # The other local ranks idle in the final report while rank 0 evaluates: use their CPUs too.
+            local_cpus = int(cfg.run.cpus_per_worker * ray.train.get_context().get_local_world_size())
+            torch.set_num_threads(max(threads, local_cpus))
+            try:
+                knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
+            finally:
+                torch.set_num_threads(threads)
+            timings["knn_eval_s"] = time.time() - knn_start
+            final["knn_top1"] = knn
+        final.update(timings)
         step_logger.flush()
-        step_logger.log_now({"knn_top1": knn, **timings}, out["step"])
+        step_logger.log_now({**({"knn_top1": knn} if knn is not None else {}), **timings}, out["step"])
         if config.get("log_encoder") and out["state"] is not None:
             _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
-        print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
+        if knn is not None:
+            print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune

@@ -16,18 +16,36 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
+def uses_sync_batchnorm(cfg, device: torch.device, world_size: int) -> bool:
+    """BatchNorm statistics over all workers: ``model.norm=bn`` under DDP on CUDA (SyncBatchNorm needs CUDA;
+    on CPU each worker normalises over its own part of the batch)."""
+    return world_size > 1 and device.type == "cuda" and cfg.model.norm == "bn"
+
+
+def convert_sync_batchnorm(model: nn.Module) -> None:
+    """Every BatchNorm of the online *and* the EMA target branch becomes a SyncBatchNorm, in place.
+
+    The release converts the whole model, so the target's projector BatchNorm also normalises over
+    the global batch. Parameters and buffers stay the same objects (the optimiser and the EMA pairs
+    still hold them), and state-dict names do not change.
+    """
+    model.online = nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
+    if model.target is not None:
+        model.target = nn.SyncBatchNorm.convert_sync_batchnorm(model.target)
+
+
 def wrap_for_training(model: nn.Module, cfg, device: torch.device, world_size: int) -> None:
     """Wrap ``model.online`` in place: DDP when ``world_size > 1``, then ``torch.compile`` if ``train.compile``.
 
-    ``model`` is a :class:`siamim.model.siamim.SiameseIM`. Under DDP on CUDA a ``model.norm=bn`` branch
-    gets SyncBatchNorm (on CPU each worker normalises over its own part of the batch).
+    ``model`` is a :class:`siamim.model.siamim.SiameseIM`. Under DDP on CUDA a ``model.norm=bn`` model
+    gets SyncBatchNorm in both branches (:func:`convert_sync_batchnorm`).
 
     Call it after building the optimiser and loading any checkpoint: the parameters stay the same
     objects, and the state dict keeps the bare branch's names (:meth:`SiameseIM.wrap_online`).
     """
     if world_size > 1:
-        if device.type == "cuda" and cfg.model.norm == "bn":
-            model.online = nn.SyncBatchNorm.convert_sync_batchnorm(model.online)
+        if uses_sync_batchnorm(cfg, device, world_size):
+            convert_sync_batchnorm(model)
         device_ids = [device.index] if device.type == "cuda" else None
         model.wrap_online(lambda online: DistributedDataParallel(online, device_ids=device_ids))
     if cfg.train.compile:

@@ -43,3 +43,19 @@ def test_no_colour_gives_the_unjittered_crops_and_colour_changes_them():
         assert jittered.box1 == plain.box1  # the crop is drawn first, colour after
         changed += not torch.equal(jittered.view1, plain.view1)
     assert changed >= 5  # jitter p=0.8 (the blur at 16 px is often below one grey level)
+
+
+def test_crops_are_resized_bicubically_as_the_release_does():
+    """``spatial_view`` = torchvision's antialiased bicubic resize of the (flipped) image's box."""
+    from torchvision.transforms.v2 import functional as TF
+
+    img = _colour_image(0)
+    for box, flip, size in (((3, 5, 20, 30), False, 16), ((0, 2, 12, 10), True, 28)):
+        src = TF.horizontal_flip(img) if flip else img
+        i, j, h, w = box
+        want = TF.resize(
+            src[:, i : i + h, j : j + w], [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+        )
+        assert torch.equal(spatial_view(img, box, flip, size), want)
+        bilinear = TF.resize(src[:, i : i + h, j : j + w], [size, size], antialias=True)
+        assert not torch.equal(want, bilinear)

@@ -11,7 +11,15 @@ import sys
 import pytest
 
 from siamim.orchestration import ablation_table as tbl
-from siamim.orchestration.ablation_rows import KEY_COMPARISONS, ROWS, SWITCH_KEYS, parse_rows, row_config, switches_of
+from siamim.orchestration.ablation_rows import (
+    BASELINES,
+    KEY_COMPARISONS,
+    ROWS,
+    SWITCH_KEYS,
+    parse_rows,
+    row_config,
+    switches_of,
+)
 from tests.jobs.helpers import REPO
 
 ABLATE = REPO / "jobs" / "ablate.py"
@@ -138,6 +146,20 @@ def test_rows_parse_and_resolve_to_their_switches():
     assert switches_of(row_config("i"))["loss.type"] == "unigrad"
     assert switches_of(row_config("j"))["loss.type"] != "unigrad"
     assert {a for a, _, _ in KEY_COMPARISONS} | {b for _, b, _ in KEY_COMPARISONS} <= set(ROWS)
+
+
+def test_the_mae_baseline_is_a_grid_row_by_name():
+    assert parse_rows("a,mae,i") == ["a", "i", "mae"]
+    assert "mae" not in parse_rows("all") and "mae" not in parse_rows("a-k")
+    assert switches_of(row_config("mae")) == BASELINES["mae"].switches
+    assert row_config("mae").model.query_pos == "grid" and row_config("a").model.query_pos == "relative"
+    with pytest.raises(ValueError, match="the baselines mae"):
+        parse_rows("maee")
+    results = [{"row": r, "seed": 0, "eval.knn_top1": v} for r, v in (("mae", 70.0), ("a", 69.0), ("i", 72.0))]
+    table = tbl.assemble(results, ["knn"])
+    assert [r["row"] for r in table] == ["a", "i", "mae"]
+    assert table[-1]["paper"]["LIN"] == 62.5
+    assert "main table" in tbl.to_markdown(table, ["knn"])
 
 
 def _results():

@@ -72,6 +72,19 @@ def test_official_initialisation(small_cfg):
         assert 0.005 < token.std().item() < 0.05
 
 
+def test_batchnorm_eps_and_patch_bias_follow_the_release(small_cfg):
+    """The release's BatchNorm keeps PyTorch's eps 1e-5; its frozen patch-projection bias keeps Conv2d's init."""
+    torch.manual_seed(0)
+    model = SiameseIM(small_cfg())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert bns and all(m.eps == 1e-5 for m in bns)
+    conv = model.online.encoder.patch_embed.proj
+    bound = 1 / math.sqrt(conv.weight[0].numel())  # Conv2d's default bias: uniform in [-1/sqrt(fan_in), ...]
+    assert conv.bias.abs().max() <= bound and conv.bias.std() > 0.3 * bound
+    assert not conv.bias.requires_grad
+    assert torch.equal(model.target.encoder.patch_embed.proj.bias, conv.bias)
+
+
 def test_every_attention_uses_the_fused_sdpa_kernel(small_cfg):
     """timm's Attention takes F.scaled_dot_product_attention when ``fused_attn`` is set."""
     from timm.models.vision_transformer import Attention

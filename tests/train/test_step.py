@@ -127,3 +127,35 @@ def test_bf16_autocast_step_on_cpu(small_cfg, monkeypatch):
         corr = z.T @ z / z.shape[0]
         naive = ((p - z).pow(2).sum(-1).mean() + cfg.loss.neg_weight * ((p @ corr) * p).sum(-1).mean()) / p.shape[-1]
     assert not torch.equal(naive.float(), call["loss"])
+
+
+def test_sync_batchnorm_converts_both_branches_and_keeps_the_parameters(small_cfg):
+    """The release converts the whole model: the EMA target's BatchNorms too (conversion runs on CPU;
+    SyncBatchNorm's forward needs CUDA, so only multi-GPU CUDA runs convert)."""
+    from siamim.train.step import convert_sync_batchnorm, uses_sync_batchnorm
+
+    cfg = small_cfg()
+    model = SiameseIM(cfg)
+    bn_names = {
+        branch: {n for n, m in getattr(model, branch).named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+        for branch in ("online", "target")
+    }
+    assert bn_names["online"] and bn_names["target"]
+    optimizer = build_optimizer(model.online, cfg)
+    params_before = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    state_keys = set(model.state_dict())
+    convert_sync_batchnorm(model)
+    for branch, names in bn_names.items():
+        modules = dict(getattr(model, branch).named_modules())
+        assert all(isinstance(modules[n], torch.nn.SyncBatchNorm) for n in names), branch
+        assert not any(type(m) is torch.nn.BatchNorm1d for m in modules.values()), branch
+    online_ids = {id(p) for p in model.online.parameters()}
+    assert set(params_before) <= online_ids  # the optimiser still holds the live parameters
+    tgt, src = model.target_pairs()
+    assert all(t.shape == o.shape for t, o in zip(tgt, src)) and all(id(o) in online_ids for o in src)
+    assert set(model.state_dict()) == state_keys  # checkpoints keep their names
+
+    cuda = torch.device("cuda", 0)
+    assert uses_sync_batchnorm(cfg, cuda, 2)
+    assert not uses_sync_batchnorm(cfg, cuda, 1) and not uses_sync_batchnorm(cfg, CPU, 2)
+    assert not uses_sync_batchnorm(small_cfg("model.norm=ln"), cuda, 2)
