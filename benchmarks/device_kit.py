@@ -56,16 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="folder for kit.json / kit.md / the grid's CSV files")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (on CPU unless --device says otherwise)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when visible; cpu with --smoke)")
+    parser.add_argument(
+        "--device", default=None, help="cuda or cpu (default: cuda when nvidia-smi lists a GPU; cpu with --smoke)"
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset, in kit order")
     parser.add_argument("--work", default=None, help="scratch folder (checkpoints, logs); default: a temp dir")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # internal: run one section in this process
     parser.add_argument("--budget", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    # device_count asks NVML, not the CUDA runtime: this process stays fork-safe for the sections.
-    device = args.device or ("cuda" if torch.cuda.device_count() > 0 and not args.smoke else "cpu")
+    env = environment()
+    # From nvidia-smi, not torch.cuda: the kit's process must not initialise CUDA before it forks the sections.
+    device = args.device or ("cuda" if env["gpu"] and not args.smoke else "cpu")
     if args.section:
-        return run_one(args.section, Path(args.work), args.budget, device, args.smoke)
+        return run_one(args.section, Path(args.work), args.budget, device, sizes(args.smoke))
     if not args.out:
         parser.error("--out DIR is required")
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     work = Path(args.work or tempfile.mkdtemp(prefix="siamim-kit-"))
     kit = run_kit(
-        Path(args.out), work, device, args.smoke, [s for s in SECTIONS if s in chosen], sizes(args.smoke), environment()
+        Path(args.out), work, device, args.smoke, [s for s in SECTIONS if s in chosen], sizes(args.smoke), env
     )
     print(json.dumps({name: sec["status"] for name, sec in kit["sections"].items()}), flush=True)
     print(f"[kit] wall {kit['wall_s']:.1f} s; figures in {args.out}/kit.json and kit.md; scratch {work}", flush=True)

@@ -19,6 +19,9 @@ class Child:
     """
 
     def __init__(self, log: Path, fn, *args, new_group: bool = False):
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            raise RuntimeError("CUDA was initialised before the fork: the child could not use it")
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()

@@ -23,11 +23,12 @@ __all__ = ["SECTIONS", "run_kit", "run_section"]
 LAST_RESERVE_S = 3.0  # the kit's own writing after the last section
 
 
-def run_section(name: str, budget: float, work: Path, device: str, smoke: bool) -> dict:
-    """One section in a forked child under ``budget`` seconds; its status, wall time, record and log tail."""
+def run_section(name: str, budget: float, work: Path, device: str, mode: dict) -> dict:
+    """One section in a forked child under ``budget`` seconds, with the sizes ``mode``; its status, wall
+    time, record and log tail."""
     log = work / f"{name}.log"
     start = time.monotonic()
-    child = Child(log, run_one, name, work, budget, device, smoke, new_group=True)
+    child = Child(log, run_one, name, work, budget, device, mode, new_group=True)
     while child.poll() is None and time.monotonic() - start < budget:
         time.sleep(0.1)
     code = child.poll()
@@ -76,7 +77,7 @@ def run_kit(out: Path, work: Path, device: str, smoke: bool, sections: list[str]
             }
         else:
             print(f"[kit] {name}: budget {budget:.0f} s", flush=True)
-            kit["sections"][name] = run_section(name, budget, work, device, smoke)
+            kit["sections"][name] = run_section(name, budget, work, device, sizes)
             sec = kit["sections"][name]
             print(
                 f"[kit] {name}: {sec['status']} in {sec['wall_s']:.1f} s"

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.kit.record import Record
-from benchmarks.kit.sizes import sizes
 
 SECTIONS = ("step", "loss_memory", "views", "e2e", "grid")
 
@@ -25,13 +24,13 @@ def preload() -> None:
     import benchmarks.kit.views  # noqa: F401
 
 
-def run_one(name: str, work: Path, budget: float, device_name: str, smoke: bool) -> int:
-    """Run section ``name`` with this mode's sizes; 0 on success, 1 with ``error`` in the record on failure.
+def run_one(name: str, work: Path, budget: float, device_name: str, mode: dict) -> int:
+    """Run section ``name`` with the sizes ``mode`` (:func:`benchmarks.kit.sizes.sizes`); 0 on success,
+    1 with ``error`` in the record on failure.
 
     ``budget``: seconds the section has (the sections that start processes stop them 2 s before).
     """
     deadline = time.monotonic() + budget - 2.0
-    mode = sizes(smoke)
     s = mode[name]
     if mode["cpu_threads"]:
         torch.set_num_threads(mode["cpu_threads"])
