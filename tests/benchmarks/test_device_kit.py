@@ -136,3 +136,41 @@ def test_an_overrunning_section_is_killed_with_its_figures_so_far(tmp_path, budg
     assert sec["status"] == "timeout" and "killed after its budget" in sec["error"]
     assert budget <= sec["wall_s"] < budget + 5
     assert "started" in sec["results"]  # what the section wrote before the kill is kept
+
+
+def test_full_sizes_configs_validate():
+    """Every config the GPU run builds is valid here, before a scarce GPU call finds a typo."""
+    from siamim.config import load_config
+    from siamim.orchestration.ablation_rows import parse_rows, row_config
+
+    full = sizes(smoke=False)
+    step = load_config(full["step"]["config"], ["run.num_workers=1", *full["step"]["overrides"]])
+    assert (step.data.img_size, step.model.patch_size, step.model.embed_dim) == (224, 16, 768)
+    views = full["views"]
+    cfg = load_config(
+        views["config"],
+        [
+            f"train.batch_size={views['batch']}",
+            "run.num_workers=1",
+            f"data.img_size={views['size']}",
+            *views["overrides"],
+        ],
+    )
+    assert cfg.train.batch_size == 128 and cfg.model.embed_dim == 768
+    e2e = load_config(full["e2e"]["config"], ["train.device=cuda", *full["e2e"]["overrides"]])
+    assert e2e.data.views_on == "device" and full["e2e"]["total_steps"] == 60000 // e2e.train.batch_size
+    grid = full["grid"]
+    rows = parse_rows(grid["rows"])
+    assert len(rows) * grid["seeds"] % grid["workers"] == 0  # whole waves of trials
+    for row in rows:
+        assert row_config(row, [*grid["overrides"], "train.device=cuda", "eval.device=cuda"]).data.views_on == "device"
+    assert sum(full["budgets"].values()) - full["budgets"]["grid"] < full["total_budget_s"] < 480
+
+
+def test_grid_steps_fill_the_budget():
+    from benchmarks.kit.grid import choose_steps
+
+    calibs = [{"step_s": 0.05, "overhead_s": 2.0, "eval_s": 8.0}, {"step_s": 0.1, "overhead_s": 3.0, "eval_s": 7.0}]
+    # 33 trials on 11 workers: 3 waves of (3 + 8 + 0.1 s x steps) in 180 s, 10 % spare
+    assert choose_steps(calibs, 33, 11, 180.0, 20, 20000) == int(0.9 * (60 - 11) / 0.1)
+    assert choose_steps(calibs, 33, 11, 5.0, 20, 20000) == 20  # never below the floor
