@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -62,7 +63,18 @@ def run_views(rec: Record, s: dict, device: torch.device) -> None:
     """Pairs/s of the device path, then the step fed by it vs by synthetic tensors."""
     height, width = s["source_hw"]
     images = views_bench.sources(max(s["images"], s["batch"]), height, width)
-    rec.put("setup", {"source_hw": [height, width], "size": s["size"], "batch": s["batch"], "device": str(device)})
+    shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None  # where DataLoader workers hand batches over
+    rec.put(
+        "setup",
+        {
+            "source_hw": [height, width],
+            "size": s["size"],
+            "batch": s["batch"],
+            "device": str(device),
+            "dev_shm_free_GiB": shm.f_bavail * shm.f_frsize / 2**30 if shm else None,
+        },
+    )
+
     full = views_bench.device_batched(images, s["size"], device, s["batch"], s["repeats"])
     rec.put("render_pairs_per_s", full)
     crops = views_bench.device_batched(images, s["size"], device, s["batch"], s["repeats"], crops_only=True)
