@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for kit.json / kit.md / the grid's CSV files")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (on CPU unless --device says otherwise)")
     parser.add_argument(
-        "--device", default=None, help="cuda or cpu (default: cuda when nvidia-smi lists a GPU; cpu with --smoke)"
+        "--device", default=None, help="cuda or cpu (default: cuda when there is an NVIDIA GPU; cpu with --smoke)"
     )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset, in kit order")
     parser.add_argument("--work", default=None, help="scratch folder (checkpoints, logs); default: a temp dir")
@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     env = environment()
-    # From nvidia-smi, not torch.cuda: the kit's process must not initialise CUDA before it forks the sections.
-    device = args.device or ("cuda" if env["gpu"] and not args.smoke else "cpu")
+    # From nvidia-smi or the device node, not torch.cuda: the kit's process must not initialise CUDA
+    # before it forks the sections.
+    gpu = env["gpu"] or Path("/dev/nvidia0").exists()
+    device = args.device or ("cuda" if gpu and not args.smoke else "cpu")
     if args.section:
         return run_one(args.section, Path(args.work), args.budget, device, sizes(args.smoke))
     if not args.out:

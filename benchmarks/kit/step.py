@@ -147,7 +147,7 @@ def run_loss_memory(rec: Record, s: dict, device: torch.device) -> None:
         for name, fn in (("ours", _ours_loss), ("reference", _reference_loss)):
             try:
                 entry[name] = loss_footprint(fn, rows, s["dim"], device, s["repeats"])
-            except torch.OutOfMemoryError as err:
+            except torch.cuda.OutOfMemoryError as err:  # the same class as torch.OutOfMemoryError (2.5+)
                 entry[name] = {"error": f"OutOfMemoryError: {str(err)[:200]}"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()

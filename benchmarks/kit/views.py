@@ -38,11 +38,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def fed_step_rate(cfg, source: ArraySource, device: torch.device, steps: int, warmup: int) -> dict:
-    """Images/s of our step fed by the real loader with device views (rendering + H2D copy included)."""
+def our_step(cfg, device: torch.device) -> TrainStep:
+    """The loop's step (:class:`TrainStep`) on a fresh seeded model of ``cfg`` on ``device``."""
     torch.manual_seed(0)
     model = SiameseIM(cfg).to(device).train()
-    step = TrainStep(model, build_optimizer(model.online, cfg), autocast_dtype(cfg, device), cfg.optim.clip_grad)
+    return TrainStep(model, build_optimizer(model.online, cfg), autocast_dtype(cfg, device), cfg.optim.clip_grad)
+
+
+def fed_step_rate(cfg, source: ArraySource, device: torch.device, steps: int, warmup: int) -> dict:
+    """Images/s of our step fed by the real loader with device views (rendering + H2D copy included).
+
+    The loader hands over uint8 sources ``[B, 3, H, W]`` + view parameters; ``prepare_batch`` renders
+    views ``[B, 3, S, S]`` on ``device``.
+    """
+    step = our_step(cfg, device)
     loader = iter(build_loader(source, cfg, 0, 1, 0, steps + warmup, on_device=True))
     start, waited = None, 0.0
     for i in range(steps + warmup):
@@ -83,14 +92,14 @@ def run_views(rec: Record, s: dict, device: torch.device) -> None:
 
     overrides = [f"train.batch_size={s['batch']}", "run.num_workers=1", f"data.num_workers={s['loader_workers']}"]
     cfg = load_config(s["config"], [*overrides, f"data.img_size={s['size']}", *s["overrides"]])
-    torch.manual_seed(0)
-    model = SiameseIM(cfg).to(device).train()
-    step = TrainStep(model, build_optimizer(model.online, cfg), autocast_dtype(cfg, device), cfg.optim.clip_grad)
+    step = our_step(cfg, device)
     seconds, _ = throughput.measure(
         step, throughput.synthetic_batch(cfg, s["batch"], device), s["steps"], s["warmup"], device
     )
     rec.put("step_synthetic", {"step_s": seconds, "images_per_s": s["batch"] / seconds})
-    del model, step
+    del step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     fed = fed_step_rate(cfg, synthetic_source(s["images"], height, width), device, s["steps"], s["warmup"])
     fed["loader_workers"] = s["loader_workers"]
     rec.put("step_fed_by_device_views", fed)
