@@ -19,7 +19,7 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
   fi
   SITE=${SIAMIM_DEVICE_SITE:-/tmp/siamim-site}
   "$PY" -m pip install --quiet --no-index --find-links .device/wheels --target "$SITE" --no-compile \
-    --disable-pip-version-check pydantic==2.14.4 || exit 2
+    --disable-pip-version-check pydantic || exit 2
   export PYTHONPATH="$PYTHONPATH:$SITE"
 fi
 if [ -z "${SIAMIM_FASHION_MNIST:-}" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .device/fashion-mnist ]; then

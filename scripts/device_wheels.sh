@@ -10,9 +10,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 WHEELS=.device/wheels
 DATA=.device/fashion-mnist
-# The pinned pydantic and the versions it resolves with here (pyproject.toml); one version of each.
-PACKAGES=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  typing-extensions==4.16.0)
+# pydantic and what it needs, at the versions this project's environment resolved (pyproject.toml pins
+# pydantic; scripts/setup.sh installed it): one version of each, so the offline install has no choice to make.
+PACKAGES=($("$PY" - <<'PYEOF'
+import importlib.metadata as md
+print(" ".join(f"{n}=={md.version(n)}" for n in
+               ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions")))
+PYEOF
+))
+echo "wheels for Python 3.12 manylinux x86_64: ${PACKAGES[*]}"
 rm -rf "$WHEELS" && mkdir -p "$WHEELS" "$DATA"
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
