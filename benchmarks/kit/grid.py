@@ -84,7 +84,7 @@ def run_grid(rec: Record, s: dict, device: str, work: Path, deadline: float) -> 
     results, failed = _collect(work)
     done = {(r["row"], r["seed"]) for r in results}
     missing = [
-        {"row": r, "seed": seed, "error": "not finished inside the budget"}
+        {"row": r, "seed": seed, "error": "not finished: the budget ran out or its worker ended (worker_errors)"}
         for r, seed in trials
         if (r, seed) not in done and all((f["row"], f["seed"]) != (r, seed) for f in failed)
     ]
