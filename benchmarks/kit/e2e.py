@@ -21,6 +21,7 @@ from benchmarks.kit.record import Record
 from siamim.checkpoint import load_checkpoint, load_encoder
 
 KNN_LINE = re.compile(r"kNN top-1 ([0-9.]+)%")
+TRAIN_RATE = re.compile(r"\| ([0-9.]+) img/s \| ETA")  # the loop's progress lines (not the kNN extraction's)
 
 
 def train_run(args: list[str], log: Path, timeout: float) -> tuple[float, str]:
@@ -59,7 +60,7 @@ def run_e2e(rec: Record, s: dict, device: torch.device, work: Path, deadline: fl
     found = KNN_LINE.findall(text)
     if not found:
         raise RuntimeError(f"no 'kNN top-1' line in the resumed run's output:\n{text[-2000:]}")
-    rates = [float(x) for x in re.findall(r"([0-9.]+) img/s", text)]
+    rates = [float(x) for x in TRAIN_RATE.findall(text)]
     rec.put(
         "resumed_run", {"wall_s": wall, "knn_top1": float(found[-1]), "last_images_per_s": rates[-1] if rates else None}
     )

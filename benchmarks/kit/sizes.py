@@ -1,4 +1,4 @@
-"""The kit's sizes: the GPU run (one H100/H200, under 8 minutes) and the CPU ``--smoke`` run (tiny, under a minute).
+"""The kit's sizes: the GPU run (one H100/H200, under 8 minutes) and the CPU ``--smoke`` run (tiny; about a minute on 2 shared cores).
 
 Budgets are caps in seconds, process start included; a section that ends early leaves its time to the
 grid (the last section), which takes what is left of the kit's total up to its own cap.

@@ -103,7 +103,7 @@ def test_smoke_kit_without_ray_mlflow_boto3(tmp_path):
     assert r["views"]["render_pairs_per_s"] > 0 and r["views"]["fed_over_synthetic"] > 0
     assert r["e2e"]["first_run"]["checkpoint_step"] == 2 and r["e2e"]["reloaded"]["checkpoint_step"] == 4
     assert r["e2e"]["reloaded"]["views_on"] == "device" and r["e2e"]["reloaded"]["features_finite"]
-    assert 0 <= r["e2e"]["resumed_run"]["knn_top1"] <= 100
+    assert 0 <= r["e2e"]["resumed_run"]["knn_top1"] <= 100 and r["e2e"]["resumed_run"]["last_images_per_s"] > 0
 
     grid = r["grid"]
     assert len(grid["trials"]) == 4 and not grid["failed"]
