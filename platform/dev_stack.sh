@@ -95,6 +95,18 @@ up_ray() {
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
 
+# Ray's pointer to "the current cluster" (what a plain ray.init() joins); `ray start` writes it, and
+# stopping the head by its process group leaves it behind, naming a head that is gone.
+RAY_ADDRESS_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
+
+down_ray() {
+  stop_pid ray
+  if [ -f "$RAY_ADDRESS_FILE" ] && grep -q ":$RAY_PORT\s*$" "$RAY_ADDRESS_FILE"; then
+    rm -f "$RAY_ADDRESS_FILE"
+    echo "ray: removed $RAY_ADDRESS_FILE (it named this stopped head)"
+  fi
+}
+
 stop_pid() {  # name
   local f="$STACK_DIR/$1.pid"
   [ -f "$f" ] || return 0
@@ -114,7 +126,7 @@ case "${1:-}" in
     services=("$@"); [ ${#services[@]} -gt 0 ] || services=(s3 mlflow ray)
     for s in "${services[@]}"; do "up_$s"; done ;;
   down)
-    stop_pid ray; stop_pid mlflow; stop_pid s3
+    down_ray; stop_pid mlflow; stop_pid s3
     [ -f "$STACK_DIR/s3.session" ] && echo "note: S3 objects were in memory and are gone; the next 'up' archives the MLflow db that pointed at them"
     true ;;
   status)

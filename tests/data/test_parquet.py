@@ -31,6 +31,7 @@ def local_ray():
     if started:
         repo = str(Path(__file__).resolve().parents[2])
         ray.init(
+            address="local",  # a new instance, never what a stale /tmp/ray/ray_current_cluster names
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

@@ -57,6 +57,16 @@ def test_help_lists_the_flags():
         assert flag in proc.stdout, flag
 
 
+def test_the_tensorboard_the_help_names_is_installed():
+    """The grid's help and summary print ``tensorboard --logdir ...``: the pinned set installs the viewer."""
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "tensorboard"
+    assert exe.is_file(), f"{exe} missing: tensorboard is not in the pinned set (pyproject.toml)"
+    proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip()[:1].isdigit(), proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     "args, flag",
     [
