@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     reps, step, ckpt_run_id = [], 0, None
     try:
         protocols, baselines, cfg = check_arguments(args, overrides)
+        if tracking_uri:  # seconds, not MLflow's minutes of retries on a server that is down
+            from siamim.orchestration.tracking import TrackingError, check_tracking
+
+            try:
+                check_tracking(tracking_uri)
+            except TrackingError as err:
+                raise ValueError(f"--tracking-uri / MLFLOW_TRACKING_URI: {err}") from err
         resolved = None
         if args.checkpoint:  # a missing file / run / object is named before torch is imported
             from siamim.orchestration.checkpoint_refs import resolve_checkpoint

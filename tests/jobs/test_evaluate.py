@@ -231,6 +231,28 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path):
     assert "did you mean 'eval.knn.k'" in proc.stderr and "eval.lin.steps=0 is invalid" in proc.stderr
 
 
+def test_a_run_id_with_the_tracking_server_down_fails_in_seconds_naming_it():
+    """MLflow would retry for minutes and then say the run is unknown; the job checks the server first."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a server that is down
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint", "0" * 32, "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.time() - start
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unreachable" in proc.stderr and uri in proc.stderr and "Traceback" not in proc.stderr
+    assert took < 60, took  # before: about 4 minutes of silent retries
+
+
 def test_job_baseline_names_match_the_package():
     from siamim.eval.baselines import BASELINES
 
