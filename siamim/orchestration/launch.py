@@ -183,7 +183,15 @@ def _fit(
         log_encoder=True,
     )
     with watch:
-        return trainer.fit()
+        try:
+            result = trainer.fit()
+        except SystemExit:  # Ray Train's SIGINT handler may leave fit() through sys.exit
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+    if trainer.interrupted:  # Ctrl-C aborted the run and fit() returned
+        raise KeyboardInterrupt
+    return result
 
 
 def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, result, launch_time: float):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,29 @@ def _train_log_level() -> str:
     return os.environ.get("SIAMIM_RAY_TRAIN_LOG_LEVEL", "WARNING").upper()
 
 
+class InterruptAwareTrainer(TorchTrainer):
+    """A ``TorchTrainer`` that remembers a Ctrl-C (:attr:`interrupted`).
+
+    Ray Train V2's driver installs its own SIGINT handler for the run
+    (``DataParallelTrainer._register_sigint_handler``): it aborts the controller and may leave
+    ``fit()`` through ``sys.exit``, so the launcher saw a SystemExit and reported "terminated" with
+    exit 1. The handler is wrapped here, so the launcher can report the interrupt as one (exit 130).
+    """
+
+    interrupted = False
+
+    def _register_sigint_handler(self, controller) -> None:
+        super()._register_sigint_handler(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            self.interrupted = True
+            if callable(ray_handler):
+                ray_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+
 def build_trainer(
     cfg: Config,
     storage: Storage,
@@ -89,7 +113,7 @@ def build_trainer(
     start_step: int = 0,
     log_encoder: bool = False,
     final_knn: bool = True,
-) -> TorchTrainer:
+) -> InterruptAwareTrainer:
     """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
 
     ``restore_from`` / ``skip_checkpoints``: on a resume whose newest checkpoints
@@ -114,7 +138,7 @@ def build_trainer(
     }
     from siamim.orchestration.ray_data import trainer_datasets
 
-    return TorchTrainer(
+    return InterruptAwareTrainer(
         train_loop_per_worker,
         datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
         train_loop_config=loop_config,

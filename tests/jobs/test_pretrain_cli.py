@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import free_port
 from tests.jobs.helpers import PRETRAIN, TINY_ARGS
 
@@ -167,8 +169,16 @@ def test_embedded_ray_that_cannot_fit_the_workers_fails_fast(base_env, tmp_path)
     assert all(r.info.status != "RUNNING" for r in _mlflow_runs(f"{tmp_path}/m.db"))
 
 
-def test_sigterm_to_the_driver_marks_the_mlflow_run_killed(base_env, tmp_path):
-    """`ray job stop` sends SIGTERM to the driver: the run must end KILLED, never stay RUNNING."""
+@pytest.mark.parametrize(
+    "sig, code, word, when",
+    [
+        ("SIGTERM", 143, "terminated", "starting run 'term'"),  # the MLflow run exists, fit() is about to run
+        ("SIGINT", 130, "interrupted", "first step done"),  # mid-training: Ray Train's own SIGINT handler is on
+    ],
+)
+def test_a_signal_to_the_driver_marks_the_mlflow_run_killed(base_env, tmp_path, sig, code, word, when):
+    """`ray job stop` sends SIGTERM, Ctrl-C SIGINT: the run ends KILLED (never RUNNING), with the documented
+    exit code (143 / 130) and word."""
     import signal
 
     db = f"{tmp_path}/m.db"
@@ -195,16 +205,17 @@ def test_sigterm_to_the_driver_marks_the_mlflow_run_killed(base_env, tmp_path):
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "starting run 'term'" in line:  # the MLflow run exists and trainer.fit() is about to run
-                time.sleep(2.0)
-                proc.send_signal(signal.SIGTERM)
+            if when in line:
+                time.sleep(2.0 if sig == "SIGTERM" else 0.0)
+                proc.send_signal(getattr(signal, sig))
                 break
         rest, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     out = "".join(lines) + (rest or "")
-    assert proc.returncode == 143, out[-3000:]
+    assert proc.returncode == code, out[-3000:]
+    assert f"[siamim] {word};" in out, out[-3000:]
     (run,) = _mlflow_runs(db)
     assert run.info.status == "KILLED", out[-3000:]
     assert "--resume term" in out
