@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides: dotted config keys, e.g. eval.lin.steps=500 eval.ft.blr=1e-3 eval.knn.k=10\n"
         "(eval.<protocol>.<key>: the settings of siamim/eval/protocols/<protocol>.py; docs/evaluation.md)",
     )
-    p.add_argument("--checkpoint", help="checkpoint file/dir, s3://... URI, MLflow run id or runs:/<id>/<path>")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint file/dir (ours, a timm export folder, an official SiameseIM or MAE .pth), s3://... URI, "
+        "MLflow run id, runs:/<id>/<path> or models:/<name>/<version>",
+    )
     p.add_argument(
         "--baseline", default=None, help="comma list of floors to evaluate through the same code: pixels, random"
     )
@@ -104,6 +108,15 @@ def check_arguments(args, overrides: list[str]):
     return protocols, baselines, cfg
 
 
+def _num_heads(overrides: list[str]) -> int | None:
+    """``model.num_heads=N`` from the command line: the head count of a foreign checkpoint (its weights lack it)."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "model.num_heads":
+            return int(value)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.config import ConfigError
@@ -121,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             try:
                 resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
-                from siamim.checkpoint import load_checkpoint
+                from siamim.foreign import read_checkpoint
 
-                state = load_checkpoint(resolved.path)
+                state = read_checkpoint(resolved.path, num_heads=_num_heads(overrides))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
     except (ConfigError, ValueError, FileNotFoundError) as err:

@@ -88,6 +88,12 @@ environment:
         "grows and the lr re-warms to the re-planned cosine (docs/platform.md)",
     )
     parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the exported encoder (MLflow artifact encoder/, timm's folder) as a new version of "
+        "the MLflow registered model NAME; evaluate it with jobs/evaluate.py --checkpoint models:/NAME/<version>",
+    )
+    parser.add_argument(
         "--wait-for-resources",
         type=float,
         default=300.0,
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             wait_for_resources=args.wait_for_resources,
             launch_time=LAUNCH_TIME,
+            register=args.register,
         )
     except (ConfigError, PreflightError, LaunchInputError) as err:
         return report_error(err, EXIT_BAD_INPUT)

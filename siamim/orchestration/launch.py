@@ -56,6 +56,7 @@ class PretrainSummary:
     resumed: bool
     storage: str = ""
     metrics: dict = field(default_factory=dict)
+    registered: str | None = None  # models:/<name>/<version> of the encoder (--register)
 
     def lines(self) -> list[str]:
         knn = f"{self.knn_top1:.2f}%" if self.knn_top1 is not None else "n/a"
@@ -68,6 +69,11 @@ class PretrainSummary:
             f"  MLflow run       {self.mlflow_run_id} (experiment {self.experiment!r}, run {self.run_name!r})",
             f"  tracking URI     {self.tracking_uri}",
             f"  checkpoint       {self.checkpoint}",
+            *(
+                [f"  registered       {self.registered} (jobs/evaluate.py --checkpoint {self.registered})"]
+                if self.registered
+                else []
+            ),
             f"  train longer     python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage}'"
             " --more-steps N",
             "=" * 72,
@@ -220,6 +226,7 @@ def run_pretraining(
     address: str | None = None,
     wait_for_resources: float = 300.0,
     launch_time: float | None = None,
+    register: str | None = None,
     log=print,
 ) -> PretrainSummary:
     """Run (or resume) one Ray Train pretraining job tracked in MLflow; returns its summary.
@@ -234,6 +241,8 @@ def run_pretraining(
         address: Ray cluster address (None: the job's cluster, ``$RAY_ADDRESS``, or a local instance).
         wait_for_resources: on a cluster, seconds to wait for it to fit the worker group before
             failing (negative: for ever). An embedded local instance that cannot fit fails at once.
+        register: register the run's exported encoder (``encoder/``) as a new version of this
+            MLflow registered model (:mod:`.registry`); the summary names ``models:/<name>/<version>``.
     Raises:
         PreflightError / LaunchError / ConfigError with a message for the user. The MLflow run is
         never left RUNNING: FAILED on errors, KILLED on KeyboardInterrupt / SystemExit (SIGTERM).
@@ -290,6 +299,12 @@ def run_pretraining(
     try:
         summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
         tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": summary.checkpoint})
+        if register:
+            from siamim.orchestration.registry import register_encoder
+
+            version = register_encoder(tracking_uri, run_id, register, tags={"step": summary.step})
+            summary.registered = f"models:/{register}/{version}"
+            tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": summary.registered})
     except BaseException:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise

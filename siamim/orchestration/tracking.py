@@ -13,7 +13,7 @@ Who writes what:
   restart; the logger skips steps MLflow already holds, so a restarted or
   resumed run has every step exactly once. Rank 0 also runs MLflow's system
   metrics monitor and, at the end, logs the exported encoder
-  (``checkpoint/checkpoint.pt``).
+  (``encoder/``: timm's ``save_for_hf`` folder, :mod:`siamim.timm_export`).
 
 The MLflow run id is stored in the run record next to the Ray checkpoints and in
 every checkpoint's Ray metadata, so a resumed training continues the same MLflow run.

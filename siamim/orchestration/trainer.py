@@ -9,7 +9,7 @@ wraps DDP and shards every epoch across ranks itself, so the adapter does not
 call ``prepare_model`` / ``prepare_data_loader``), turns the loop's
 ``checkpoint_saver`` calls into ``ray.train.report(..., checkpoint=...)`` and,
 on rank 0, logs per-step metrics, MLflow system metrics, the final kNN top-1 and
-the exported encoder to MLflow.
+the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) to MLflow.
 
 A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
 :mod:`siamim.checkpoint`) and Ray's checkpoint metadata
@@ -35,6 +35,7 @@ from ray.train.torch import TorchTrainer
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV, fail_at_step, with_fault
+from siamim.orchestration.registry import ENCODER_ARTIFACT
 from siamim.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 # Driver environment variables the workers get too: the fault-injection test hook and MLflow's
 # system-metrics settings (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...).
 FORWARDED_ENV = re.compile(rf"^({FAIL_AT_STEP_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
-ENCODER_ARTIFACT_DIR = "checkpoint"  # MLflow: <dir>/checkpoint.pt, the exported encoder (jobs/evaluate.py reads it)
+ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -242,13 +243,13 @@ def _system_metrics(tracking_uri: str, run_id: str):
 
 
 def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
-    """Log the exported encoder (:func:`siamim.checkpoint.save_encoder`) as ``checkpoint/checkpoint.pt``."""
-    from siamim.checkpoint import save_encoder
+    """Log the exported encoder as ``encoder/``: timm's folder (:func:`siamim.timm_export.save_timm_encoder`)."""
     from siamim.orchestration import tracking
+    from siamim.timm_export import save_timm_encoder
 
     with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
-        save_encoder(Path(tmp) / CHECKPOINT_FILE, state)
-        tracking.log_artifacts(tracking_uri, run_id, tmp, ENCODER_ARTIFACT_DIR)
+        folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
+        tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
 
 
 def train_loop_per_worker(config: dict) -> None:
