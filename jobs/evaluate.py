@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="MLflow run to log into (default: the checkpoint's pretraining run)")
     p.add_argument("--child-run", action="store_true", help="log into a new child run of the pretraining run")
     p.add_argument("--experiment", default=None, help="experiment for a new run (default: run.experiment)")
+    p.add_argument(
+        "--pictures",
+        action="store_true",
+        help="also draw feature pictures (PCA maps, cross-view correspondence, cls attention) of every "
+        "representation into <out>/pictures/<name>/*.png (and MLflow eval/pictures/)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -181,6 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     (out / "evaluation.csv").write_text(csv_text)
     print("\n" + markdown, flush=True)
     print(f"[evaluate] table written to {out}/evaluation.md and evaluation.csv", flush=True)
+    pictures_dir = None
+    if args.pictures:
+        from siamim.eval.pictures import make_pictures, write_pictures
+
+        pictures_dir = out / "pictures"
+        for rep in reps:
+            pics, numbers = make_pictures(rep, cfg, suite.test_source, seed=cfg.eval.seed)
+            write_pictures(pics, pictures_dir / rep.name)
+            log(
+                f"[evaluate] pictures of {rep.name} in {pictures_dir / rep.name} (correspondence of the pictured "
+                f"pairs {100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)"
+            )
     if tracking_uri:
         from siamim.orchestration.eval_logging import log_evaluation, run_exists
         from siamim.orchestration.tracking import resolve_tracking_uri
@@ -214,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 **tags_extra,
             },
             params={k: v for k, v in flatten(cfg).items() if k.startswith("eval.")},
+            pictures_dir=pictures_dir,
         )
         print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
     return 0

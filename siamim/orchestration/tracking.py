@@ -253,6 +253,15 @@ def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | os.PathLike, 
     _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+def log_pictures(tracking_uri: str, run_id: str, pictures: dict, step: int) -> None:
+    """Log PIL images as MLflow images ``key=<name>`` at ``step`` (the UI's image slider over steps)
+    and as the artifacts ``pictures/<name>.png`` (the latest ones)."""
+    client = _client(tracking_uri)
+    for name, image in pictures.items():
+        client.log_image(run_id, image, key=name, step=int(step))
+        client.log_image(run_id, image, artifact_file=f"pictures/{name}.png")
+
+
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
     client = _client(tracking_uri)
     for k, v in tags.items():

@@ -252,6 +252,32 @@ def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
         tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
 
 
+def _log_pictures(tracking_uri: str, run_id: str, out: dict, cfg: Config, device) -> float:
+    """The final encoder's feature pictures (:mod:`siamim.eval.pictures`) as MLflow images; returns seconds.
+
+    A failure (e.g. a dataset without a test split) is a warning: the trained run stays good.
+    """
+    start = time.time()
+    try:
+        from siamim.data.sources import build_source
+        from siamim.eval.pictures import make_pictures
+        from siamim.eval.representation import EncoderRepresentation
+        from siamim.orchestration import tracking
+
+        rep = EncoderRepresentation(out["encoder"].eval().to(device), name="checkpoint")
+        source = build_source(cfg.data.dataset, cfg.data.root, "test")
+        pictures, numbers = make_pictures(rep, cfg, source, seed=cfg.eval.seed)
+        tracking.log_pictures(tracking_uri, run_id, pictures, out["step"])
+        print(
+            f"[siamim] feature pictures logged (correspondence of the pictured pairs "
+            f"{100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)",
+            flush=True,
+        )
+    except Exception as err:
+        logger.warning("feature pictures not logged: %s: %s", type(err).__name__, err)
+    return time.time() - start
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Per-worker entry point of the TorchTrainer (``train_loop_config`` from :func:`build_trainer`)."""
     started = time.time()
@@ -340,5 +366,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         step_logger.log_now({"knn_top1": knn, **timings}, out["step"])
         if config.get("log_encoder") and out["state"] is not None:
             _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
+            timings["pictures_s"] = _log_pictures(config["tracking_uri"], config["mlflow_run_id"], out, cfg, device)
+            step_logger.log_now({"pictures_s": timings["pictures_s"]}, out["step"])
         print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune

@@ -36,7 +36,11 @@ def test_registered_model_evaluates_through_models_uri(tmp_path, monkeypatch):
 
     job = _job()
     common = ["--protocols", "knn", "--tracking-uri", uri, *QUICK]
-    assert job.main(["--checkpoint", "models:/tiny-enc/1", "--out", str(tmp_path / "o1"), *common]) == 0
+    assert job.main(["--checkpoint", "models:/tiny-enc/1", "--out", str(tmp_path / "o1"), "--pictures", *common]) == 0
+    drawn = sorted(p.name for p in (tmp_path / "o1" / "pictures" / "checkpoint").iterdir())
+    assert drawn == ["attention.png", "correspondence.png", "pca.png"]
+    logged = {a.path for a in client.list_artifacts(run, "eval/pictures/checkpoint")}
+    assert logged == {f"eval/pictures/checkpoint/{name}" for name in drawn}
     assert job.main(["--checkpoint", run, "--out", str(tmp_path / "o2"), *common]) == 0  # run id: encoder/
     assert job.main(["--checkpoint", str(folder), "--out", str(tmp_path / "o3"), *common]) == 0  # the folder
     assert _knn(tmp_path / "o1") == _knn(tmp_path / "o2") == _knn(tmp_path / "o3")

@@ -107,7 +107,14 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     assert tags["ray.job_id"] and tags["siamim.run_name"] == "reference"
     assert len(tags["mlflow.source.git.commit"]) == 40 and len(tags["siamim.source_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
-    assert {"config.yaml", "encoder"} <= artifacts
+    assert {"config.yaml", "encoder", "pictures"} <= artifacts
+    # the final encoder's feature pictures: artifacts, and images at the final step (MLflow's image slider)
+    pictures = ["pictures/attention.png", "pictures/correspondence.png", "pictures/pca.png"]
+    assert sorted(a.path for a in client.list_artifacts(summary.mlflow_run_id, "pictures")) == pictures
+    images = [a.path for a in client.list_artifacts(summary.mlflow_run_id, "images")]
+    assert {f"images/{name}+step+{STEPS}+" for name in ("pca", "correspondence", "attention")} == {
+        p[: p.index("+timestamp")] + "+" for p in images if p.endswith(".png") and "+step+" in p
+    }
     assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "encoder")] == ENCODER_ARTIFACTS
     # --register: a version of the registered model whose source is the run's encoder/
     assert summary.registered == "models:/tiny-reference/1" == tags["siamim.registered_model"]
