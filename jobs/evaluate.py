@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             pictures_dir=pictures_dir,
         )
         print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
+        from siamim.orchestration.run_report import write_run_report
+
+        write_run_report(uri, logged)  # report.html of that run, now with the table (and pictures)
     return 0
 
 

@@ -309,6 +309,12 @@ def run_pretraining(
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise
     tracking.finish_run(tracking_uri, run_id, "FINISHED")
+    try:  # the run page's one human-readable summary; a report that fails leaves the finished run as it is
+        from siamim.orchestration.run_report import write_run_report
+
+        write_run_report(tracking_uri, run_id)
+    except Exception as err:
+        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
     summary.wall_s = time.time() - launch_time
     return summary
 

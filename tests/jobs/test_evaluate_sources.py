@@ -41,6 +41,8 @@ def test_registered_model_evaluates_through_models_uri(tmp_path, monkeypatch):
     assert drawn == ["attention.png", "correspondence.png", "pca.png"]
     logged = {a.path for a in client.list_artifacts(run, "eval/pictures/checkpoint")}
     assert logged == {f"eval/pictures/checkpoint/{name}" for name in drawn}
+    report = open(client.download_artifacts(run, "report.html", str(tmp_path))).read()  # rewritten with the table
+    assert "<h2>Evaluation</h2>" in report and "eval/pictures/checkpoint/pca.png" in report
     assert job.main(["--checkpoint", run, "--out", str(tmp_path / "o2"), *common]) == 0  # run id: encoder/
     assert job.main(["--checkpoint", str(folder), "--out", str(tmp_path / "o3"), *common]) == 0  # the folder
     assert _knn(tmp_path / "o1") == _knn(tmp_path / "o2") == _knn(tmp_path / "o3")

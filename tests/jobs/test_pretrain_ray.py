@@ -107,7 +107,7 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     assert tags["ray.job_id"] and tags["siamim.run_name"] == "reference"
     assert len(tags["mlflow.source.git.commit"]) == 40 and len(tags["siamim.source_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
-    assert {"config.yaml", "encoder", "pictures"} <= artifacts
+    assert {"config.yaml", "encoder", "pictures", "report.html"} <= artifacts
     # the final encoder's feature pictures: artifacts, and images at the final step (MLflow's image slider)
     pictures = ["pictures/attention.png", "pictures/correspondence.png", "pictures/pca.png"]
     assert sorted(a.path for a in client.list_artifacts(summary.mlflow_run_id, "pictures")) == pictures
