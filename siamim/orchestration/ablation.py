@@ -63,6 +63,7 @@ class GridSpec:
     storage: str = "runs/ablation"
     tracking_uri: str | None = None
     experiment: str = "siamim-ablation"
+    register: str | None = None  # --register: each trial's encoder, a version of MLflow model <register>-<row>
     fail_trial: str | None = None  # tests only: this trial ("row/seed") raises on every attempt
 
     @property
