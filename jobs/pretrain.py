@@ -94,6 +94,12 @@ environment:
         "the MLflow registered model NAME; evaluate it with jobs/evaluate.py --checkpoint models:/NAME/<version>",
     )
     parser.add_argument(
+        "--checkpoint-pictures",
+        action="store_true",
+        help="log the feature pictures (PCA, correspondence, attention) at every checkpoint, not only at the "
+        "end: MLflow's image slider then shows them change over training",
+    )
+    parser.add_argument(
         "--wait-for-resources",
         type=float,
         default=300.0,
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_resources=args.wait_for_resources,
             launch_time=LAUNCH_TIME,
             register=args.register,
+            checkpoint_pictures=args.checkpoint_pictures,
         )
     except (ConfigError, PreflightError, LaunchInputError) as err:
         return report_error(err, EXIT_BAD_INPUT)

@@ -171,6 +171,7 @@ def _fit(
     point: ResumePoint | None,
     launch_time: float,
     watch: ResourceWatch,
+    checkpoint_pictures: bool = False,
 ):
     """Build the TorchTrainer (restoring ``point``'s checkpoint) and fit it; returns Ray's ``Result``."""
     from siamim.orchestration.trainer import build_trainer
@@ -187,6 +188,7 @@ def _fit(
         skip_checkpoints=skipped,
         start_step=point.step if point else 0,
         log_encoder=True,
+        checkpoint_pictures=checkpoint_pictures,
     )
     with watch:
         return trainer.fit()
@@ -227,6 +229,7 @@ def run_pretraining(
     wait_for_resources: float = 300.0,
     launch_time: float | None = None,
     register: str | None = None,
+    checkpoint_pictures: bool = False,
     log=print,
 ) -> PretrainSummary:
     """Run (or resume) one Ray Train pretraining job tracked in MLflow; returns its summary.
@@ -243,6 +246,7 @@ def run_pretraining(
             failing (negative: for ever). An embedded local instance that cannot fit fails at once.
         register: register the run's exported encoder (``encoder/``) as a new version of this
             MLflow registered model (:mod:`.registry`); the summary names ``models:/<name>/<version>``.
+        checkpoint_pictures: log the feature pictures at every checkpoint too (else at the end only).
     Raises:
         PreflightError / LaunchError / ConfigError with a message for the user. The MLflow run is
         never left RUNNING: FAILED on errors, KILLED on KeyboardInterrupt / SystemExit (SIGTERM).
@@ -278,7 +282,7 @@ def run_pretraining(
             f"{target.cfg.run.num_workers} workers ({'GPU' if target.cfg.run.use_gpu else 'CPU'}), "
             f"MLflow run {run_id} at {tracking_uri}, checkpoints under {storage.display(target.run_name)}"
         )
-        result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch)
+        result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (ray job stop) as SystemExit
         if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
             tracking.finish_run(tracking_uri, run_id, "FAILED")

@@ -89,6 +89,7 @@ def build_trainer(
     skip_checkpoints: list[str] | None = None,
     start_step: int = 0,
     log_encoder: bool = False,
+    checkpoint_pictures: bool = False,
 ) -> TorchTrainer:
     """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
 
@@ -96,7 +97,8 @@ def build_trainer(
     are damaged, the storage path of the newest intact checkpoint directory and
     the directory names of the damaged ones; a worker that Ray hands one of those
     restores ``restore_from`` instead, and new checkpoints avoid their names.
-    ``log_encoder``: rank 0 logs the exported encoder to the MLflow run at the end.
+    ``log_encoder``: rank 0 logs the exported encoder and its feature pictures to the MLflow run at the end.
+    ``checkpoint_pictures``: rank 0 also logs the pictures at every checkpoint (MLflow's image slider).
     """
     loop_config = {
         "cfg": to_dict(cfg),
@@ -108,6 +110,7 @@ def build_trainer(
         "restore_from": restore_from,
         "skip_checkpoints": list(skip_checkpoints or []),
         "log_encoder": log_encoder,
+        "checkpoint_pictures": checkpoint_pictures,
     }
     from siamim.orchestration.ray_data import trainer_datasets
 
@@ -175,6 +178,8 @@ class RaySaver:
         self.step_logger = step_logger
         self.last_step = last_step
         self.last_metrics: dict[str, float] = {}
+        self.pictures = None  # rank 0 with checkpoint pictures: pictures(state, step) after each checkpoint
+        self.pictured_steps: set[int] = set()
 
     def record(self, metrics: dict[str, Any]) -> None:
         """The loop's ``reporter`` (rank 0): keep the latest metrics, buffer them for MLflow."""
@@ -206,6 +211,9 @@ class RaySaver:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if self.step_logger is not None:
             self.step_logger.flush()
+        if self.pictures is not None and state is not None:
+            self.pictures(state, step)
+            self.pictured_steps.add(step)
 
 
 def _quiet_worker_logs(level: str) -> None:
@@ -250,6 +258,18 @@ def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
         folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
         tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
+
+
+def _checkpoint_pictures(tracking_uri: str, run_id: str, cfg: Config):
+    """``pictures(state, step)`` for :class:`RaySaver`: the pictures of a checkpoint's encoder (on the CPU)."""
+
+    def pictures(state: dict, step: int) -> None:
+        from siamim.checkpoint import load_encoder
+
+        encoder, _ = load_encoder(state)
+        _log_pictures(tracking_uri, run_id, {"encoder": encoder, "step": step}, cfg, "cpu")
+
+    return pictures
 
 
 def _log_pictures(tracking_uri: str, run_id: str, out: dict, cfg: Config, device) -> float:
@@ -319,6 +339,8 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         last_step=resumed_at if resume_state else -1,
         taken_names=config.get("skip_checkpoints"),
     )
+    if rank == 0 and config.get("checkpoint_pictures"):
+        saver.pictures = _checkpoint_pictures(config["tracking_uri"], config["mlflow_run_id"], cfg)
 
     first_step: list[float] = []
 
@@ -366,7 +388,8 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         step_logger.log_now({"knn_top1": knn, **timings}, out["step"])
         if config.get("log_encoder") and out["state"] is not None:
             _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
-            timings["pictures_s"] = _log_pictures(config["tracking_uri"], config["mlflow_run_id"], out, cfg, device)
-            step_logger.log_now({"pictures_s": timings["pictures_s"]}, out["step"])
+            if out["step"] not in saver.pictured_steps:  # the last checkpoint's pictures are the final ones
+                timings["pictures_s"] = _log_pictures(config["tracking_uri"], config["mlflow_run_id"], out, cfg, device)
+                step_logger.log_now({"pictures_s": timings["pictures_s"]}, out["step"])
         print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune
