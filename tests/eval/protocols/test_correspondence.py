@@ -19,3 +19,16 @@ def test_correspondence_runs_from_the_registry_with_its_chance_level():
     assert got["pixels"]["correspondence_chance"] == got["random"]["correspondence_chance"]
     # raw pixels of a patch match their own content far above chance on real images (colour jitter aside)
     assert got["pixels"]["correspondence"] > 2 * got["pixels"]["correspondence_chance"], got
+
+
+def test_correspondence_is_a_column_of_the_ablation_table():
+    from siamim.orchestration import ablation_table as tbl
+
+    results = [
+        {"row": "i", "seed": 0, "eval.correspondence": 40.0},
+        {"row": "i", "seed": 1, "eval.correspondence": 44.0},
+        {"row": "k", "seed": 0, "eval.correspondence": 20.0},
+    ]
+    table = tbl.assemble(results, ["correspondence"])
+    md = tbl.to_markdown(table, ["correspondence"])
+    assert "correspondence" in md.splitlines()[0] and "| i | 2 | 42.00 ± 2.83 |" in md
