@@ -44,6 +44,7 @@ SUMMARY_KEYS = (
     "run.num_workers",
     "train.init_from",
 )
+SUMMARY_TAGS = ("siamim.registered_model", "eval.checkpoint", "eval.protocols", "eval.representations")
 FINAL_KEYS = ("knn_top1", "eval.knn_top1", "eval.correspondence", "eval.lin_top1", "eval.dense_miou")
 
 
@@ -151,6 +152,7 @@ def write_run_report(tracking_uri: str, run_id: str) -> str:
     run = client.get_run(run_id)
     params, metrics = run.data.params, run.data.metrics
     summary = {k: params[k] for k in SUMMARY_KEYS if k in params}
+    summary |= {k: run.data.tags[k] for k in SUMMARY_TAGS if k in run.data.tags}  # what was evaluated, registered
     final = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
     histories = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in CURVES}
     with tempfile.TemporaryDirectory(prefix="siamim-report-") as tmp:

@@ -27,6 +27,7 @@ def test_report_holds_config_curves_table_and_pictures(tmp_path):
     client.log_text(run, TABLE, "eval/evaluation.md")
     client.log_image(run, Image.new("RGB", (20, 10), "red"), artifact_file="pictures/pca.png")
     client.log_image(run, Image.new("RGB", (8, 8), "blue"), artifact_file="eval/pictures/pixels/pca.png")
+    client.set_tag(run, "siamim.registered_model", "models:/tiny/3")
     client.set_terminated(run, "FINISHED")
 
     page = write_run_report(uri, run)
@@ -35,6 +36,7 @@ def test_report_holds_config_curves_table_and_pictures(tmp_path):
     assert "SiameseIM run tiny-run (finished)" in page
     assert "<th>model.depth</th><td>4</td>" in page and "optim.other" not in page  # the summary keys only
     assert "<th>knn_top1</th><td>70.5</td>" in page
+    assert "<th>siamim.registered_model</th><td>models:/tiny/3</td>" in page
     assert "<td>71.25</td>" in page  # the evaluation table, as HTML
     assert "pictures/pca.png" in page and "eval/pictures/pixels/pca.png" in page
     images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
