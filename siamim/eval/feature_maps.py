@@ -18,7 +18,9 @@ match is the view-1 patch of highest cosine similarity; its true position is
 its true centre lies inside view 1 (``[-0.5, G-0.5]`` on both axes); it is *matched* when
 the chosen patch's centre is within **one patch** (Euclidean, ``<= 1``) of the true centre.
 The score is matched / counted over all pairs; the chance level (a uniformly random choice)
-is the mean over counted queries of (view-1 patch centres within 1 patch) / ``G*G``.
+is the mean over counted queries of (view-1 patch centres within 1 patch) / ``G*G``; the
+*same-position* level is what matching view-2 patch ``(r, c)`` to view-1 patch ``(r, c)`` scores
+(a purely positional feature, e.g. a ViT's sin-cos position embedding, lands there).
 
 **Cls attention**: the softmax attention of the cls query over the patch keys in the last
 block, per head (timm's ``Attention``: ``qkv`` linear, optional q/k norms, scale ``d^-0.5``).
@@ -80,6 +82,8 @@ def correspondence(
     Returns:
         ``match [B, L, 2]`` (row, col of the chosen view-1 patch), ``true [B, L, 2]`` (view-1 patch
         units), ``inside bool [B, L]``, ``hit bool [B, L]`` (inside and within one patch),
+        ``same_position bool [B, L]`` (inside, and view-1 patch ``(r, c)`` for view-2 patch ``(r, c)``
+        would be within one patch: what a purely positional, feature-free guess scores),
         ``chance [B, L]`` (fraction of view-1 patches within one patch of the true centre).
     """
     idx = best_matches(feats1, feats2)  # [B, L]
@@ -87,9 +91,24 @@ def correspondence(
     true = view2_patch_centres(geometry.cpu(), grid).to(match.device)  # [B, L, 2]
     inside = ((true >= -0.5) & (true <= grid - 0.5)).all(dim=-1)
     hit = inside & ((match - true).norm(dim=-1) <= 1.0)
+    own = torch.stack([torch.arange(grid * grid) // grid, torch.arange(grid * grid) % grid], -1).float()
+    same = inside & ((own.to(true.device) - true).norm(dim=-1) <= 1.0)  # the guess "same grid position"
     centres = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
     near = (torch.cdist(true.reshape(-1, 2), centres.float().to(true.device)) <= 1.0).float().mean(dim=-1)
-    return {"match": match, "true": true, "inside": inside, "hit": hit, "chance": near.reshape(inside.shape)}
+    return {
+        "match": match,
+        "true": true,
+        "inside": inside,
+        "hit": hit,
+        "same_position": same,
+        "chance": near.reshape(inside.shape),
+    }
+
+
+def same_position_score(result: dict[str, torch.Tensor]) -> float:
+    """Fraction of the counted queries that the feature-free guess "same grid position" matches."""
+    counted = int(result["inside"].sum())
+    return result["same_position"].sum().item() / counted if counted else float("nan")
 
 
 def correspondence_score(result: dict[str, torch.Tensor]) -> tuple[float, float, int]:

@@ -8,7 +8,13 @@ import torch
 
 from siamim.data.geometry import relative_geometry
 from siamim.data.views import make_view_pair
-from siamim.eval.feature_maps import cls_attention, correspondence, correspondence_score, pca_maps
+from siamim.eval.feature_maps import (
+    cls_attention,
+    correspondence,
+    correspondence_score,
+    pca_maps,
+    same_position_score,
+)
 from siamim.model.encoder import build_encoder
 from tests.data.test_geometry import PATCH, SIZE, H, W, coordinate_image
 from tests.eval.helpers import cfg
@@ -46,6 +52,7 @@ def test_position_oracle_scores_about_one_and_random_features_score_chance():
     oracle = correspondence(_position_features(v1), _position_features(v2), geometry, GRID)
     score, chance, counted = correspondence_score(oracle)
     assert counted > 48 * 20 and score > 0.97, score
+    assert same_position_score(oracle) < 0.6  # the crops move content: position alone is not enough
     gen = torch.Generator().manual_seed(1)
     noise = correspondence(
         torch.randn(48, GRID**2, 32, generator=gen), torch.randn(48, GRID**2, 32, generator=gen), geometry, GRID

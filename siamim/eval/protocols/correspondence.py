@@ -8,7 +8,8 @@ give one augmented pair with the training crops and flips (``views.flip_prob``; 
 whose true centre lies inside view 1 is matched to the view-1 patch of highest cosine similarity and
 counts as matched when that patch's centre is within one patch (Euclidean) of the true centre
 (:mod:`siamim.eval.feature_maps`). ``correspondence_chance`` is what a uniformly random choice scores
-on the same queries.
+on the same queries, ``correspondence_same_position`` what the feature-free guess "the same grid
+position" scores (where a purely positional feature lands).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class CorrespondenceSettings(Section):
 
 
 def run(ctx, s: CorrespondenceSettings, progress) -> dict[str, float]:
-    from siamim.eval.feature_maps import correspondence, correspondence_score
+    from siamim.eval.feature_maps import correspondence, correspondence_score, same_position_score
     from siamim.eval.pictures import normalise, patch_tokens, picture_indices, view_pairs
 
     cfg, source = ctx.cfg, ctx.suite.test_source
@@ -38,8 +39,14 @@ def run(ctx, s: CorrespondenceSettings, progress) -> dict[str, float]:
     f1 = patch_tokens(ctx.rep, normalise(v1, source.mean, source.std), ctx.eval.batch_size)  # [P, L, D]
     f2 = patch_tokens(ctx.rep, normalise(v2, source.mean, source.std), ctx.eval.batch_size)
     report(len(indices), len(indices))
-    score, chance, counted = correspondence_score(correspondence(f1, f2, geometry, cfg.grid_size))
-    return {"correspondence": 100.0 * score, "correspondence_chance": 100.0 * chance, "correspondence_queries": counted}
+    result = correspondence(f1, f2, geometry, cfg.grid_size)
+    score, chance, counted = correspondence_score(result)
+    return {
+        "correspondence": 100.0 * score,
+        "correspondence_chance": 100.0 * chance,
+        "correspondence_same_position": 100.0 * same_position_score(result),
+        "correspondence_queries": counted,
+    }
 
 
 PROTOCOL = Protocol(
@@ -50,6 +57,7 @@ PROTOCOL = Protocol(
     columns={
         "correspondence": ("- (spatial sensitivity)", "view-2 patches matched within 1 patch of the geometry, %"),
         "correspondence_chance": ("-", "same, a uniformly random match (chance level), %"),
+        "correspondence_same_position": ("-", "same, view-1 patch (r, c) for view-2 patch (r, c): no features, %"),
         "correspondence_queries": ("-", "view-2 patches inside view 1 (counted queries)"),
     },
     summary="cross-view patch correspondence vs the true geometry (fraction within one patch)",

@@ -16,7 +16,9 @@ def test_correspondence_runs_from_the_registry_with_its_chance_level():
         assert 0.0 <= m["correspondence"] <= 100.0 and 0.0 < m["correspondence_chance"] < 15.0
         assert m["correspondence_queries"] > 64 * 10
     # same pairs for every representation: the same counted queries and chance level
-    assert got["pixels"]["correspondence_chance"] == got["random"]["correspondence_chance"]
+    for key in ("correspondence_chance", "correspondence_same_position", "correspondence_queries"):
+        assert got["pixels"][key] == got["random"][key], key
+    assert got["pixels"]["correspondence_same_position"] > got["pixels"]["correspondence_chance"]
     # raw pixels of a patch match their own content far above chance on real images (colour jitter aside)
     assert got["pixels"]["correspondence"] > 2 * got["pixels"]["correspondence_chance"], got
 
