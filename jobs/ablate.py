@@ -104,6 +104,12 @@ environment:
         action="store_true",
         help="print the trials, per-trial resources and the estimated packing; start nothing",
     )
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="log each trial's encoder (encoder/, timm's folder) and register it as a version of the MLflow "
+        "model NAME-<row> (tags row, seed, grid); evaluate with jobs/evaluate.py --checkpoint models:/NAME-<row>/<v>",
+    )
     p.add_argument("--fail-trial", help=argparse.SUPPRESS)  # tests: ROW/SEED raises on every attempt
     return p
 
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracking_uri=args.tracking_uri,
                 experiment=args.experiment,
                 fail_trial=args.fail_trial,
+                register=args.register,
             )
             if args.dry_run:
                 validate_spec(spec)

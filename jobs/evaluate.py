@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides: dotted config keys, e.g. eval.lin.steps=500 eval.ft.blr=1e-3 eval.knn.k=10\n"
         "(eval.<protocol>.<key>: the settings of siamim/eval/protocols/<protocol>.py; docs/evaluation.md)",
     )
-    p.add_argument("--checkpoint", help="checkpoint file/dir, s3://... URI, MLflow run id or runs:/<id>/<path>")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint file/dir (ours, a timm export folder, an official SiameseIM or MAE .pth), s3://... URI, "
+        "MLflow run id, runs:/<id>/<path> or models:/<name>/<version>",
+    )
     p.add_argument(
         "--baseline", default=None, help="comma list of floors to evaluate through the same code: pixels, random"
     )
@@ -58,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="MLflow run to log into (default: the checkpoint's pretraining run)")
     p.add_argument("--child-run", action="store_true", help="log into a new child run of the pretraining run")
     p.add_argument("--experiment", default=None, help="experiment for a new run (default: run.experiment)")
+    p.add_argument(
+        "--pictures",
+        action="store_true",
+        help="also draw feature pictures (PCA maps, cross-view correspondence, cls attention) of every "
+        "representation into <out>/pictures/<name>/*.png (and MLflow eval/pictures/)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -104,6 +114,15 @@ def check_arguments(args, overrides: list[str]):
     return protocols, baselines, cfg
 
 
+def _num_heads(overrides: list[str]) -> int | None:
+    """``model.num_heads=N`` from the command line: the head count of a foreign checkpoint (its weights lack it)."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "model.num_heads":
+            return int(value)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.config import ConfigError
@@ -128,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             try:
                 resolved = resolve_checkpoint(args.checkpoint, tmp, tracking_uri)
-                from siamim.checkpoint import load_checkpoint
+                from siamim.foreign import read_checkpoint
 
-                state = load_checkpoint(resolved.path)
+                state = read_checkpoint(resolved.path, num_heads=_num_heads(overrides))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
     except (ConfigError, ValueError, FileNotFoundError) as err:
@@ -175,6 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     (out / "evaluation.csv").write_text(csv_text)
     print("\n" + markdown, flush=True)
     print(f"[evaluate] table written to {out}/evaluation.md and evaluation.csv", flush=True)
+    pictures_dir = None
+    if args.pictures:
+        from siamim.eval.pictures import make_pictures, write_pictures
+
+        pictures_dir = out / "pictures"
+        for rep in reps:
+            pics, numbers = make_pictures(rep, cfg, suite.test_source, seed=cfg.eval.seed)
+            write_pictures(pics, pictures_dir / rep.name)
+            log(
+                f"[evaluate] pictures of {rep.name} in {pictures_dir / rep.name} (correspondence of the pictured "
+                f"pairs {100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)"
+            )
     if tracking_uri:
         from siamim.orchestration.eval_logging import log_evaluation, run_exists
         from siamim.orchestration.tracking import resolve_tracking_uri
@@ -208,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                 **tags_extra,
             },
             params={k: v for k, v in flatten(cfg).items() if k.startswith("eval.")},
+            pictures_dir=pictures_dir,
         )
         print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
+        from siamim.orchestration.run_report import write_run_report
+
+        write_run_report(uri, logged)  # report.html of that run, now with the table (and pictures)
     return 0
 
 

@@ -88,6 +88,18 @@ environment:
         "grows and the lr re-warms to the re-planned cosine (docs/platform.md)",
     )
     parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the exported encoder (MLflow artifact encoder/, timm's folder) as a new version of "
+        "the MLflow registered model NAME; evaluate it with jobs/evaluate.py --checkpoint models:/NAME/<version>",
+    )
+    parser.add_argument(
+        "--checkpoint-pictures",
+        action="store_true",
+        help="log the feature pictures (PCA, correspondence, attention) at every checkpoint, not only at the "
+        "end: MLflow's image slider then shows them change over training",
+    )
+    parser.add_argument(
         "--wait-for-resources",
         type=float,
         default=300.0,
@@ -152,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             wait_for_resources=args.wait_for_resources,
             launch_time=LAUNCH_TIME,
+            register=args.register,
+            checkpoint_pictures=args.checkpoint_pictures,
         )
     except (ConfigError, PreflightError, LaunchInputError) as err:
         return report_error(err, EXIT_BAD_INPUT)

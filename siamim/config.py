@@ -132,6 +132,7 @@ class TrainConfig(Section):
     log_every: PositiveInt = 10
     checkpoint_every: int = Field(500, ge=0)  # steps between checkpoints (0: only at the end)
     output_dir: str = "runs/default"  # checkpoints of single-process runs
+    init_from: str | None = None  # start from this checkpoint's encoder (ours, timm folder, official/MAE .pth)
 
 
 class PlatformConfig(Section):

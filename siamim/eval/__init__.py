@@ -10,6 +10,8 @@ docs/evaluation.md defines them at Fashion-MNIST scale.
   :mod:`~siamim.eval.linear_probe` - LIN (MAE); :mod:`~siamim.eval.fewshot` - 1% (MSN);
   :mod:`~siamim.eval.longtail` - long tail (LVIS); :mod:`~siamim.eval.dense` - mosaic segmentation
   (COCO/ADE20k); :mod:`~siamim.eval.finetune` - FT; :mod:`~siamim.eval.robustness` - corruptions (ImageNet-C).
+* :mod:`~siamim.eval.feature_maps` - PCA maps, cross-view correspondence (the ``correspondence``
+  protocol), cls attention; :mod:`~siamim.eval.pictures` - them drawn as PNG pictures.
 * :mod:`~siamim.eval.representation`, :mod:`~siamim.eval.baselines` - checkpoint / pixels / random features.
 * :mod:`~siamim.eval.imageset` - resized image sets; :mod:`~siamim.eval.subsets` - the seeded
   class-balanced subset rule; :mod:`~siamim.eval.report` - the table.

@@ -33,7 +33,7 @@ from siamim.orchestration.ablation_trial import join_uri, run_trial, trial_confi
 GRID_RECORD = "siamim_ablation.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives; see docs/ablation.md
-DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense"
+DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
 
 
 class AblationInputError(ValueError):
@@ -63,6 +63,7 @@ class GridSpec:
     storage: str = "runs/ablation"
     tracking_uri: str | None = None
     experiment: str = "siamim-ablation"
+    register: str | None = None  # --register: each trial's encoder, a version of MLflow model <register>-<row>
     fail_trial: str | None = None  # tests only: this trial ("row/seed") raises on every attempt
 
     @property

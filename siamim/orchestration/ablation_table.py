@@ -26,6 +26,7 @@ HEADLINES: dict[str, tuple[str, str, str]] = {
     "dense": ("eval.dense_miou", "dense mIoU", "AP box"),
     "ft": ("eval.ft_top1", "FT", "FT"),
     "robust": ("eval.robust_mca", "robust mCA", "FT"),
+    "correspondence": ("eval.correspondence", "correspondence", "AP box"),  # spatial sensitivity
 }
 PAPER_COLUMNS = ("FT", "LIN", "AP box", "AP mask")
 

@@ -219,7 +219,7 @@ def run_trial(config: dict, spec: dict) -> None:
     try:
         if spec.get("fail_trial") == trial_key(row, seed):
             raise InjectedTrialFailure(f"injected failure of trial {trial_key(row, seed)} (test setting)")
-        metrics = _pretrain_and_evaluate(spec, cfg, run_id, started)
+        metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
     except BaseException as err:
         tracking.set_tags(uri, run_id, {"ablation.error": f"{type(err).__name__}: {err}"[:5000]})
         tracking.finish_run(uri, run_id, "FAILED")
@@ -232,7 +232,7 @@ def run_trial(config: dict, spec: dict) -> None:
     tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
 
 
-def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict:
+def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str = "", seed: int = 0) -> dict:
     import ray
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -265,8 +265,18 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
         st.RUN_RECORD,
     )
     tracking.log_text(uri, run_id, dump_yaml(cfg), "config.yaml")
+    register = spec.get("register")  # the trial logs its encoder (and pictures) only when it is registered
     # kNN once per trial: the evaluation computes it when the protocols include it.
-    trainer = build_trainer(cfg, storage, name, uri, run_id, started, final_knn="knn" not in spec["protocols"])
+    trainer = build_trainer(
+        cfg,
+        storage,
+        name,
+        uri,
+        run_id,
+        started,
+        log_encoder=bool(register),
+        final_knn="knn" not in spec["protocols"],
+    )
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
     result = trainer.fit()
     if getattr(result, "error", None) is not None:
@@ -278,6 +288,12 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float) -> dict
         checkpoint = uri_with_path(storage.uri, result.checkpoint.path)
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})
+    if register:
+        from siamim.orchestration.registry import register_encoder
+
+        model = f"{register}-{row}"
+        version = register_encoder(uri, run_id, model, tags={"row": row, "seed": seed, "grid": spec["name"]})
+        tracking.set_tags(uri, run_id, {"siamim.registered_model": f"models:/{model}/{version}"})
     pretrain_s = time.time() - started
 
     t0 = time.time()

@@ -1,7 +1,8 @@
 """Logging evaluation results to MLflow (``jobs/evaluate.py``, the ablation's evaluation task).
 
 Results go to the pretraining run (metrics ``eval.<key>``, artifacts
-``eval/evaluation.md`` and ``eval/evaluation.csv``), or to a child run of it
+``eval/evaluation.md`` and ``eval/evaluation.csv``, with ``--pictures`` also
+``eval/pictures/<representation>/*.png``), or to a child run of it
 (tag ``mlflow.parentRunId``), or, for baselines without a pretraining run, to a
 new run in the experiment.
 """
@@ -41,12 +42,14 @@ def log_evaluation(
     step: int = 0,
     tags: dict[str, str] | None = None,
     params: dict[str, object] | None = None,
+    pictures_dir=None,
 ) -> str:
     """Log ``metrics`` and the table (``eval/evaluation.md``, ``eval/evaluation.csv``); returns the run id used.
 
     ``run_id`` given: log into it, or with ``child=True`` into a new child run
     of it (same experiment, tag ``mlflow.parentRunId``). ``run_id=None``: a new
-    run ``run_name`` in ``experiment``.
+    run ``run_name`` in ``experiment``. ``pictures_dir``: a folder of feature pictures
+    (``jobs/evaluate.py --pictures``), logged as ``eval/pictures/``.
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -79,6 +82,8 @@ def log_evaluation(
     )
     client.log_text(run_id, markdown, "eval/evaluation.md")
     client.log_text(run_id, csv_text, "eval/evaluation.csv")
+    if pictures_dir is not None:
+        client.log_artifacts(run_id, str(pictures_dir), "eval/pictures")
     if created:
         client.set_terminated(run_id, status="FINISHED")
     return run_id

@@ -56,6 +56,7 @@ class PretrainSummary:
     resumed: bool
     storage: str = ""
     metrics: dict = field(default_factory=dict)
+    registered: str | None = None  # models:/<name>/<version> of the encoder (--register)
 
     def lines(self) -> list[str]:
         knn = f"{self.knn_top1:.2f}%" if self.knn_top1 is not None else "n/a"
@@ -68,6 +69,11 @@ class PretrainSummary:
             f"  MLflow run       {self.mlflow_run_id} (experiment {self.experiment!r}, run {self.run_name!r})",
             f"  tracking URI     {self.tracking_uri}",
             f"  checkpoint       {self.checkpoint}",
+            *(
+                [f"  registered       {self.registered} (jobs/evaluate.py --checkpoint {self.registered})"]
+                if self.registered
+                else []
+            ),
             f"  train longer     python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage}'"
             " --more-steps N",
             "=" * 72,
@@ -165,6 +171,7 @@ def _fit(
     point: ResumePoint | None,
     launch_time: float,
     watch: ResourceWatch,
+    checkpoint_pictures: bool = False,
 ):
     """Build the TorchTrainer (restoring ``point``'s checkpoint) and fit it; returns Ray's ``Result``."""
     from siamim.orchestration.trainer import build_trainer
@@ -181,6 +188,7 @@ def _fit(
         skip_checkpoints=skipped,
         start_step=point.step if point else 0,
         log_encoder=True,
+        checkpoint_pictures=checkpoint_pictures,
     )
     with watch:
         try:
@@ -228,6 +236,8 @@ def run_pretraining(
     address: str | None = None,
     wait_for_resources: float = 300.0,
     launch_time: float | None = None,
+    register: str | None = None,
+    checkpoint_pictures: bool = False,
     log=print,
 ) -> PretrainSummary:
     """Run (or resume) one Ray Train pretraining job tracked in MLflow; returns its summary.
@@ -242,6 +252,9 @@ def run_pretraining(
         address: Ray cluster address (None: the job's cluster, ``$RAY_ADDRESS``, or a local instance).
         wait_for_resources: on a cluster, seconds to wait for it to fit the worker group before
             failing (negative: for ever). An embedded local instance that cannot fit fails at once.
+        register: register the run's exported encoder (``encoder/``) as a new version of this
+            MLflow registered model (:mod:`.registry`); the summary names ``models:/<name>/<version>``.
+        checkpoint_pictures: log the feature pictures at every checkpoint too (else at the end only).
     Raises:
         PreflightError / LaunchError / ConfigError with a message for the user. The MLflow run is
         never left RUNNING: FAILED on errors, KILLED on KeyboardInterrupt / SystemExit (SIGTERM).
@@ -277,7 +290,7 @@ def run_pretraining(
             f"{target.cfg.run.num_workers} workers ({'GPU' if target.cfg.run.use_gpu else 'CPU'}), "
             f"MLflow run {run_id} at {tracking_uri}, checkpoints under {storage.display(target.run_name)}"
         )
-        result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch)
+        result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (ray job stop) as SystemExit
         if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
             tracking.finish_run(tracking_uri, run_id, "FAILED")
@@ -298,10 +311,22 @@ def run_pretraining(
     try:
         summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
         tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": summary.checkpoint})
+        if register:
+            from siamim.orchestration.registry import register_encoder
+
+            version = register_encoder(tracking_uri, run_id, register, tags={"step": summary.step})
+            summary.registered = f"models:/{register}/{version}"
+            tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": summary.registered})
     except BaseException:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise
     tracking.finish_run(tracking_uri, run_id, "FINISHED")
+    try:  # the run page's one human-readable summary; a report that fails leaves the finished run as it is
+        from siamim.orchestration.run_report import write_run_report
+
+        write_run_report(tracking_uri, run_id)
+    except Exception as err:
+        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
     summary.wall_s = time.time() - launch_time
     return summary
 

@@ -13,7 +13,7 @@ Who writes what:
   restart; the logger skips steps MLflow already holds, so a restarted or
   resumed run has every step exactly once. Rank 0 also runs MLflow's system
   metrics monitor and, at the end, logs the exported encoder
-  (``checkpoint/checkpoint.pt``).
+  (``encoder/``: timm's ``save_for_hf`` folder, :mod:`siamim.timm_export`).
 
 The MLflow run id is stored in the run record next to the Ray checkpoints and in
 every checkpoint's Ray metadata, so a resumed training continues the same MLflow run.
@@ -251,6 +251,15 @@ def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> N
 
 def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str) -> None:
     _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_pictures(tracking_uri: str, run_id: str, pictures: dict, step: int) -> None:
+    """Log PIL images as MLflow images ``key=<name>`` at ``step`` (the UI's image slider over steps)
+    and as the artifacts ``pictures/<name>.png`` (the latest ones)."""
+    client = _client(tracking_uri)
+    for name, image in pictures.items():
+        client.log_image(run_id, image, key=name, step=int(step))
+        client.log_image(run_id, image, artifact_file=f"pictures/{name}.png")
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:

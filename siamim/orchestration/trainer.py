@@ -9,7 +9,7 @@ wraps DDP and shards every epoch across ranks itself, so the adapter does not
 call ``prepare_model`` / ``prepare_data_loader``), turns the loop's
 ``checkpoint_saver`` calls into ``ray.train.report(..., checkpoint=...)`` and,
 on rank 0, logs per-step metrics, MLflow system metrics, the final kNN top-1 and
-the exported encoder to MLflow.
+the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) to MLflow.
 
 A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
 :mod:`siamim.checkpoint`) and Ray's checkpoint metadata
@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV, fail_at_step, with_fault
+from siamim.orchestration.registry import ENCODER_ARTIFACT
 from siamim.orchestration.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 # Driver environment variables the workers get too: the fault-injection test hook and MLflow's
 # system-metrics settings (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...).
 FORWARDED_ENV = re.compile(rf"^({FAIL_AT_STEP_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
-ENCODER_ARTIFACT_DIR = "checkpoint"  # MLflow: <dir>/checkpoint.pt, the exported encoder (jobs/evaluate.py reads it)
+ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -112,6 +113,7 @@ def build_trainer(
     skip_checkpoints: list[str] | None = None,
     start_step: int = 0,
     log_encoder: bool = False,
+    checkpoint_pictures: bool = False,
     final_knn: bool = True,
 ) -> InterruptAwareTrainer:
     """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
@@ -120,7 +122,8 @@ def build_trainer(
     are damaged, the storage path of the newest intact checkpoint directory and
     the directory names of the damaged ones; a worker that Ray hands one of those
     restores ``restore_from`` instead, and new checkpoints avoid their names.
-    ``log_encoder``: rank 0 logs the exported encoder to the MLflow run at the end.
+    ``log_encoder``: rank 0 logs the exported encoder and its feature pictures to the MLflow run at the end.
+    ``checkpoint_pictures``: rank 0 also logs the pictures at every checkpoint (MLflow's image slider).
     ``final_knn``: rank 0 computes the kNN top-1 at the end (a grid trial whose protocols include
     ``knn`` turns it off: its evaluation computes the same number once).
     """
@@ -134,6 +137,7 @@ def build_trainer(
         "restore_from": restore_from,
         "skip_checkpoints": list(skip_checkpoints or []),
         "log_encoder": log_encoder,
+        "checkpoint_pictures": checkpoint_pictures,
         "final_knn": final_knn,
     }
     from siamim.orchestration.ray_data import trainer_datasets
@@ -202,6 +206,8 @@ class RaySaver:
         self.step_logger = step_logger
         self.last_step = last_step
         self.last_metrics: dict[str, float] = {}
+        self.pictures = None  # rank 0 with checkpoint pictures: pictures(state, step) after each checkpoint
+        self.pictured_steps: set[int] = set()
 
     def record(self, metrics: dict[str, Any]) -> None:
         """The loop's ``reporter`` (rank 0): keep the latest metrics, buffer them for MLflow."""
@@ -233,6 +239,9 @@ class RaySaver:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if self.step_logger is not None:
             self.step_logger.flush()
+        if self.pictures is not None and state is not None:
+            self.pictures(state, step)
+            self.pictured_steps.add(step)
 
 
 def _quiet_worker_logs(level: str) -> None:
@@ -270,13 +279,51 @@ def _system_metrics(tracking_uri: str, run_id: str):
 
 
 def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
-    """Log the exported encoder (:func:`siamim.checkpoint.save_encoder`) as ``checkpoint/checkpoint.pt``."""
-    from siamim.checkpoint import save_encoder
+    """Log the exported encoder as ``encoder/``: timm's folder (:func:`siamim.timm_export.save_timm_encoder`)."""
     from siamim.orchestration import tracking
+    from siamim.timm_export import save_timm_encoder
 
     with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
-        save_encoder(Path(tmp) / CHECKPOINT_FILE, state)
-        tracking.log_artifacts(tracking_uri, run_id, tmp, ENCODER_ARTIFACT_DIR)
+        folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
+        tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
+
+
+def _checkpoint_pictures(tracking_uri: str, run_id: str, cfg: Config):
+    """``pictures(state, step)`` for :class:`RaySaver`: the pictures of a checkpoint's encoder (on the CPU)."""
+
+    def pictures(state: dict, step: int) -> None:
+        from siamim.checkpoint import load_encoder
+
+        encoder, _ = load_encoder(state)
+        _log_pictures(tracking_uri, run_id, {"encoder": encoder, "step": step}, cfg, "cpu")
+
+    return pictures
+
+
+def _log_pictures(tracking_uri: str, run_id: str, out: dict, cfg: Config, device) -> float:
+    """The final encoder's feature pictures (:mod:`siamim.eval.pictures`) as MLflow images; returns seconds.
+
+    A failure (e.g. a dataset without a test split) is a warning: the trained run stays good.
+    """
+    start = time.time()
+    try:
+        from siamim.data.sources import build_source
+        from siamim.eval.pictures import make_pictures
+        from siamim.eval.representation import EncoderRepresentation
+        from siamim.orchestration import tracking
+
+        rep = EncoderRepresentation(out["encoder"].eval().to(device), name="checkpoint")
+        source = build_source(cfg.data.dataset, cfg.data.root, "test")
+        pictures, numbers = make_pictures(rep, cfg, source, seed=cfg.eval.seed)
+        tracking.log_pictures(tracking_uri, run_id, pictures, out["step"])
+        print(
+            f"[siamim] feature pictures logged (correspondence of the pictured pairs "
+            f"{100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)",
+            flush=True,
+        )
+    except Exception as err:
+        logger.warning("feature pictures not logged: %s: %s", type(err).__name__, err)
+    return time.time() - start
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -320,6 +367,8 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         last_step=resumed_at if resume_state else -1,
         taken_names=config.get("skip_checkpoints"),
     )
+    if rank == 0 and config.get("checkpoint_pictures"):
+        saver.pictures = _checkpoint_pictures(config["tracking_uri"], config["mlflow_run_id"], cfg)
 
     first_step: list[float] = []
 
@@ -370,6 +419,9 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         step_logger.log_now({**({"knn_top1": knn} if knn is not None else {}), **timings}, out["step"])
         if config.get("log_encoder") and out["state"] is not None:
             _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
+            if out["step"] not in saver.pictured_steps:  # the last checkpoint's pictures are the final ones
+                timings["pictures_s"] = _log_pictures(config["tracking_uri"], config["mlflow_run_id"], out, cfg, device)
+                step_logger.log_now({"pictures_s": timings["pictures_s"]}, out["step"])
         if knn is not None:
             print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune

@@ -158,6 +158,12 @@ def pretrain(
         optimizer.load_state_dict(resume_state["optimizer"])
         set_rng_state(resume_state["rng"])
         start_step = int(resume_state["step"])
+    elif cfg.train.init_from:
+        from siamim.train.init_from import init_encoder_from
+
+        origin = init_encoder_from(model, cfg, cfg.train.init_from)
+        if verbose and rank == 0:
+            print(f"[siamim] encoder initialised from {cfg.train.init_from} ({origin['layout']})", flush=True)
     wrap_for_training(model, cfg, device, world)  # DDP / torch.compile, in place
     model.train()
     peak_lr = cfg.optim.blr * cfg.train.batch_size / 256

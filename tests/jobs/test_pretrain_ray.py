@@ -20,13 +20,13 @@ import torch
 
 from siamim.checkpoint import (
     CheckpointError,
-    encoder_timm_spec,
     export_encoder,
     load_checkpoint,
     load_encoder,
     verify_checkpoint,
 )
 from siamim.config import flatten, load_config
+from siamim.foreign import read_checkpoint
 from siamim.orchestration import tracking
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
@@ -36,8 +36,8 @@ from tests.jobs.helpers import TINY as TINY_RUN
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-# the exported encoder (not the training state, which stays in Ray storage) + its integrity record
-CHECKPOINT_ARTIFACTS = ["checkpoint/checkpoint.pt", "checkpoint/checkpoint.pt.integrity.json"]
+# the exported encoder (not the training state, which stays in Ray storage): timm's save_for_hf folder
+ENCODER_ARTIFACTS = ["encoder/config.json", "encoder/model.safetensors"]
 TINY = {**TINY_RUN, "train.max_steps": STEPS, "run.keep_checkpoints": 2}
 
 
@@ -69,7 +69,7 @@ def reference(ray_driver, fashion_mnist_available, tracking_uri, tmp_path_factor
     cfg = tiny_cfg(**{"run.storage": str(storage), "run.name": "reference", "run.experiment": "e2e-reference"})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-        summary = run_pretraining(cfg, tracking_uri=tracking_uri)
+        summary = run_pretraining(cfg, tracking_uri=tracking_uri, register="tiny-reference", checkpoint_pictures=True)
     return summary, storage
 
 
@@ -107,8 +107,19 @@ def test_two_worker_run_is_tracked_in_mlflow(reference, tracking_uri):
     assert tags["ray.job_id"] and tags["siamim.run_name"] == "reference"
     assert len(tags["mlflow.source.git.commit"]) == 40 and len(tags["siamim.source_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id)}
-    assert {"config.yaml", "checkpoint"} <= artifacts
-    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
+    assert {"config.yaml", "encoder", "pictures", "report.html"} <= artifacts
+    # the feature pictures: artifacts (the latest), and MLflow images at each checkpoint (checkpoint_pictures;
+    # checkpoint_every=2), the last one being the final step's: the image slider shows steps 2 and 4
+    pictures = ["pictures/attention.png", "pictures/correspondence.png", "pictures/pca.png"]
+    assert sorted(a.path for a in client.list_artifacts(summary.mlflow_run_id, "pictures")) == pictures
+    images = [a.path for a in client.list_artifacts(summary.mlflow_run_id, "images")]
+    logged = sorted(p[len("images/") : p.index("+timestamp")] for p in images if p.endswith(".png") and "+step+" in p)
+    assert logged == sorted(f"{name}+step+{s}" for name in ("pca", "correspondence", "attention") for s in (2, 4))
+    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "encoder")] == ENCODER_ARTIFACTS
+    # --register: a version of the registered model whose source is the run's encoder/
+    assert summary.registered == "models:/tiny-reference/1" == tags["siamim.registered_model"]
+    version = client.get_model_version("tiny-reference", "1")
+    assert version.run_id == summary.mlflow_run_id and version.source == f"runs:/{summary.mlflow_run_id}/encoder"
     assert tags["siamim.checkpoint"] == summary.checkpoint == str(storage / "reference" / "checkpoint_00000004")
 
 
@@ -135,16 +146,19 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
 
     mlflow.set_tracking_uri(tracking_uri)
     local = mlflow.artifacts.download_artifacts(
-        run_id=summary.mlflow_run_id, artifact_path="checkpoint", dst_path=str(tmp_path)
+        run_id=summary.mlflow_run_id, artifact_path="encoder", dst_path=str(tmp_path)
     )
-    from_mlflow = load_checkpoint(local)  # the exported encoder: what jobs/evaluate.py --checkpoint <run id> reads
-    assert from_mlflow["step"] == STEPS and from_mlflow["kind"] == "encoder" and "optimizer" not in from_mlflow
+    # the exported encoder: timm alone rebuilds it, with the final state's weights
+    vit = timm.create_model(f"local-dir:{local}", pretrained=True).eval()
     weights = export_encoder(state)
-    assert from_mlflow["model"].keys() == weights.keys()
+    assert vit.state_dict().keys() == weights.keys()
     for key, value in weights.items():
-        assert torch.equal(value, from_mlflow["model"][key]), key
-    name, kwargs = encoder_timm_spec(cfg)  # and timm loads it as it is
-    timm.models.load_checkpoint(timm.create_model(name, **kwargs), f"{local}/checkpoint.pt", strict=True)
+        assert torch.equal(value, vit.state_dict()[key]), key
+    from_mlflow = read_checkpoint(local)  # what jobs/evaluate.py --checkpoint <run id> reads
+    assert from_mlflow["step"] == STEPS and from_mlflow["kind"] == "encoder" and "optimizer" not in from_mlflow
+    x = torch.randn(2, 3, cfg.data.img_size, cfg.data.img_size)
+    with torch.no_grad():
+        assert torch.equal(load_encoder(from_mlflow)[0].forward_features(x), encoder.forward_features(x))
 
 
 def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri, s3_server):
@@ -258,7 +272,7 @@ def test_ray_job_submit_runs_pretrain_to_succeeded(
     assert run.data.tags["ray.working_dir"].startswith("gcs://_ray_pkg_")
     assert "knn_top1" in run.data.metrics
     assert [s for s, _ in [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]] == [1, 2]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == CHECKPOINT_ARTIFACTS
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "encoder")] == ENCODER_ARTIFACTS
     assert load_checkpoint(storage / "submitted" / "checkpoint_00000002")["step"] == 2
 
 

@@ -81,3 +81,21 @@ def test_s3_checkpoint_directory_and_file_are_downloaded(tmp_path, s3_endpoint):
     assert got.path.read_bytes() == b"weights"
     with pytest.raises(CheckpointNotFound, match="no checkpoint at"):
         resolve_checkpoint(f"s3://ckpts/runs/missing{query}", tmp_path / "d3")
+
+
+def test_timm_export_folders_local_and_on_s3(tmp_path, s3_endpoint):
+    import boto3
+
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"tensors")
+    assert resolve_checkpoint(str(folder), tmp_path / "dl").path == folder  # the folder itself, as timm wants it
+    s3 = boto3.client("s3", endpoint_url=f"http://{s3_endpoint}")
+    s3.create_bucket(Bucket="encs")
+    for name in ("config.json", "model.safetensors"):
+        s3.put_object(Bucket="encs", Key=f"exports/run1/encoder/{name}", Body=(folder / name).read_bytes())
+    query = f"?endpoint_override={s3_endpoint}&scheme=http"
+    got = resolve_checkpoint(f"s3://encs/exports/run1/encoder{query}", tmp_path / "s3dl")
+    assert got.path.is_dir() and sorted(p.name for p in got.path.iterdir()) == ["config.json", "model.safetensors"]
+    assert (got.path / "model.safetensors").read_bytes() == b"tensors"
