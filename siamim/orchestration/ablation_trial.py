@@ -65,13 +65,6 @@ def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
     return out
 
 
-def uri_with_path(uri: str, path: str) -> str:
-    """``scheme://<path>`` with ``uri``'s query (``s3://b/x?endpoint_override=h:9000`` + ``b/y`` -> ``s3://b/y?...``)."""
-    scheme, _, rest = uri.partition("://")
-    query = rest.partition("?")[2]
-    return f"{scheme}://{path.lstrip('/')}" + (f"?{query}" if query else "")
-
-
 def join_uri(uri: str, *parts: str) -> str:
     """A local path or storage URI with ``parts`` appended to its path (the query string kept)."""
     import posixpath
@@ -283,9 +276,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
         raise RuntimeError(f"pretraining failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("pretraining finished without a checkpoint")
-    checkpoint = checkpoint_location(storage, result.checkpoint)
-    if not storage.is_local:  # keep the endpoint parameters (?endpoint_override=...) for the evaluation task
-        checkpoint = uri_with_path(storage.uri, result.checkpoint.path)
+    checkpoint = checkpoint_location(storage, result.checkpoint)  # with the endpoint (?endpoint_override=...)
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})
     if register:

@@ -82,7 +82,7 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
 def _from_storage(uri: str, dest: Path) -> tuple[Path, str | None]:
     """The checkpoint file at ``uri`` downloaded into ``dest``, and the run id of its Ray directory (if any)."""
     try:
-        storage = resolve_storage(uri)
+        storage = resolve_storage(uri, what="--checkpoint")
     except StorageError as err:
         raise CheckpointNotFound(str(err)) from err
     fs, path = storage.fs, storage.path

@@ -125,7 +125,8 @@ def directory_run_id(fs: pafs.FileSystem, directory: str) -> str | None:
 
 
 def checkpoint_location(storage: Storage, checkpoint) -> str | None:
-    """Where a Ray ``Checkpoint`` of a run under ``storage`` lies, as a path or ``<scheme>://`` URI."""
+    """Where a Ray ``Checkpoint`` of a run under ``storage`` lies: a path, or a ``<scheme>://`` URI with the
+    storage's query (the endpoint of an S3-compatible server), so it can be pasted into ``--checkpoint``."""
     if checkpoint is None:
         return None
-    return checkpoint.path if storage.is_local else f"{storage.uri.split('://', 1)[0]}://{checkpoint.path}"
+    return storage.locate(checkpoint.path)

@@ -60,6 +60,15 @@ class Storage:
     def join(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts) if not self.is_local else str(Path(self.path, *parts))
 
+    def locate(self, path: str) -> str:
+        """Where ``path`` (a path inside this storage's filesystem) is, in a form that works when pasted:
+        the local path, or the URI's scheme + ``path`` + its query (``?endpoint_override=...&scheme=http``)."""
+        if self.is_local:
+            return path
+        scheme, _, rest = self.uri.partition("://")
+        query = rest.partition("?")[2]
+        return f"{scheme}://{path.lstrip('/')}" + (f"?{query}" if query else "")
+
     def display(self, *parts: str) -> str:
         """A human-readable location (``s3://bucket/prefix/run`` or an absolute path)."""
         if self.is_local:
@@ -75,14 +84,14 @@ class Storage:
         return kwargs
 
 
-def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> Storage:
-    """Parse ``run.storage`` into a :class:`Storage`.
+def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None, what: str = "run.storage") -> Storage:
+    """Parse ``run.storage`` (or another location, named ``what`` in errors) into a :class:`Storage`.
 
     Relative local paths resolve against ``base`` (default: the current directory).
     """
     text = str(uri_or_path).strip()
     if not text:
-        raise StorageError("run.storage is empty; give a directory or a URI such as s3://bucket/prefix")
+        raise StorageError(f"{what} is empty; give a directory or a URI such as s3://bucket/prefix")
     if "://" not in text or text.startswith("file://"):
         local = text[len("file://") :] if text.startswith("file://") else text
         path = Path(local).expanduser()
@@ -92,14 +101,16 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None) -> 
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except OSError as err:  # pyarrow reached for the endpoint (S3 region lookup) and got no answer
-        raise StorageError(unreachable_endpoint_message(text, err)) from err
+        raise StorageError(unreachable_endpoint_message(text, err, what)) from err
     except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or ArrowNotImplementedError
-        raise StorageError(f"run.storage={text!r} is not a storage URI pyarrow understands: {err}") from err
+        raise StorageError(f"{what}={text!r} is not a storage URI pyarrow understands: {err}") from err
     return Storage(uri=text, path=path.rstrip("/"), filesystem=fs)
 
 
-def unreachable_endpoint_message(uri: str, err: BaseException) -> str:
-    """The error for a storage URI whose endpoint pyarrow could not reach while resolving it."""
+def unreachable_endpoint_message(uri: str, err: BaseException, what: str = "run.storage") -> str:
+    """The error for a storage URI (``what``: the setting or flag it came from) whose endpoint pyarrow could
+    not reach while resolving it."""
+    flag = "--storage" if what == "run.storage" else what
     scheme, rest = uri.split("://", 1)
     where = rest.split("?", 1)[0]
     detail = str(err).split("; Details: ")[-1]
@@ -107,17 +118,17 @@ def unreachable_endpoint_message(uri: str, err: BaseException) -> str:
     network = any(w in text for w in ("network_connection", "resolve", "connect", "timed out", "timeout"))
     if scheme == "s3" and not network:
         return (
-            f"run.storage={uri!r}: S3 could not open {where} ({detail}); check the bucket name and the "
+            f"{what}={uri!r}: S3 could not open {where} ({detail}); check the bucket name and the "
             "AWS_* credentials, or name an S3-compatible endpoint with ?endpoint_override=HOST:PORT&scheme=http"
         )
     if scheme == "s3":
         return (
-            f"run.storage={uri!r}: the S3 endpoint could not be reached ({detail}). A plain s3://bucket/prefix "
+            f"{what}={uri!r}: the S3 endpoint could not be reached ({detail}). A plain s3://bucket/prefix "
             "means AWS S3, found through the bucket's region; for MinIO/moto or another S3-compatible server "
-            f"name the endpoint: --storage 's3://{where}?endpoint_override=HOST:PORT&scheme=http' or export "
+            f"name the endpoint: {flag} 's3://{where}?endpoint_override=HOST:PORT&scheme=http' or export "
             "AWS_ENDPOINT_URL=http://HOST:PORT. For AWS itself check the network/DNS, or add &region=<region>."
         )
-    return f"run.storage={uri!r}: the storage endpoint could not be reached ({detail}); check the URI and the network"
+    return f"{what}={uri!r}: the storage endpoint could not be reached ({detail}); check the URI and the network"
 
 
 def _with_timeout(fn, timeout_s: float, what: str):

@@ -49,3 +49,21 @@ def test_run_records_round_trip_and_list_in_creation_order(tmp_path):
     assert st.exists(s, "b", st.RUN_RECORD) and not st.exists(s, "c", st.RUN_RECORD)
     assert [r["name"] for r in st.list_runs(s)] == ["a", "b"]
     assert st.list_runs(st.resolve_storage(str(tmp_path / "missing"))) == []
+
+
+def test_a_location_pastes_back_with_its_endpoint():
+    """The summary's / tag's checkpoint location keeps the S3-compatible endpoint, so it works as --checkpoint."""
+    storage = st.resolve_storage("s3://bucket/runs?endpoint_override=127.0.0.1:9999&scheme=http")
+    loc = storage.locate("bucket/runs/r/checkpoint_000002")
+    assert loc == "s3://bucket/runs/r/checkpoint_000002?endpoint_override=127.0.0.1:9999&scheme=http"
+    again = st.resolve_storage(loc)
+    assert again.path == "bucket/runs/r/checkpoint_000002" and again.fs.type_name == "s3"
+    assert st.resolve_storage("/tmp/x").locate("/tmp/x/r") == "/tmp/x/r"
+
+
+def test_an_unreachable_endpoint_names_the_flag_it_came_from():
+    err = OSError("When resolving region for bucket 'b': AWS Error NETWORK_CONNECTION during HeadBucket operation")
+    for what, flag in (("run.storage", "--storage"), ("--checkpoint", "--checkpoint")):
+        msg = st.unreachable_endpoint_message("s3://b/x", err, what)
+        assert msg.startswith(f"{what}='s3://b/x'") and f"{flag} 's3://b/x?endpoint_override=" in msg
+    assert "--storage" not in st.unreachable_endpoint_message("s3://b/x", err, "--checkpoint")
