@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -135,6 +136,21 @@ class TrainConfig(Section):
     init_from: str | None = None  # start from this checkpoint's encoder (ours, timm folder, official/MAE .pth)
 
 
+# A run name is a directory (local or S3), a Ray Train run, an MLflow run name and a word in the commands we
+# print (--resume NAME): letters, digits, '.', '_', '-', starting with a letter or digit.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(value: str, key: str = "run.name") -> str:
+    """``value`` if it is a valid run name (:data:`RUN_NAME`), else a :class:`ConfigError` naming ``key``."""
+    if not RUN_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{key}={value!r} is invalid: a run name is a directory, a Ray run and a shell word; use letters, "
+            "digits, '.', '_' and '-' (starting with a letter or digit, at most 100), e.g. fmnist-s3_2"
+        )
+    return value
+
+
 class PlatformConfig(Section):
     """Platform settings (the ``run`` section), read by the Ray/MLflow layer only (never by the core loop)."""
 
@@ -147,6 +163,11 @@ class PlatformConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     max_failures: int = Field(0, ge=-1)  # -1: retry forever
     keep_checkpoints: PositiveInt = 2
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return value if value is None else check_run_name(value)
 
 
 class Config(Section):
@@ -320,7 +341,15 @@ def read_preset(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict
     path = resolve_preset(name_or_path, _chain[-1].parent if _chain else None)
     if path in _chain:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*_chain, path))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}; fix the file or pass another --config"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
     base = data.pop("_base_", None)

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from siamim.config import ConfigError
+from siamim.config import ConfigError, check_run_name
 from siamim.orchestration import storage as st
 from siamim.orchestration import tracking
 from siamim.orchestration.ablation_rows import ROWS, parse_rows, row_source, switches_of
@@ -116,10 +116,10 @@ def validate_spec(spec: GridSpec) -> None:
         spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
     )
     need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
-    need(
-        bool(spec.name) and "/" not in spec.name and spec.name not in (".", ".."),
-        f"--name {spec.name!r}: a plain directory name is needed",
-    )
+    try:
+        check_run_name(str(spec.name or ""), "--name")
+    except ConfigError as err:
+        raise AblationInputError(str(err)) from None
     if spec.fail_trial is not None:
         need(
             spec.fail_trial in {trial_key(r, s) for r, s in spec.trials},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -34,7 +35,9 @@ class Target:
 
 # --------------------------------------------------------------------------- config / names
 def new_run_name(cfg: Config) -> str:
-    return cfg.run.name or f"{cfg.run.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # The experiment name may hold characters a run name cannot (docs: run.name); they become '-'.
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.run.experiment).strip("-._") or "run"
+    return cfg.run.name or f"{stem[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def find_run(storage: st.Storage, name: str | None) -> dict:

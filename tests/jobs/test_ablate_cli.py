@@ -95,6 +95,18 @@ def test_bad_flags_fail_before_anything_starts(args, flag, tmp_path, capsys):
     assert not db.exists()  # no MLflow parent run
 
 
+@pytest.mark.parametrize("bad", ["a b", "../up", "x/y", ".", "semi;colon"])
+def test_grid_names_a_directory_ray_or_a_shell_cannot_carry_are_refused(bad, tmp_path, capsys):
+    cli = load_cli()
+    storage = tmp_path / "store"
+    rc = cli.main(
+        ["--rows", "i", f"--name={bad}", "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    )
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_BAD_INPUT and f"--name={bad!r} is invalid" in err, err
+    assert not storage.exists() and not (tmp_path / "m.db").exists()
+
+
 def test_dry_run_prints_trials_resources_and_packing(capsys):
     cli = load_cli()
     rc = cli.main(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -116,6 +117,32 @@ def test_bad_key_and_unknown_resume_are_clear_errors(base_env, tmp_path, capsys)
         cli.main(["--resume", "nope", "--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     )
     assert "--resume nope: no run of that name" in capsys.readouterr().err
+
+
+def test_config_files_that_do_not_parse_fail_in_one_line(tmp_path):
+    """A YAML syntax error, a list instead of sections, an empty file: exit 2 naming the file, no traceback."""
+    cases = {
+        "unclosed.yaml": ("model:\n  depth: [1,\n", "is not valid YAML at line"),
+        "tabs.yaml": ("model:\n\tdepth: 2\n", "is not valid YAML at line 2"),
+        "list.yaml": ("- a\n- b\n", "must hold a mapping of sections"),
+        "scalar.yaml": ("just words\n", "must hold a mapping of sections"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        rc, out, took = run_cli(
+            ["--config", str(tmp_path / name), "--storage", str(tmp_path)], {**os.environ}, tmp_path
+        )
+        assert rc == 2 and expected in out and name in out, (name, out[-2000:])
+        assert "Traceback" not in out and took < 60, (name, took)
+
+
+@pytest.mark.parametrize("bad", ["a b", "../up", "x/y", "-dash", "semi;colon", "quote'd", "é", "n" * 101, ".hidden"])
+def test_run_names_a_directory_ray_or_a_shell_cannot_carry_are_refused(bad, tmp_path, capsys):
+    cli = load_cli()
+    assert cli.main([f"--name={bad}", "--storage", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert f"run.name={bad!r} is invalid" in err and "letters, digits" in err
+    assert not (tmp_path / bad).exists() and not (tmp_path / "m.db").exists()  # nothing written
 
 
 def test_plain_s3_uri_without_reachable_endpoint_is_exit_2_with_the_fix(base_env, tmp_path, capsys, monkeypatch):
