@@ -123,6 +123,21 @@ def _num_heads(overrides: list[str]) -> int | None:
     return None
 
 
+def writable_out(out_arg: str | None) -> Path:
+    """The output directory (created), checked writable with a probe file; ``ValueError`` naming ``--out``."""
+    out = Path(out_arg or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"--out {out}: cannot write there ({type(err).__name__}: {err.strerror or err}); give a writable directory"
+        ) from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.config import ConfigError
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = read_checkpoint(resolved.path, num_heads=_num_heads(overrides))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
+        out = writable_out(args.out)  # before any compute: a table that cannot be written is found now
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return report_error(err, EXIT_BAD_INPUT)
 
@@ -188,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     names = list(results)
     rows = table_rows(results)
     markdown, csv_text = to_markdown(rows, names), to_csv(rows, names)
-    out = Path(args.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.md").write_text(markdown)
     (out / "evaluation.csv").write_text(csv_text)
     print("\n" + markdown, flush=True)

@@ -253,6 +253,25 @@ def test_a_run_id_with_the_tracking_server_down_fails_in_seconds_naming_it():
     assert took < 60, took  # before: about 4 minutes of silent retries
 
 
+def test_an_unwritable_output_location_fails_before_any_compute(tmp_path):
+    """Found after all the compute before; now exit 2 naming --out, before torch is imported."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for out in (blocker / "sub", "/proc/no-such-dir/eval"):
+        code = (
+            f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('ev', "
+            f"{str(REPO / 'jobs' / 'evaluate.py')!r}); m = importlib.util.module_from_spec(spec); "
+            f"spec.loader.exec_module(m); rc = m.main(['--baseline', 'pixels', '--out', {str(out)!r}]); "
+            "print(rc, 'torch' in sys.modules)"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.stdout.strip() == "2 False", proc.stdout + proc.stderr
+        assert f"--out {out}: cannot write there" in proc.stderr
+
+
 def test_job_baseline_names_match_the_package():
     from siamim.eval.baselines import BASELINES
 
