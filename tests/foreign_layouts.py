@@ -53,6 +53,14 @@ def _stem(prefix: str, d: int, patch: int, tokens: int, gen, pos: bool = True) -
     return out
 
 
+def _encoder(prefix: str, dim, depth, mlp, patch, tokens, gen, pos: bool = True) -> dict:
+    """Patch embedding, cls token (and position embedding) plus ``depth`` ViT blocks under ``prefix``."""
+    sd = _stem(prefix, dim, patch, tokens, gen, pos=pos)
+    for i in range(depth):
+        sd |= _block(f"{prefix}blocks.{i}.", dim, mlp * dim, gen)
+    return sd
+
+
 def official_siamim_checkpoint(
     dim=128, depth=2, patch=4, img=16, dec=32, proj_depth=2, pred_depth=2, mlp=4, seed=0
 ) -> dict:
@@ -60,9 +68,7 @@ def official_siamim_checkpoint(
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: 0.05 * torch.randn(*s, generator=gen)  # noqa: E731
     tokens = (img // patch) ** 2
-    sd = _stem("", dim, patch, tokens, gen)
-    for i in range(depth):
-        sd |= _block(f"blocks.{i}.", dim, mlp * dim, gen)
+    sd = _encoder("", dim, depth, mlp, patch, tokens, gen)
     sd |= {"decoder_embed.weight": r(dec, dim), "decoder_embed.bias": r(dec), "mask_token": r(1, 1, dec)}
     sd["decoder_pos_embed"] = r(1, tokens + 1, dec)
     for i in range(proj_depth):
@@ -72,9 +78,7 @@ def official_siamim_checkpoint(
     sd |= {"decoder_pred.weight": r(dec, dec), "decoder_pred.bias": r(dec)}
     sd |= {"decoder_pos_mlp.weight": r(dec, 2 * dec), "decoder_pos_mlp.bias": r(dec)}
     # build_momentum_target: the EMA copies (teacher_norm has no affine parameters: no keys)
-    sd |= _stem("mm_", dim, patch, tokens, gen, pos=False)
-    for i in range(depth):
-        sd |= _block(f"mm_blocks.{i}.", dim, mlp * dim, gen)
+    sd |= _encoder("mm_", dim, depth, mlp, patch, tokens, gen, pos=False)
     sd |= {"mm_decoder_embed.weight": r(dec, dim), "mm_decoder_embed.bias": r(dec), "mm_mask_token": r(1, 1, dec)}
     for i in range(proj_depth):
         sd |= _block(f"mm_projector_decoder_blocks.{i}.", dec, mlp * dec, gen, bn=True)
@@ -87,9 +91,7 @@ def mae_checkpoint(dim=128, depth=2, patch=4, img=16, dec=64, dec_depth=2, mlp=4
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: 0.05 * torch.randn(*s, generator=gen)  # noqa: E731
     tokens = (img // patch) ** 2
-    sd = _stem("", dim, patch, tokens, gen)
-    for i in range(depth):
-        sd |= _block(f"blocks.{i}.", dim, mlp * dim, gen)
+    sd = _encoder("", dim, depth, mlp, patch, tokens, gen)
     sd |= {"norm.weight": 1 + r(dim), "norm.bias": r(dim)}
     if encoder_only:
         return {"model": sd}

@@ -27,13 +27,8 @@ from torch import nn
 
 from siamim.data.geometry import view2_patch_centres
 from siamim.model.encoder import build_encoder, encode_visible, encode_with_mask_tokens, uses_final_norm
-from siamim.model.heads import MLPHead, Predictor, Projector, RelativePositionEmbedding
+from siamim.model.heads import MLPHead, Predictor, Projector, RelativePositionEmbedding, gather_tokens
 from siamim.model.init import init_token, official_init
-
-
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``x [B, L, D]``, ``ids [B, Q]`` -> ``[B, Q, D]``."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def pool(tokens: torch.Tensor, kind: str) -> torch.Tensor:

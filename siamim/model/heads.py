@@ -14,6 +14,11 @@ from torch import nn
 from siamim.model.pos_embed import sincos_1d, sincos_2d_grid
 
 
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x [B, L, D]``, ``ids [B, Q]`` -> ``[B, Q, D]``."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class TokenBatchNorm(nn.Module):
     """BatchNorm over tokens: statistics over all ``B*N`` tokens of ``[B, N, D]``.
 
@@ -126,7 +131,7 @@ class Predictor(nn.Module):
             ``[B, Q, out_dim]`` predictions at the queries.
         """
         pos = self.pos_embed.expand(tokens.shape[0], -1, -1)
-        vis_pos = _gather(pos[:, 1:], ids_keep)  # [B, Lv, D]
+        vis_pos = gather_tokens(pos[:, 1:], ids_keep)  # [B, Lv, D]
         queries = self.mask_token + queries  # [B, Q, D]
         x = torch.cat([tokens[:, :1] + pos[:, :1], tokens[:, 1:] + vis_pos, queries.to(tokens.dtype)], dim=1)
         x = self.head(self.norm(self.blocks(x)))
@@ -138,12 +143,7 @@ class Predictor(nn.Module):
 
     def grid_queries(self, query_ids: torch.Tensor) -> torch.Tensor:
         """``query_ids [B, Q]`` (masked view-1 patches) -> their fixed grid positions ``[B, Q, D]``."""
-        return _gather(self.pos_embed[:, 1:].expand(query_ids.shape[0], -1, -1), query_ids)
-
-
-def _gather(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``x [B, L, D]``, ``ids [B, Q]`` -> ``[B, Q, D]``."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return gather_tokens(self.pos_embed[:, 1:].expand(query_ids.shape[0], -1, -1), query_ids)
 
 
 class MLPHead(nn.Module):

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from siamim.losses import compute_loss
-from siamim.model.branches import TargetBranch, build_online, gather_tokens
+from siamim.model.branches import TargetBranch, build_online
+from siamim.model.heads import gather_tokens
 from siamim.model.pixels import normalised_pixels
 
 

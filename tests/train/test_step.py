@@ -143,6 +143,8 @@ def test_sync_batchnorm_converts_both_branches_and_keeps_the_parameters(small_cf
     assert bn_names["online"] and bn_names["target"]
     optimizer = build_optimizer(model.online, cfg)
     params_before = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    online_before = {id(p) for p in model.online.parameters()}
+    target_before = [id(p) for p in model.target.parameters()]
     state_keys = set(model.state_dict())
     convert_sync_batchnorm(model)
     for branch, names in bn_names.items():
@@ -152,7 +154,10 @@ def test_sync_batchnorm_converts_both_branches_and_keeps_the_parameters(small_cf
     online_ids = {id(p) for p in model.online.parameters()}
     assert set(params_before) <= online_ids  # the optimiser still holds the live parameters
     tgt, src = model.target_pairs()
-    assert all(t.shape == o.shape for t, o in zip(tgt, src)) and all(id(o) in online_ids for o in src)
+    # The EMA pairs are the very tensors from before the conversion (online ones the optimiser steps, target ones
+    # the checkpoint holds), not copies a conversion could have made.
+    assert {id(o) for o in src} <= online_before and [id(p) for p in model.target.parameters()] == target_before
+    assert {id(t) for t in tgt} <= set(target_before) and all(t.shape == o.shape for t, o in zip(tgt, src))
     assert set(model.state_dict()) == state_keys  # checkpoints keep their names
 
     cuda = torch.device("cuda", 0)
