@@ -143,7 +143,7 @@ class MetricWriter:
 
     def close(self, timeout_s: float | None = None) -> int:
         """Write what is queued, waiting up to ``timeout_s`` (default: the deadline) for the server;
-        returns how many metric items are left (kept in the pending file)."""
+        returns how many items (step rows and points) are left (kept in the pending file)."""
         deadline = time.time() + (self.deadline_s if timeout_s is None else timeout_s)
         with self.cond:
             self.closing = True
@@ -153,8 +153,9 @@ class MetricWriter:
             left = self._metric_items()
             if left:
                 self._save_pending()
+                values = sum(len(item) - 2 if kind == "row" else 1 for kind, item in left)
                 self.log(
-                    f"[siamim] {len(left)} metric values of MLflow run {self.run_id} are not in MLflow "
+                    f"[siamim] {values} metric values of MLflow run {self.run_id} are not in MLflow "
                     f"({self.tracking_uri} unreachable); they are kept in "
                     f"{st.resolve_storage(self.storage_uri).display(self.run_name, PENDING_METRICS)} and written "
                     f"by: python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage_uri}'"

@@ -243,7 +243,7 @@ class MlflowServer:
         ]
         out = self.log.open("a")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(f"{self.url}/health", 90, self.proc, self.log)
+        wait_http(f"{self.url}/health", 180, self.proc, self.log)  # a loaded 2-core box: over a minute
         return self.url
 
     def stop(self) -> None:
