@@ -47,7 +47,7 @@ from siamim.orchestration import storage as st
 logger = logging.getLogger(__name__)
 
 ROWS = "siamim.rows"  # rank 0's report: the interval's per-step rows [{"step", "_time_ms", key: float}]
-POINTS = "siamim.points"  # rank 0's report: one-off metrics {key: float} at the report's step
+POINTS = "siamim.points"  # rank 0's report: one-off metrics [[key, value, step], ...]
 FINAL = "siamim.final"  # rank 0's last report: the writer flushes and closes
 PENDING_METRICS = "mlflow_pending_metrics.json"  # in <storage>/<run>/: what MLflow does not hold yet
 STEP_KEY = "loss"  # every step row has it: MLflow's history of it says which steps are written
@@ -56,15 +56,15 @@ BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 MAX_QUEUED = 200_000  # metric values held in memory; older ones wait in the pending file past that
 
 
-def report_metrics(rows: list[dict], points: dict[str, float], step: int, final: bool = False) -> dict:
-    """Rank 0's ``ray.train.report`` metrics: the last row's scalars (what Tune and ``Result`` see), the
-    interval's ``rows`` and ``points``."""
+def report_metrics(rows: list[dict], points: dict[str, tuple[float, int]], step: int, final: bool = False) -> dict:
+    """Rank 0's ``ray.train.report`` metrics: the last row's and the points' scalars (what Tune and ``Result``
+    see), the interval's ``rows`` and the ``points`` (``{key: (value, at step)}``)."""
     out: dict[str, Any] = {k: v for k, v in (rows[-1] if rows else {}).items() if k != "_time_ms"}
-    out.update(points)
+    out.update({k: float(v) for k, (v, _) in points.items()})
     out["step"] = int(step)
     out[ROWS] = list(rows)
     if points:
-        out[POINTS] = dict(points)
+        out[POINTS] = [[k, float(v), int(at)] for k, (v, at) in points.items()]
     if final:
         out[FINAL] = 1
     return out
@@ -130,10 +130,11 @@ class MetricWriter:
             self._spill_if_full()
             self.cond.notify()
 
-    def put_points(self, points: dict[str, float], step: int) -> None:
+    def put_points(self, points: Iterable[tuple[str, float, int]]) -> None:
+        """One-off metrics ``(key, value, step)``; each (key, step) is written once."""
         ms = int(time.time() * 1000)
         with self.cond:
-            self.queue.extend(("point", (k, float(v), int(step), ms)) for k, v in points.items())
+            self.queue.extend(("point", (k, float(v), int(step), ms)) for k, v, step in points)
             self.cond.notify()
 
     def put_job(self, fn: Callable[[MlflowClient], None]) -> None:
@@ -354,8 +355,7 @@ class MlflowStream(UserCallback):
         report = metrics[0]
         writer = self._writer()
         writer.put_rows(report.get(ROWS, ()))
-        if report.get(POINTS):
-            writer.put_points(report[POINTS], int(report["step"]))
+        writer.put_points(report.get(POINTS, ()))
         if checkpoint is not None and self.pictures is not None:
             writer.put_job(self.pictures(checkpoint, int(report["step"])))
         if self.tune is not None:

@@ -216,7 +216,7 @@ class WorkerReports:
         self.mlflow_run_id = mlflow_run_id
         self.last_step = last_step
         self.rows: list[dict] = []
-        self.points: dict[str, float] = {}
+        self.points: dict[str, tuple[float, int]] = {}  # key -> (value, the step it belongs to)
 
     def record(self, metrics: dict[str, Any]) -> None:
         """The loop's ``reporter`` (rank 0): one step's metrics."""
@@ -371,7 +371,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         last_step=resumed_at if resume_state else -1,
         taken_names=config.get("skip_checkpoints"),
     )
-    reports.points["restored_from_step"] = resumed_at  # one point per worker-group start: restarts show in MLflow
+    reports.points["restored_from_step"] = (resumed_at, resumed_at)  # one point per worker-group start
     first_step: list[float] = []
 
     def reporter(metrics: dict) -> None:
@@ -399,9 +399,10 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         resume_state=resume_state,
     )
     if rank == 0:
-        reports.points["time_to_worker_s"] = started - config["launch_time"]
+        end = out["step"]
+        reports.points["time_to_worker_s"] = (started - config["launch_time"], end)
         if first_step:
-            reports.points["time_to_first_step_s"] = first_step[0] - config["launch_time"]
+            reports.points["time_to_first_step_s"] = (first_step[0] - config["launch_time"], end)
         if config.get("final_knn", True):
             knn_start = time.time()
             threads = torch.get_num_threads()
@@ -412,7 +413,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
                 knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
             finally:
                 torch.set_num_threads(threads)
-            reports.points["knn_eval_s"] = time.time() - knn_start
-            reports.points["knn_top1"] = knn
+            reports.points["knn_eval_s"] = (time.time() - knn_start, end)
+            reports.points["knn_top1"] = (knn, end)
             print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     reports.report(out["step"], final=True)  # every rank: the final metrics (kNN) for MLflow, Result and Tune

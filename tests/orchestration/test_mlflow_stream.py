@@ -34,11 +34,11 @@ def test_rows_are_written_live_each_step_once_across_a_restart_and_a_resume(uri,
     writer.put_rows(rows(1, 2, 3))
     wait_for(lambda: len(tracking.metric_history(uri, run_id, "loss")) == 3)  # without a close: live
     writer.put_rows(rows(2, 3, 4))  # a worker group restarted from the step-1 checkpoint reports 2, 3 again
-    writer.put_points({"restored_from_step": 1.0}, 1)
+    writer.put_points([("restored_from_step", 1.0, 1)])
     assert writer.close() == 0
     resumed = ms.MetricWriter(uri, run_id, str(tmp_path), "r", deadline_s=5)  # --resume from step 3
     resumed.put_rows(rows(4, 5))
-    resumed.put_points({"restored_from_step": 1.0, "knn_top1": 50.0}, 1)  # a point is once per (key, step)
+    resumed.put_points([("restored_from_step", 1.0, 1), ("knn_top1", 50.0, 5)])  # a point is once per (key, step)
     assert resumed.close() == 0
     assert tracking.metric_history(uri, run_id, "loss") == [(s, 10.0 - s) for s in (1, 2, 3, 4, 5)]
     assert [s for s, _ in tracking.metric_history(uri, run_id, "lr")] == [1, 2, 3, 4, 5]
@@ -54,7 +54,7 @@ def test_unreachable_server_keeps_the_metrics_in_storage_until_a_resume_writes_t
     writer = ms.MetricWriter(down, run_id, str(tmp_path), "r", deadline_s=0.5, log=said.append)
     start = time.time()
     writer.put_rows(rows(1, 2))
-    writer.put_points({"knn_top1": 42.0}, 2)
+    writer.put_points([("knn_top1", 42.0, 2)])
     assert time.time() - start < 1.0  # the producer (Ray Train's controller) never waits for MLflow
     wait_for(lambda: any("unreachable for" in m for m in said))  # past the deadline: said once
     writer.put_rows(rows(3))
@@ -82,7 +82,8 @@ def test_a_full_queue_waits_in_storage(uri, tmp_path, monkeypatch):
 
 
 def test_report_metrics_carry_rows_points_and_the_scalars_tune_sees():
-    m = ms.report_metrics(rows(1, 2), {"knn_top1": 50.0}, 2, final=True)
+    m = ms.report_metrics(rows(1, 2), {"knn_top1": (50.0, 2), "restored_from_step": (0, 0)}, 2, final=True)
     assert m["step"] == 2 and m["loss"] == 8.0 and m["knn_top1"] == 50.0
-    assert [r["step"] for r in m[ms.ROWS]] == [1, 2] and m[ms.POINTS] == {"knn_top1": 50.0} and m[ms.FINAL]
-    assert ms.scalars(m) == {"step": 2, "loss": 8.0, "lr": 0.2, "knn_top1": 50.0}
+    assert [r["step"] for r in m[ms.ROWS]] == [1, 2] and m[ms.FINAL]
+    assert m[ms.POINTS] == [["knn_top1", 50.0, 2], ["restored_from_step", 0.0, 0]]
+    assert ms.scalars(m) == {"step": 2, "loss": 8.0, "lr": 0.2, "knn_top1": 50.0, "restored_from_step": 0.0}
