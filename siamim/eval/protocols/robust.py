@@ -5,10 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from siamim.eval.protocols import Protocol
-from siamim.eval.protocols.lin import fit_probe
 from siamim.sections import Section
 
-# The corruptions, one per ImageNet-C family; siamim.eval.robustness implements each under this name.
+# The corruptions run and reported, one per ImageNet-C family: keys of siamim.eval.robustness.CORRUPTIONS.
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "elastic", "affine", "occlusion")
 
 
@@ -26,7 +25,7 @@ def run(ctx, s: RobustSettings, progress) -> dict[str, float]:
         test = test.subset(limit_indices(test.labels.numpy(), s.test_limit, ctx.seed + 2))
     probe = ctx.shared.get("lin_probe")
     if probe is None:
-        probe = fit_probe(ctx, ctx.features("train", "cls", progress), suite.train.labels, progress, "probe step")
+        probe = ctx.lin_probe(ctx.features("train", "cls", progress), suite.train.labels, progress, "probe step")
         ctx.shared["lin_probe"] = probe
     probe, rep = probe.to(ctx.device), ctx.rep
     classifiers = {"robust": lambda x: probe(rep(x, "cls")).argmax(1)}
