@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from siamim.eval.protocols import names, protocols
 from siamim.orchestration import ablation_table as tbl
 from siamim.orchestration.ablation_rows import (
     BASELINES,
@@ -225,6 +226,14 @@ def test_paired_differences_pair_by_seed_and_check_the_paper_sign():
     assert ij["sign_matches"] is False  # the paper has i above j on LIN
     md = tbl.paired_markdown(list(diffs.values()))
     assert "| e − a |" in md and "+2.00 ± 0.00" in md and "**no**" in md
+
+
+def test_every_registered_protocol_is_a_column_of_the_table():
+    heads = tbl.headline_keys(names())
+    assert len(heads) == len(names()) and len({title for _, title, _ in heads}) == len(heads)
+    for (key, _, paper), p in zip(heads, protocols(), strict=True):
+        assert key == f"eval.{p.headline.key}" and paper in tbl.PAPER_COLUMNS, p.name
+    assert tbl.headline_keys(["robust", "knn"]) == [("eval.robust_mca", "robust mCA", "FT"), heads[0]]
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -39,4 +39,5 @@ PROTOCOL = Protocol(
         "lin_mean_top1": ("LIN (mean-pooled)", "linear probe top-1 %, mean of patch tokens"),
     },
     summary="linear probe on frozen cls and mean-pooled features (MAE recipe)",
+    headline=Headline("lin_top1", "LIN", "LIN"),
 )

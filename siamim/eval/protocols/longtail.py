@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -44,4 +44,5 @@ PROTOCOL = Protocol(
         "longtail_train_size": ("-", "long-tailed training images"),
     },
     summary="linear probe trained on a long-tailed subset; overall and rare-class top-1 (LVIS counterpart)",
+    headline=Headline("longtail_top1", "long-tail", "AP box"),
 )

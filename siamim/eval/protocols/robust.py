@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 # The corruptions run and reported, one per ImageNet-C family: keys of siamim.eval.robustness.CORRUPTIONS.
@@ -63,4 +63,5 @@ PROTOCOL = Protocol(
         **{f"robust_ft_{c}": ("-", f"FT classifier, {c} top-1 %") for c in CORRUPTIONS},
     },
     summary="LIN (and FT, when it ran) classifiers on 6 corruptions x 5 severities (ImageNet-C counterpart)",
+    headline=Headline("robust_mca", "robust mCA", "FT"),
 )
