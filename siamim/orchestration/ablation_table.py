@@ -202,10 +202,9 @@ def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
 
     heads = headline_keys(protocols)
     rows = sorted({r["row"] for r in results}, key=list(GRID_ROWS).index)
-    fig, axes = plt.subplots(
-        1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)), 3.6), squeeze=False
-    )
-    for ax, (key, title, _) in zip(axes[0], heads):
+    width = max(4.0, 0.5 * len(rows) + 2.5)
+    fig, axes = plt.subplots(1, len(heads), figsize=(width * len(heads), 3.6), squeeze=False)
+    for ax, (key, title, _) in zip(axes[0], heads, strict=True):
         vals = by_row(results, key)
         for x, row in enumerate(rows):
             seeds = list(vals.get(row, {}).values())

@@ -64,7 +64,7 @@ def test_random_corruptions_follow_the_seed_and_the_batch_offset(name):
 
 def test_occlusion_is_one_grey_square_of_the_severity_area_per_image():
     x = torch.zeros(8, 3, 28, 28)
-    for sev, area in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5)):
+    for sev, area in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5), strict=True):
         grey = (corrupt(x, "occlusion", sev, seed=2) == 0.5).all(dim=1)  # [B, S, S]
         side = round(28 * area**0.5)
         assert grey.flatten(1).sum(1).tolist() == [side * side] * 8

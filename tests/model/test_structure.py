@@ -49,7 +49,7 @@ def test_ema_tracks_exactly_encoder_and_projector(small_cfg):
     assert tracked == expected
     assert not any(n.startswith("predictor") for n in tracked)
     tgt, src = model.target_pairs()
-    assert len(tgt) == len(expected) and all(t.shape == o.shape for t, o in zip(tgt, src))
+    assert len(tgt) == len(expected) and all(t.shape == o.shape for t, o in zip(tgt, src, strict=True))
 
 
 def test_official_initialisation(small_cfg):
