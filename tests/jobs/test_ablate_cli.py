@@ -108,7 +108,8 @@ def test_grid_names_a_directory_ray_or_a_shell_cannot_carry_are_refused(bad, tmp
     assert not storage.exists() and not (tmp_path / "m.db").exists()
 
 
-def test_dry_run_prints_trials_resources_and_packing(capsys):
+def test_dry_run_prints_trials_resources_and_packing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --storage (runs/ablation) and MLflow store are relative to it
     cli = load_cli()
     rc = cli.main(
         [
@@ -137,7 +138,7 @@ def test_dry_run_prints_trials_resources_and_packing(capsys):
         assert f"| {key} |" in out
     assert out.index("| a/0 |") < out.index("| e/0 |")  # table order, whatever order --rows gave
     assert "fit at once" in out and "wave(s)" in out
-    assert not (REPO / "runs" / "ablation" / "dry").exists()
+    assert list(tmp_path.iterdir()) == []  # no grid directory, no MLflow store
 
 
 def test_packing_counts_cpus_gpus_and_the_cap():
