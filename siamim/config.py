@@ -163,6 +163,9 @@ class PlatformConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     max_failures: int = Field(0, ge=-1)  # -1: retry forever
     keep_checkpoints: PositiveInt = 2
+    # An MLflow server gone this long is reported once (training goes on; its metrics wait in storage);
+    # at the end of a run, how long to wait for it before leaving them to --resume.
+    tracking_deadline_s: float = Field(300.0, ge=0.0)
 
     @field_validator("name")
     @classmethod

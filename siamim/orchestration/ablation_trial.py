@@ -2,7 +2,8 @@
 
 :func:`run_trial` is the Ray Tune function trainable (Ray 2.60 Train V2 pattern:
 a function trainable that builds and fits a ``TorchTrainer``, with
-``TuneReportCallback`` forwarding the workers' reports to Tune). Per trial:
+its :class:`~siamim.orchestration.mlflow_stream.MlflowStream` writing the child run live and
+forwarding the workers' reports to Tune). Per trial:
 
 1. the row's resolved config (``configs/ablation/<row>.yaml`` or ``tiny`` + switches,
    then the grid's overrides, the budget, ``train.seed=<seed>`` and the per-trial workers);
@@ -229,53 +230,31 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
     import ray
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from siamim.config import dump_yaml, to_dict
+    from siamim.config import to_dict
     from siamim.orchestration import storage as st
     from siamim.orchestration import tracking
     from siamim.orchestration.checkpoints import checkpoint_location
     from siamim.orchestration.eval_logging import log_evaluation
-    from siamim.orchestration.trainer import build_trainer
+    from siamim.orchestration.launch import record_run
+    from siamim.orchestration.trainer import build_trainer, log_run_artifacts
 
     uri = spec["tracking_uri"]
     storage = st.resolve_storage(cfg.run.storage)
     name = cfg.run.name
-    now = time.time()
-    st.write_json(
-        storage,
-        {
-            "name": name,
-            "mlflow_run_id": run_id,
-            "tracking_uri": uri,
-            "experiment": cfg.run.experiment,
-            "config": to_dict(cfg),
-            "created": now,
-            "updated": now,
-            "ablation_grid": spec["name"],
-        },
-        name,
-        st.RUN_RECORD,
-    )
-    tracking.log_text(uri, run_id, dump_yaml(cfg), "config.yaml")
-    register = spec.get("register")  # the trial logs its encoder (and pictures) only when it is registered
-    # kNN once per trial: the evaluation computes it when the protocols include it.
+    record_run(storage, name, cfg, run_id, uri, ablation_grid=spec["name"])
+    register = spec.get("register")
+    # kNN once per trial: the evaluation computes it when the protocols include it. Its stream
+    # writes the child run live and forwards every report to Tune.
     trainer = build_trainer(
-        cfg,
-        storage,
-        name,
-        uri,
-        run_id,
-        started,
-        log_encoder=bool(register),
-        final_knn="knn" not in spec["protocols"],
+        cfg, storage, name, uri, run_id, started, final_knn="knn" not in spec["protocols"], tune=True
     )
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
     result = trainer.fit()
     if getattr(result, "error", None) is not None:
         raise RuntimeError(f"pretraining failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("pretraining finished without a checkpoint")
+    log_run_artifacts(uri, run_id, result.checkpoint, cfg)  # encoder/ and pictures, as a pretraining run has
     checkpoint = checkpoint_location(storage, result.checkpoint)  # with the endpoint (?endpoint_override=...)
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})

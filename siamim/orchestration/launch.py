@@ -19,6 +19,7 @@ from siamim.orchestration import tracking
 from siamim.orchestration.checkpoints import ResumePoint, checkpoint_location
 from siamim.orchestration.cluster import ensure_ray, job_config, shutdown_embedded_ray, submission_id
 from siamim.orchestration.errors import LaunchError, LaunchInputError
+from siamim.orchestration.mlflow_stream import FINAL, POINTS, ROWS, flush_pending
 from siamim.orchestration.preflight import (
     PreflightError,
     ResourceWatch,
@@ -40,6 +41,7 @@ from siamim.orchestration.resume import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PENDING_END = "mlflow_pending_end.json"  # in <storage>/<run>/: the run's end, kept while MLflow was unreachable
 
 
 @dataclass
@@ -149,18 +151,30 @@ def _open_mlflow_run(target: Target, storage: st.Storage, tracking_uri: str) -> 
         raise LaunchError(f"MLflow tracking store {tracking_uri} failed: {type(err).__name__}: {err}") from err
 
 
-def _write_run_record(target: Target, storage: st.Storage, tracking_uri: str, run_id: str) -> None:
+def record_run(
+    storage: st.Storage,
+    run_name: str,
+    cfg: Config,
+    run_id: str,
+    tracking_uri: str,
+    created: float | None = None,
+    **extra,
+) -> None:
+    """The run record (``<storage>/<run>/siamim_run.json``: MLflow run, tracking URI, resolved config) and the
+    config as the MLflow artifact ``config.yaml``; a pretraining job and a grid trial write the same."""
     now = time.time()
     record = {
-        "name": target.run_name,
+        "name": run_name,
         "mlflow_run_id": run_id,
         "tracking_uri": tracking_uri,
-        "experiment": target.cfg.run.experiment,
-        "config": to_dict(target.cfg),
-        "created": target.record["created"] if target.record else now,
+        "experiment": cfg.run.experiment,
+        "config": to_dict(cfg),
+        "created": created or now,
         "updated": now,
+        **extra,
     }
-    st.write_json(storage, record, target.run_name, st.RUN_RECORD)
+    st.write_json(storage, record, run_name, st.RUN_RECORD)
+    tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
 
 
 def _fit(
@@ -187,7 +201,6 @@ def _fit(
         restore_from=point.checkpoint.path if point and point.checkpoint and skipped else None,
         skip_checkpoints=skipped,
         start_step=point.step if point else 0,
-        log_encoder=True,
         checkpoint_pictures=checkpoint_pictures,
     )
     with watch:
@@ -203,11 +216,15 @@ def _fit(
 
 
 def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, result, launch_time: float):
-    metrics = dict(result.metrics or {})
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k not in (ROWS, POINTS, FINAL)}  # last checkpoint's
     step = int(metrics.get("step", 0))
 
-    def at_final_step(key: str) -> float | None:  # this launch's value: rank 0 logs it at the final step
-        return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
+    def at_final_step(key: str) -> float | None:  # this launch's value: the stream logs it at the final step
+        try:
+            tracking.check_tracking(tracking_uri)  # seconds, where MLflow's own retries take minutes
+            return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
+        except Exception:  # the tracking server is gone: _finish says so
+            return None
 
     return PretrainSummary(
         run_name=target.run_name,
@@ -222,6 +239,71 @@ def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str
         resumed=target.record is not None,
         storage=storage.uri,
         metrics=metrics,
+    )
+
+
+def _finish(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, log) -> str | None:
+    """The end of a trained run in MLflow: encoder and pictures, the checkpoint tag, ``--register``, FINISHED,
+    ``report.html``; returns the registered ``models:/`` reference. With the tracking server unreachable,
+    what it would write is kept in storage (:data:`PENDING_END`) for ``--resume``, and None is returned.
+
+    ``end``: ``{"checkpoint": its path in storage.fs, "location": for users, "register": a model name or
+    None, "pictures": log the final pictures (not already logged per checkpoint), "step"}``.
+    """
+    import ray.train
+
+    from siamim.orchestration.trainer import log_run_artifacts
+
+    try:
+        tracking.check_tracking(tracking_uri)
+    except tracking.TrackingError as err:
+        st.write_json(storage, {"run_id": run_id, **end}, target.run_name, PENDING_END)
+        log(
+            f"[siamim] warning: trained, but {err} The run's end (encoder, pictures, FINISHED) is kept in "
+            f"{storage.display(target.run_name, PENDING_END)}; once MLflow is back, write it with: "
+            f"python jobs/pretrain.py --resume {target.run_name} --storage '{storage.uri}'"
+        )
+        return None
+    checkpoint = ray.train.Checkpoint(end["checkpoint"], filesystem=storage.fs)
+    log_run_artifacts(tracking_uri, run_id, checkpoint, target.cfg, pictures=end["pictures"])
+    tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": end["location"]})
+    registered = None
+    if end.get("register"):
+        from siamim.orchestration.registry import register_encoder
+
+        version = register_encoder(tracking_uri, run_id, end["register"], tags={"step": end["step"]})
+        registered = f"models:/{end['register']}/{version}"
+        tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": registered})
+    tracking.finish_run(tracking_uri, run_id, "FINISHED")
+    if st.exists(storage, target.run_name, PENDING_END):
+        storage.fs.delete_file(storage.join(target.run_name, PENDING_END))
+    try:  # the run page's one human-readable summary; a report that fails leaves the finished run as it is
+        from siamim.orchestration.run_report import write_run_report
+
+        write_run_report(tracking_uri, run_id)
+    except Exception as err:
+        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
+    return registered
+
+
+def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end: dict, launch_time: float, log):
+    """``--resume`` of a run that trained to its end while MLflow was unreachable: write its end now."""
+    run_id = end["run_id"]
+    registered = _finish(target, storage, tracking_uri, run_id, end, log)
+    log(f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {run_id}")
+    return PretrainSummary(
+        run_name=target.run_name,
+        mlflow_run_id=run_id,
+        tracking_uri=tracking_uri,
+        experiment=target.cfg.run.experiment,
+        step=int(end["step"]),
+        checkpoint=end["location"],
+        knn_top1=tracking.latest_metric(tracking_uri, run_id, "knn_top1"),
+        wall_s=time.time() - launch_time,
+        time_to_first_step_s=None,
+        resumed=True,
+        storage=storage.uri,
+        registered=registered,
     )
 
 
@@ -276,15 +358,26 @@ def run_pretraining(
         check_new_name(storage, target.run_name)
         check_fresh_plan(target.cfg)
     else:
-        point = plan_resumed_run(target, storage, more_steps, log)
+        flush_pending(storage, target.run_name, tracking_uri, log)  # what the last launch could not write
+        pending_end = (
+            st.read_json(storage, target.run_name, PENDING_END)
+            if st.exists(storage, target.run_name, PENDING_END)
+            else None
+        )
+        try:
+            point = plan_resumed_run(target, storage, more_steps, log)
+        except LaunchInputError:
+            if pending_end is None:
+                raise
+            return _finish_pending(target, storage, tracking_uri, pending_end, launch_time, log)
 
     wait = _connect_ray(target.cfg, address, wait_for_resources, launch_time, log)
     run_id = _open_mlflow_run(target, storage, tracking_uri)
     resume_hint = f"--resume {target.run_name} --storage '{storage.uri}'"
     watch = ResourceWatch(target.cfg, wait)
     try:  # from here on the MLflow run exists: every exit marks it
-        _write_run_record(target, storage, tracking_uri, run_id)
-        tracking.log_text(tracking_uri, run_id, dump_yaml(target.cfg), "config.yaml")
+        created = target.record["created"] if target.record else None
+        record_run(storage, target.run_name, target.cfg, run_id, tracking_uri, created)
         log(
             f"[siamim] {'resuming' if target.record else 'starting'} run {target.run_name!r}: "
             f"{target.cfg.run.num_workers} workers ({'GPU' if target.cfg.run.use_gpu else 'CPU'}), "
@@ -310,23 +403,17 @@ def run_pretraining(
 
     try:
         summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
-        tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": summary.checkpoint})
-        if register:
-            from siamim.orchestration.registry import register_encoder
-
-            version = register_encoder(tracking_uri, run_id, register, tags={"step": summary.step})
-            summary.registered = f"models:/{register}/{version}"
-            tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": summary.registered})
+        end = {
+            "checkpoint": result.checkpoint.path,
+            "location": summary.checkpoint,
+            "register": register,
+            "pictures": not checkpoint_pictures,
+            "step": summary.step,
+        }
+        summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)
     except BaseException:
         tracking.finish_run(tracking_uri, run_id, "FAILED")
         raise
-    tracking.finish_run(tracking_uri, run_id, "FINISHED")
-    try:  # the run page's one human-readable summary; a report that fails leaves the finished run as it is
-        from siamim.orchestration.run_report import write_run_report
-
-        write_run_report(tracking_uri, run_id)
-    except Exception as err:
-        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
     summary.wall_s = time.time() - launch_time
     return summary
 

@@ -7,13 +7,11 @@ Who writes what:
   resolved config as params (dotted keys) and as ``config.yaml``, tags
   (git commit, Ray job id, run name, storage), and after training the tag
   ``siamim.checkpoint`` (the latest Ray checkpoint's location) and the final status;
-* **rank 0** of the Ray Train worker group logs per-step metrics through
-  :class:`StepLogger`, which buffers them and flushes them together with each
-  checkpoint. Metrics of steps after the last checkpoint are replayed after a
-  restart; the logger skips steps MLflow already holds, so a restarted or
-  resumed run has every step exactly once. Rank 0 also runs MLflow's system
-  metrics monitor and, at the end, logs the exported encoder
-  (``encoder/``: timm's ``save_for_hf`` folder, :mod:`siamim.timm_export`).
+* the driver-side Ray Train callback (:mod:`.mlflow_stream`) writes the workers'
+  per-step metrics live, once per log interval, each step exactly once across
+  restarts and resumes; rank 0 runs only MLflow's system-metrics monitor; after
+  training the driver logs the exported encoder (``encoder/``: timm's
+  ``save_for_hf`` folder, :mod:`siamim.timm_export`) and the feature pictures.
 
 The MLflow run id is stored in the run record next to the Ray checkpoints and in
 every checkpoint's Ray metadata, so a resumed training continues the same MLflow run.
@@ -24,10 +22,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -280,64 +276,3 @@ def latest_metric(tracking_uri: str, run_id: str, key: str) -> float | None:
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list:
     """``[(step, value), ...]`` in logging order."""
     return [(m.step, m.value) for m in _client(tracking_uri).get_metric_history(run_id, key)]
-
-
-# --------------------------------------------------------------------------- worker side (rank 0)
-class StepLogger:
-    """Per-step metrics of rank 0, buffered and flushed with each checkpoint.
-
-    Call it with the loop's metric dict (``step`` plus floats). :meth:`flush`
-    writes the buffer in batches; :attr:`pending` goes into the checkpoint so a
-    restart from that checkpoint can still flush it. Steps at or below the
-    highest step already in MLflow are skipped (replayed after a restart).
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str, step_key: str = "loss"):
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-        self.client = _client(tracking_uri)
-        history = self.client.get_metric_history(run_id, step_key)
-        self.logged_upto = max((m.step for m in history), default=-1)
-        self.pending: list[dict[str, float]] = []
-
-    def __call__(self, metrics: dict[str, Any]) -> None:
-        step = int(metrics["step"])
-        if step <= self.logged_upto:
-            return
-        row = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        row["_time_ms"] = float(int(time.time() * 1000))
-        self.pending.append(row)
-
-    def replay(self, rows: Iterable[dict[str, float]]) -> None:
-        """Queue rows saved in a checkpoint (steps not yet in MLflow only)."""
-        for row in rows or []:
-            if int(row["step"]) > self.logged_upto and all(int(row["step"]) != int(p["step"]) for p in self.pending):
-                self.pending.append(dict(row))
-
-    def flush(self) -> None:
-        from mlflow.entities import Metric
-
-        if not self.pending:
-            return
-        metrics = []
-        for row in self.pending:
-            step = int(row["step"])
-            ts = int(row.get("_time_ms", time.time() * 1000))
-            metrics.extend(Metric(k, v, ts, step) for k, v in row.items() if k not in ("step", "_time_ms"))
-        self.client.log_batch(self.run_id, metrics=metrics)
-        self.logged_upto = max(self.logged_upto, max(int(r["step"]) for r in self.pending))
-        self.pending = []
-
-    def log_now(self, metrics: dict[str, float], step: int) -> None:
-        """Log a few metrics immediately (final kNN top-1, timings); a key that already has a point at
-        ``step`` (a resume that re-reaches a logged step) is not logged twice."""
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        fresh = [
-            Metric(k, float(v), ts, int(step))
-            for k, v in metrics.items()
-            if all(m.step != int(step) for m in self.client.get_metric_history(self.run_id, k))
-        ]
-        if fresh:
-            self.client.log_batch(self.run_id, metrics=fresh)

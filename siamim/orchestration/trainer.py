@@ -6,19 +6,21 @@
 Ray checkpoint (after a worker-group restart or a ``--resume``), calls
 :func:`siamim.train.loop.pretrain` under the process group Ray set up (the loop
 wraps DDP and shards every epoch across ranks itself, so the adapter does not
-call ``prepare_model`` / ``prepare_data_loader``), turns the loop's
-``checkpoint_saver`` calls into ``ray.train.report(..., checkpoint=...)`` and,
-on rank 0, logs per-step metrics, MLflow system metrics, the final kNN top-1 and
-the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) to MLflow.
+call ``prepare_model`` / ``prepare_data_loader``) and reports once per log interval
+(:class:`WorkerReports`: the interval's metrics, and the checkpoint on checkpoint steps).
+The driver-side :class:`~siamim.orchestration.mlflow_stream.MlflowStream` writes them to
+MLflow; rank 0 runs only MLflow's system-metrics monitor. After ``fit()`` the driver logs
+the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) and the feature pictures
+(:func:`log_run_artifacts`).
 
 A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
 :mod:`siamim.checkpoint`) and Ray's checkpoint metadata
-(``ray.train.Checkpoint.get_metadata()``): ``mlflow_run_id`` and
-``pending_metrics``, the per-step metrics not yet in MLflow when it was saved.
+(``ray.train.Checkpoint.get_metadata()``): ``mlflow_run_id``, the MLflow run it belongs to.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -36,8 +38,9 @@ from ray.train.torch import TorchTrainer
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
 from siamim.orchestration.faults import FAIL_AT_STEP_ENV, fail_at_step, with_fault
+from siamim.orchestration.mlflow_stream import MlflowStream, report_metrics, step_row
 from siamim.orchestration.registry import ENCODER_ARTIFACT
-from siamim.orchestration.storage import Storage
+from siamim.orchestration.storage import Storage, resolve_storage
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 # system-metrics settings (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...).
 FORWARDED_ENV = re.compile(rf"^({FAIL_AT_STEP_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
 ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
+# Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries.
+WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -63,7 +68,7 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
         # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice.
-        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **forwarded_env()}},
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **WORKER_MLFLOW_ENV, **forwarded_env()}},
         # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
         logging_config=LoggingConfig(log_level=_train_log_level()),
         **storage.ray_kwargs(),
@@ -112,20 +117,20 @@ def build_trainer(
     restore_from: str | None = None,
     skip_checkpoints: list[str] | None = None,
     start_step: int = 0,
-    log_encoder: bool = False,
     checkpoint_pictures: bool = False,
     final_knn: bool = True,
+    tune: bool = False,
 ) -> InterruptAwareTrainer:
-    """The TorchTrainer of one pretraining run (call ``.fit()`` on it).
+    """The TorchTrainer of one pretraining run (call ``.fit()`` on it), tracked by one :class:`MlflowStream`.
 
     ``restore_from`` / ``skip_checkpoints``: on a resume whose newest checkpoints
     are damaged, the storage path of the newest intact checkpoint directory and
     the directory names of the damaged ones; a worker that Ray hands one of those
     restores ``restore_from`` instead, and new checkpoints avoid their names.
-    ``log_encoder``: rank 0 logs the exported encoder and its feature pictures to the MLflow run at the end.
-    ``checkpoint_pictures``: rank 0 also logs the pictures at every checkpoint (MLflow's image slider).
+    ``checkpoint_pictures``: the stream logs the feature pictures of every checkpoint (MLflow's image slider).
     ``final_knn``: rank 0 computes the kNN top-1 at the end (a grid trial whose protocols include
     ``knn`` turns it off: its evaluation computes the same number once).
+    ``tune``: inside a Tune trial, the stream forwards every report to Tune as well.
     """
     loop_config = {
         "cfg": to_dict(cfg),
@@ -136,39 +141,46 @@ def build_trainer(
         "storage": storage.uri,
         "restore_from": restore_from,
         "skip_checkpoints": list(skip_checkpoints or []),
-        "log_encoder": log_encoder,
-        "checkpoint_pictures": checkpoint_pictures,
         "final_knn": final_knn,
     }
     from siamim.orchestration.ray_data import trainer_datasets
 
+    stream = MlflowStream(
+        tracking_uri,
+        mlflow_run_id,
+        storage.uri,
+        run_name,
+        cfg.run.tracking_deadline_s,
+        tune=tune,
+        pictures=functools.partial(pictures_job, tracking_uri, mlflow_run_id, to_dict(cfg))
+        if checkpoint_pictures
+        else None,
+    )
+    config = run_config(cfg, storage, run_name)
+    config.callbacks = [stream]
     return InterruptAwareTrainer(
         train_loop_per_worker,
         datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg),
-        run_config=run_config(cfg, storage, run_name),
+        run_config=config,
     )
 
 
-def _restore_state(config: dict | None = None) -> tuple[dict | None, dict]:
-    """``(state, metadata)`` of Ray's latest checkpoint for this run (or of the intact one the driver
-    chose); ``(None, {})`` when there is none."""
+def _restore_state(config: dict | None = None) -> dict | None:
+    """The training state of Ray's latest checkpoint for this run (or of the intact one the driver chose);
+    None when there is none."""
     config = config or {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None, {}
+        return None
     if os.path.basename(checkpoint.path.rstrip("/")) in config.get("skip_checkpoints", ()):
-        from siamim.orchestration.storage import resolve_storage
-
         storage = resolve_storage(config["storage"])
         checkpoint = ray.train.Checkpoint(config["restore_from"], filesystem=storage.fs)
     state = _load_state(checkpoint)
-    metadata = checkpoint.get_metadata()
-    for key in ("mlflow_run_id", "pending_metrics"):  # checkpoints written before the metadata carried them
-        if key in state:
-            metadata.setdefault(key, state.pop(key))
-    return state, metadata
+    state.pop("mlflow_run_id", None)  # checkpoints written before Ray's metadata carried it
+    state.pop("pending_metrics", None)
+    return state
 
 
 def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
@@ -188,38 +200,38 @@ def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
         return load_checkpoint(Path(checkpoint.to_directory(tmp)) / CHECKPOINT_FILE)
 
 
-class RaySaver:
-    """The loop's ``checkpoint_saver``: ``checkpoint.pt`` -> ``ray.train.report`` on every rank.
+class WorkerReports:
+    """One worker's side of the metric stream: the loop's ``reporter``, ``on_interval`` and ``checkpoint_saver``.
 
-    Rank 0 attaches the checkpoint (its metadata: the MLflow run id and the
-    metrics not yet flushed) and, once Ray has persisted it, flushes the buffered
-    per-step metrics to MLflow. A step already checkpointed (a resume that has nothing
-    left to train) is not reported twice.
+    Every rank calls ``ray.train.report`` once per log interval (Ray Train gathers a report from
+    every rank): rank 0 with the interval's per-step rows and pending one-off points
+    (:func:`siamim.orchestration.mlflow_stream.report_metrics`), the other ranks with nothing. On a
+    checkpoint step the report carries the checkpoint. A step already checkpointed (a resume
+    that has nothing left to train) is not reported twice.
     """
 
-    def __init__(
-        self, rank: int, mlflow_run_id: str, step_logger=None, last_step: int = -1, taken_names: list[str] | None = None
-    ):
+    def __init__(self, rank: int, mlflow_run_id: str, last_step: int = -1, taken_names: list[str] | None = None):
         self.rank = rank
         self.taken_names = set(taken_names or [])  # damaged checkpoint dirs still in Ray's list: never reuse
         self.mlflow_run_id = mlflow_run_id
-        self.step_logger = step_logger
         self.last_step = last_step
-        self.last_metrics: dict[str, float] = {}
-        self.pictures = None  # rank 0 with checkpoint pictures: pictures(state, step) after each checkpoint
-        self.pictured_steps: set[int] = set()
+        self.rows: list[dict] = []
+        self.points: dict[str, float] = {}
 
     def record(self, metrics: dict[str, Any]) -> None:
-        """The loop's ``reporter`` (rank 0): keep the latest metrics, buffer them for MLflow."""
-        self.last_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if self.step_logger is not None:
-            self.step_logger(metrics)
+        """The loop's ``reporter`` (rank 0): one step's metrics."""
+        self.rows.append(step_row(metrics))
+
+    def interval(self, step: int, checkpoint_follows: bool) -> None:
+        """The loop's ``on_interval``: report now, unless the checkpoint report follows at this step."""
+        if not checkpoint_follows:
+            self.report(step)
 
     def __call__(self, state: dict | None, step: int) -> None:
+        """The loop's ``checkpoint_saver``: ``checkpoint.pt`` (rank 0) reported as this step's checkpoint."""
         if step <= self.last_step:
             return
         self.last_step = step
-        metrics = {**self.last_metrics, "step": step}
         with tempfile.TemporaryDirectory(prefix="siamim-ckpt-") as tmp:
             checkpoint = None
             if state is not None:
@@ -227,21 +239,16 @@ class RaySaver:
 
                 save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                checkpoint.set_metadata(
-                    {
-                        "mlflow_run_id": self.mlflow_run_id,
-                        "pending_metrics": list(self.step_logger.pending) if self.step_logger else [],
-                    }
-                )
+                checkpoint.set_metadata({"mlflow_run_id": self.mlflow_run_id})
             name = f"checkpoint_{step:08d}"
             while name in self.taken_names:
                 name += "_r"  # same step as a damaged checkpoint that Ray still lists: a new directory
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-        if self.step_logger is not None:
-            self.step_logger.flush()
-        if self.pictures is not None and state is not None:
-            self.pictures(state, step)
-            self.pictured_steps.add(step)
+            self.report(step, checkpoint, name)
+
+    def report(self, step: int, checkpoint=None, name: str | None = None, final: bool = False) -> None:
+        metrics = report_metrics(self.rows, self.points, step, final) if self.rank == 0 else {}
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.rows, self.points = [], {}
 
 
 def _quiet_worker_logs(level: str) -> None:
@@ -278,30 +285,36 @@ def _system_metrics(tracking_uri: str, run_id: str):
     return monitor
 
 
-def _log_encoder(tracking_uri: str, run_id: str, state: dict) -> None:
-    """Log the exported encoder as ``encoder/``: timm's folder (:func:`siamim.timm_export.save_timm_encoder`)."""
+def log_run_artifacts(tracking_uri: str, run_id: str, checkpoint, cfg: Config, pictures: bool = True) -> None:
+    """The driver's end of a run: the exported encoder (``encoder/``, timm's folder) and, with ``pictures``,
+    the final feature pictures (on the CPU) of the Ray ``checkpoint``, logged to the MLflow run."""
+    from siamim.checkpoint import load_encoder
     from siamim.orchestration import tracking
     from siamim.timm_export import save_timm_encoder
 
+    state = _load_state(checkpoint)
     with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
         folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
         tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
+    if pictures:
+        encoder, _ = load_encoder(state)
+        log_pictures(tracking_uri, run_id, encoder, int(state["step"]), cfg)
 
 
-def _checkpoint_pictures(tracking_uri: str, run_id: str, cfg: Config):
-    """``pictures(state, step)`` for :class:`RaySaver`: the pictures of a checkpoint's encoder (on the CPU)."""
+def pictures_job(tracking_uri: str, run_id: str, cfg_dict: dict, checkpoint, step: int):
+    """The :class:`MlflowStream` job that logs a checkpoint's feature pictures (``--checkpoint-pictures``)."""
 
-    def pictures(state: dict, step: int) -> None:
+    def job(client) -> None:
         from siamim.checkpoint import load_encoder
 
-        encoder, _ = load_encoder(state)
-        _log_pictures(tracking_uri, run_id, {"encoder": encoder, "step": step}, cfg, "cpu")
+        encoder, _ = load_encoder(_load_state(checkpoint))
+        log_pictures(tracking_uri, run_id, encoder, step, from_dict(cfg_dict))
 
-    return pictures
+    return job
 
 
-def _log_pictures(tracking_uri: str, run_id: str, out: dict, cfg: Config, device) -> float:
-    """The final encoder's feature pictures (:mod:`siamim.eval.pictures`) as MLflow images; returns seconds.
+def log_pictures(tracking_uri: str, run_id: str, encoder, step: int, cfg: Config, device="cpu") -> float:
+    """An encoder's feature pictures (:mod:`siamim.eval.pictures`) as MLflow images at ``step``; returns seconds.
 
     A failure (e.g. a dataset without a test split) is a warning: the trained run stays good.
     """
@@ -312,10 +325,10 @@ def _log_pictures(tracking_uri: str, run_id: str, out: dict, cfg: Config, device
         from siamim.eval.representation import EncoderRepresentation
         from siamim.orchestration import tracking
 
-        rep = EncoderRepresentation(out["encoder"].eval().to(device), name="checkpoint")
+        rep = EncoderRepresentation(encoder.eval().to(device), name="checkpoint")
         source = build_source(cfg.data.dataset, cfg.data.root, "test")
         pictures, numbers = make_pictures(rep, cfg, source, seed=cfg.eval.seed)
-        tracking.log_pictures(tracking_uri, run_id, pictures, out["step"])
+        tracking.log_pictures(tracking_uri, run_id, pictures, step)
         print(
             f"[siamim] feature pictures logged (correspondence of the pictured pairs "
             f"{100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)",
@@ -336,40 +349,29 @@ def train_loop_per_worker(config: dict) -> None:
 
         install_worker_loader(cfg)
     rank = ray.train.get_context().get_world_rank()
-    resume_state, metadata = _restore_state(config)
+    resume_state = _restore_state(config)
     monitor = _system_metrics(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
     try:
-        _train(config, cfg, rank, started, resume_state, metadata)
+        _train(config, cfg, rank, started, resume_state)
     finally:
         if monitor is not None:
             monitor.finish()
 
 
-def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: dict | None, metadata: dict) -> None:
-    """Train (continuing ``resume_state``), then on rank 0: kNN top-1, final metrics, the encoder artifact."""
+def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: dict | None) -> None:
+    """Train (continuing ``resume_state``), reporting every log interval; then rank 0's kNN top-1 in the last report."""
     from siamim.eval.knn import evaluate_knn
-    from siamim.orchestration.tracking import StepLogger
     from siamim.train.loop import pretrain
 
     device = ray.train.torch.get_device()
-    step_logger = None
-    if rank == 0:
-        step_logger = StepLogger(config["tracking_uri"], config["mlflow_run_id"])
-        step_logger.replay(metadata.get("pending_metrics", []))
-        step_logger.flush()
     resumed_at = int(resume_state["step"]) if resume_state is not None else 0
-    if rank == 0:  # one point per worker-group start: restarts after failures show in MLflow
-        step_logger.log_now({"restored_from_step": resumed_at}, resumed_at)
-    saver = RaySaver(
+    reports = WorkerReports(
         rank,
         config["mlflow_run_id"],
-        step_logger,
         last_step=resumed_at if resume_state else -1,
         taken_names=config.get("skip_checkpoints"),
     )
-    if rank == 0 and config.get("checkpoint_pictures"):
-        saver.pictures = _checkpoint_pictures(config["tracking_uri"], config["mlflow_run_id"], cfg)
-
+    reports.points["restored_from_step"] = resumed_at  # one point per worker-group start: restarts show in MLflow
     first_step: list[float] = []
 
     def reporter(metrics: dict) -> None:
@@ -380,7 +382,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
                 f"(worker group up after {started - config['launch_time']:.1f} s)",
                 flush=True,
             )
-        saver.record(metrics)
+        reports.record(metrics)
 
     if rank == 0:
         print(
@@ -392,16 +394,14 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         cfg,
         device=device,
         reporter=with_fault(reporter, fail_at_step(), fresh=resume_state is None),
-        checkpoint_saver=saver,
+        checkpoint_saver=reports,
+        on_interval=reports.interval,
         resume_state=resume_state,
     )
-
-    final: dict[str, float] = {"step": out["step"]}
     if rank == 0:
-        timings = {"time_to_worker_s": started - config["launch_time"]}
+        reports.points["time_to_worker_s"] = started - config["launch_time"]
         if first_step:
-            timings["time_to_first_step_s"] = first_step[0] - config["launch_time"]
-        knn = None
+            reports.points["time_to_first_step_s"] = first_step[0] - config["launch_time"]
         if config.get("final_knn", True):
             knn_start = time.time()
             threads = torch.get_num_threads()
@@ -412,16 +412,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
                 knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
             finally:
                 torch.set_num_threads(threads)
-            timings["knn_eval_s"] = time.time() - knn_start
-            final["knn_top1"] = knn
-        final.update(timings)
-        step_logger.flush()
-        step_logger.log_now({**({"knn_top1": knn} if knn is not None else {}), **timings}, out["step"])
-        if config.get("log_encoder") and out["state"] is not None:
-            _log_encoder(config["tracking_uri"], config["mlflow_run_id"], out["state"])
-            if out["step"] not in saver.pictured_steps:  # the last checkpoint's pictures are the final ones
-                timings["pictures_s"] = _log_pictures(config["tracking_uri"], config["mlflow_run_id"], out, cfg, device)
-                step_logger.log_now({"pictures_s": timings["pictures_s"]}, out["step"])
-        if knn is not None:
+            reports.points["knn_eval_s"] = time.time() - knn_start
+            reports.points["knn_top1"] = knn
             print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
-    ray.train.report(final)  # every rank, no checkpoint: the final metrics (kNN) for Result / Tune
+    reports.report(out["step"], final=True)  # every rank: the final metrics (kNN) for MLflow, Result and Tune

@@ -26,6 +26,7 @@ from siamim.train.schedules import lr_at, momentum_at
 from siamim.train.step import MetricBuffer, TrainStep, wrap_for_training
 
 Reporter = Callable[[dict], None]
+IntervalHook = Callable[[int, bool], None]
 CheckpointSaver = Callable[[dict | None, int], None]
 
 
@@ -121,6 +122,7 @@ def pretrain(
     device: torch.device | str | None = None,
     reporter: Reporter | None = None,
     checkpoint_saver: CheckpointSaver | None = None,
+    on_interval: IntervalHook | None = None,
     resume_state: dict | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -133,6 +135,9 @@ def pretrain(
         checkpoint_saver: called on every rank every ``train.checkpoint_every``
             steps and at the end, with the training state (rank 0) or None.
             Default: :func:`default_saver`.
+        on_interval: called on every rank at the end of each log interval (after the
+            ``reporter`` calls of its steps) as ``on_interval(step, checkpoint_follows)``;
+            ``checkpoint_follows`` says that ``checkpoint_saver`` is called next, at the same step.
         resume_state: a checkpoint dict; training continues at its next step.
     Returns:
         ``{"step", "encoder" (online timm ViT), "state" (rank 0, else None)}``.
@@ -202,6 +207,8 @@ def pretrain(
                     reporter(metrics)
             if rank == 0:  # once per interval: its timing is the interval's
                 progress.update(flushed[-1], log=step % cfg.train.log_every == 0 or last)
+            if on_interval is not None:
+                on_interval(step, bool(save))
         if save:
             state = training_state(model, optimizer, step, cfg, plan) if rank == 0 else None
             saver(state, step)

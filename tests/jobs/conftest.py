@@ -215,30 +215,48 @@ def ray_driver(ray_head, base_env):
     ray.shutdown()
 
 
+class MlflowServer:
+    """``mlflow server`` (sqlite backend, proxied local artifacts under ``root``) that a test can stop and start
+    again on the same port and store: a tracking server that blinks."""
+
+    def __init__(self, env: dict, root: Path, log: Path):
+        self.env, self.root, self.log = env, root, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> str:
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        out = self.log.open("a")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"{self.url}/health", 90, self.proc, self.log)
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_tree(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(base_env, service_dir):
-    """``mlflow server`` (sqlite backend, proxied local artifacts); yields its URL."""
-    port = free_port()
-    root = service_dir / "mlflow-server"
-    root.mkdir()
-    log = service_dir / "mlflow-server.log"
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root}/mlflow.db",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, env=base_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    """A module's MLflow server; yields its URL."""
+    server = MlflowServer(base_env, service_dir / "mlflow-server", service_dir / "mlflow-server.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield server.start()
     finally:
-        stop_tree(proc)
+        server.stop()

@@ -158,6 +158,9 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
         assert run.data.params["train.seed"] == run.data.tags["ablation.seed"]
         assert run.data.params["ablation.row"] == run.data.tags["ablation.row"]
         assert run.data.tags["siamim.checkpoint"].endswith("checkpoint_00000002")
+        # what a pretraining run gets: live per-step metrics and the exported encoder (jobs/evaluate.py reads it)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+        assert "encoder" in {a.path for a in client.list_artifacts(run.info.run_id)}
         # the row's switches as flat params, named the same in every child
         assert {"model.target", "views.different_views", "mask.type", "model.norm", "loss.type"} <= set(run.data.params)
         starts = int(run.data.tags["ablation.starts"])
@@ -197,3 +200,10 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
             for d in trial_dirs
             if d.name.startswith(trial + "_")
         ), trial
+    # Tune's stream is live: the training reports of steps 1 and 2 reached it before the trial's final result
+    for d in trial_dirs:
+        rows = (d / "progress.csv").read_text().splitlines() if (d / "progress.csv").is_file() else []
+        if d.name.startswith("i-s0_") and len(rows) > 1:
+            header = rows[0].split(",")
+            steps = [r.split(",")[header.index("step")] for r in rows[1:]]
+            assert steps[:2] == ["1", "2"], steps

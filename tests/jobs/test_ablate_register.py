@@ -48,3 +48,8 @@ def test_grid_registers_each_trials_encoder(ray_head, base_env, fashion_mnist_av
         ]
     )
     assert rc == 0 and (out / "evaluation.csv").is_file()
+    # a grid child run is a run like a pretraining run: its id alone names its encoder
+    by_id = tmp_path / "eval-by-id"
+    argv = ["--checkpoint", trial.info.run_id, "--protocols", "knn", "--tracking-uri", uri, "--out", str(by_id)]
+    assert _job().main([*argv, *QUICK]) == 0
+    assert (by_id / "evaluation.csv").is_file()

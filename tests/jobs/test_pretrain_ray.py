@@ -138,7 +138,7 @@ def test_checkpoint_restores(reference, tracking_uri, tmp_path):
     assert state["step"] == STEPS and "mlflow_run_id" not in state  # the run id is in Ray's metadata
     metadata = ray.train.Checkpoint(summary.checkpoint).get_metadata()
     assert metadata["mlflow_run_id"] == summary.mlflow_run_id
-    assert [int(r["step"]) for r in metadata["pending_metrics"]] == [3, 4]  # not yet in MLflow when saved
+    assert set(metadata) == {"mlflow_run_id"}  # the metrics went to MLflow live, not into the checkpoint
     encoder, cfg = load_encoder(state)
     with torch.no_grad():
         feats = encoder.forward_features(torch.randn(2, 3, cfg.data.img_size, cfg.data.img_size))

@@ -55,36 +55,6 @@ def test_open_run_logs_params_tags_and_reopens_without_duplicates(uri):
         tracking.open_run(uri, "exp", "r1", {}, {}, run_id="0" * 32)
 
 
-def test_step_logger_buffers_flushes_and_skips_replayed_steps(uri):
-    run_id = tracking.open_run(uri, "exp", "r", {}, {})
-    log = tracking.StepLogger(uri, run_id)
-    for step in (1, 2, 3):
-        log({"step": step, "loss": 10.0 - step, "lr": 0.1})
-    assert tracking.metric_history(uri, run_id, "loss") == []  # buffered until a checkpoint
-    pending_at_checkpoint = list(log.pending)
-    log.flush()
-    assert tracking.metric_history(uri, run_id, "loss") == [(1, 9.0), (2, 8.0), (3, 7.0)]
-
-    # a restart from that checkpoint: the new logger skips steps MLflow has, replays the rest
-    restarted = tracking.StepLogger(uri, run_id)
-    restarted.replay(pending_at_checkpoint)
-    for step in (3, 4):
-        restarted({"step": step, "loss": 10.0 - step, "lr": 0.1})
-    restarted.flush()
-    assert [s for s, _ in tracking.metric_history(uri, run_id, "loss")] == [1, 2, 3, 4]
-    assert [s for s, _ in tracking.metric_history(uri, run_id, "lr")] == [1, 2, 3, 4]
-
-
-def test_step_logger_replays_pending_rows_lost_before_flush(uri):
-    run_id = tracking.open_run(uri, "exp", "r", {}, {})
-    saved = [{"step": 1.0, "loss": 1.5}, {"step": 2.0, "loss": 1.25}]  # in the checkpoint, never flushed
-    log = tracking.StepLogger(uri, run_id)
-    log.replay(saved)
-    log.replay(saved)  # idempotent
-    log.flush()
-    assert tracking.metric_history(uri, run_id, "loss") == [(1, 1.5), (2, 1.25)]
-
-
 def test_git_commit_sources_and_source_digest(tmp_path, monkeypatch):
     monkeypatch.delenv("SIAMIM_GIT_COMMIT", raising=False)
     commit = tracking.git_commit()
@@ -119,13 +89,3 @@ def test_resumed_run_shows_the_configuration_it_finished_with(uri):
         uri, "exp", "r", {"train.epochs": 2.0, "train.max_steps": None, "model.depth": 2}, {}, run_id=run_id
     )
     assert "| train.epochs | 2.0 | 1.0 |" in MlflowClient(uri).get_run(run_id).data.tags["mlflow.note.content"]
-
-
-def test_log_now_never_logs_a_second_point_at_a_logged_step(uri):
-    run_id = tracking.open_run(uri, "exp", "r", {}, {})
-    log = tracking.StepLogger(uri, run_id)
-    log.log_now({"knn_top1": 50.0, "restored_from_step": 4}, 4)
-    tracking.StepLogger(uri, run_id).log_now({"knn_top1": 51.0, "restored_from_step": 4}, 4)  # a resume at step 4
-    log.log_now({"knn_top1": 60.0}, 6)
-    assert tracking.metric_history(uri, run_id, "knn_top1") == [(4, 50.0), (6, 60.0)]
-    assert tracking.metric_history(uri, run_id, "restored_from_step") == [(4, 4.0)]
