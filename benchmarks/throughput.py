@@ -125,7 +125,7 @@ class ReferenceStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            for t, o in zip(*model.target_pairs()):  # per-parameter Python loop, as the release
+            for t, o in zip(*model.target_pairs(), strict=True):  # per-parameter Python loop, as the release
                 t.data = t.data * momentum + o.data * (1.0 - momentum)
         return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
 

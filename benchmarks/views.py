@@ -56,7 +56,7 @@ def cpu_per_sample(images: torch.Tensor, size: int) -> float:
     """Pairs/s of ``render_view_pair`` one image at a time, one thread."""
     params = draw(images, size, 1)
     start = time.perf_counter()
-    for img, p in zip(images, params):
+    for img, p in zip(images, params, strict=True):
         render_view_pair(img, p, size)
     return len(images) / (time.perf_counter() - start)
 
@@ -86,7 +86,7 @@ def device_batched(
             "colour2": p.colour2.as_tensor(),
             "image": img,
         }
-        for p, img in zip(params, images[:batch])
+        for p, img in zip(params, images[:batch], strict=True)
     ]
     for s in samples:
         s["mask"][:2] = True

@@ -114,7 +114,7 @@ def _worker_errors(work: Path, procs: list) -> list[str]:
 
 def _plan_and_wait(rec: Record, s: dict, work: Path, procs: list, trials: int, deadline: float) -> None:
     calib_paths = [work / f"calib-{k}.json" for k in range(len(procs))]
-    while not all(path.is_file() or p.poll() is not None for path, p in zip(calib_paths, procs)):
+    while not all(path.is_file() or p.poll() is not None for path, p in zip(calib_paths, procs, strict=True)):
         if time.monotonic() > deadline - MARGIN_S:
             raise TimeoutError("the grid's workers did not finish their calibration inside the budget")
         time.sleep(0.2)

@@ -174,7 +174,7 @@ def decode_image(data: bytes) -> torch.Tensor:
 def row_digest(ids, labels, images) -> str:
     """Order-independent-per-shard digest input: sha256 over (id, label, sha256(bytes)) rows."""
     h = hashlib.sha256()
-    for i, y, img in zip(ids, labels, images):
+    for i, y, img in zip(ids, labels, images, strict=True):
         h.update(f"{int(i)}:{int(y)}:{hashlib.sha256(img).hexdigest()};".encode())
     return h.hexdigest()
 

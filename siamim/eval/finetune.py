@@ -31,7 +31,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
 from siamim.eval.imageset import ImageSet
-from siamim.eval.protocols.ft import FtSettings
 from siamim.model.encoder import timm_kwargs
 from siamim.train.schedules import lr_at
 
@@ -81,7 +80,7 @@ class _MaeLayers:
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=r"^blocks\.(\d+)", head=r"^norm|^fc_norm|^head")
 
 
-def layer_decay_groups(model: torch.nn.Module, s: FtSettings) -> list[dict]:
+def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW parameter groups of MAE's fine-tuning (``util/lr_decay.py``), built by timm's
     :func:`~timm.optim.param_groups_layer_decay`: ``lr_scale = layer_decay ** (depth + 1 - layer id)``, no
     weight decay on 1-D parameters and ``no_weight_decay()`` names. The raw-pixel classifier (no layers to
@@ -89,9 +88,9 @@ def layer_decay_groups(model: torch.nn.Module, s: FtSettings) -> list[dict]:
     if hasattr(model, "group_matcher"):
         skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
         return param_groups_layer_decay(
-            _MaeLayers(model), s.weight_decay, no_weight_decay_list=skip, layer_decay=s.layer_decay
+            _MaeLayers(model), weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
         )
-    return param_groups_weight_decay(model, s.weight_decay)
+    return param_groups_weight_decay(model, weight_decay)
 
 
 def augment(x01: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -124,38 +123,52 @@ def finetune(
     rep,
     train: ImageSet,
     test: ImageSet,
-    settings: FtSettings,
     model_cfg,
+    *,
+    epochs: float,
+    batch_size: int,
+    blr: float,
+    min_lr: float,
+    warmup_epochs: float,
+    layer_decay: float,
+    weight_decay: float,
+    drop_path: float,
+    smoothing: float,
+    mixup: float,
+    cutmix: float,
     seed: int = 0,
     device="cpu",
     progress=None,
 ) -> FinetuneResult:
-    """Fine-tune ``rep`` (see :func:`build_classifier`; ``model_cfg``: its architecture) on ``train``;
-    top-1 on ``test``.
+    """Fine-tune ``rep`` (see :func:`build_classifier`; ``model_cfg``: its architecture) on ``train``
+    (uint8 ``[N, 3, S, S]`` images, long labels ``[N]``); top-1 on ``test``.
 
-    The budget is ``settings.epochs`` (fractions allowed: ``0.5`` = half an epoch of steps).
+    The recipe (the ``eval.ft`` keys, docs/evaluation.md): an ``epochs`` budget (fractions allowed: ``0.5``
+    = half an epoch of steps) of ``batch_size`` batches (rounded down to even for Mixup), lr = ``blr *
+    batch / 256`` warmed up over ``warmup_epochs`` then cosine to ``min_lr``; ``layer_decay`` and
+    ``weight_decay`` (:func:`layer_decay_groups`); stochastic depth up to ``drop_path``; label
+    ``smoothing``; ``mixup`` / ``cutmix`` alphas (both 0: no mixing).
     ``progress(epoch_done, epochs, mean_loss)`` is called after each (partial) epoch.
     """
-    s = settings
-    bs = min(s.batch_size, len(train)) // 2 * 2  # Mixup needs an even batch
+    bs = min(batch_size, len(train)) // 2 * 2  # Mixup needs an even batch
     if bs < 2:
         raise ValueError(f"fine-tuning needs at least 2 training images, got {len(train)}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_classifier(rep, train.num_classes, model_cfg, train.img_size, s.drop_path).to(device)
-    groups = layer_decay_groups(model, s)
+    model = build_classifier(rep, train.num_classes, model_cfg, train.img_size, drop_path).to(device)
+    groups = layer_decay_groups(model, weight_decay, layer_decay)
     opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
-    mixing = s.mixup > 0 or s.cutmix > 0
+    mixing = mixup > 0 or cutmix > 0
     mix = (
-        Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.smoothing, num_classes=train.num_classes)
+        Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=train.num_classes)
         if mixing
         else None
     )
-    criterion = SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(s.smoothing)
+    criterion = SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(smoothing)
     steps_per_epoch = len(train) // bs
-    total = max(1, round(s.epochs * steps_per_epoch))
-    warmup = round(s.warmup_epochs * steps_per_epoch)
-    base_lr = s.blr * bs / 256
+    total = max(1, round(epochs * steps_per_epoch))
+    warmup = round(warmup_epochs * steps_per_epoch)
+    base_lr = blr * bs / 256
     step, losses = 0, []
     n_epochs = -(-total // steps_per_epoch)
     model.train()
@@ -166,7 +179,7 @@ def finetune(
             if step >= total:
                 break
             idx = perm[k * bs : (k + 1) * bs]
-            lr = lr_at(step, total, warmup, base_lr, s.min_lr)
+            lr = lr_at(step, total, warmup, base_lr, min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             x01 = augment(train.images[idx].to(device).float().div_(255.0), gen)

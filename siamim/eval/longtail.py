@@ -43,5 +43,5 @@ def longtail_subset(
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_classes)
     counts = longtail_counts(num_classes, min(len(p) for p in pools), imbalance)
-    picked = [rng.choice(pools[c], size=int(k), replace=False) for c, k in zip(order, counts)]
+    picked = [rng.choice(pools[c], size=int(k), replace=False) for c, k in zip(order, counts, strict=True)]
     return np.sort(np.concatenate(picked)).astype(np.int64), order.astype(np.int64)

@@ -5,7 +5,7 @@ size (after the resize, before normalisation), five severities each, through
 torchvision's ``transforms.v2.functional`` ops with parameters we draw: the random
 parts come from a ``torch.Generator`` seeded by ``(seed, corruption, severity, batch
 start)``, so a sweep is the same run to run. Types (ImageNet-C's families; the names
-are :data:`siamim.eval.protocols.robust.CORRUPTIONS`):
+are the keys of :data:`CORRUPTIONS`):
 
 - ``gaussian_noise`` (noise): ``x + N(0, sigma)``, sigma = 0.04, 0.08, 0.12, 0.18, 0.26.
 - ``gaussian_blur`` (blur): ``gaussian_blur``, sigma = 0.5, 0.75, 1.0, 1.5, 2.0 pixels (kernel 2*ceil(3 sigma)+1).
@@ -25,14 +25,13 @@ reference model here, so the column maps to mCA (unnormalised).
 
 from __future__ import annotations
 
+import difflib
 import math
 import zlib
 from collections.abc import Callable
 
 import torch
 from torchvision.transforms.v2 import functional as TF
-
-from siamim.eval.protocols.robust import CORRUPTIONS as CORRUPTION_NAMES
 
 SEVERITIES = (1, 2, 3, 4, 5)
 _NOISE = (0.04, 0.08, 0.12, 0.18, 0.26)
@@ -100,8 +99,10 @@ def occlusion(x, severity, gen):
     return torch.cat([TF.erase(x[i : i + 1], top[i], left[i], side, side, grey) for i in range(b)])
 
 
-_CORRUPT = {f.__name__: f for f in (gaussian_noise, gaussian_blur, contrast, elastic, affine, occlusion)}
-CORRUPTIONS: dict[str, Callable] = {name: _CORRUPT[name] for name in CORRUPTION_NAMES}
+# name -> corruption(x [B, 3, S, S] in [0, 1], severity, generator) -> [B, 3, S, S]
+CORRUPTIONS: dict[str, Callable] = {
+    f.__name__: f for f in (gaussian_noise, gaussian_blur, contrast, elastic, affine, occlusion)
+}
 
 
 def corrupt(images01: torch.Tensor, name: str, severity: int, seed: int = 0, start: int = 0) -> torch.Tensor:
@@ -112,8 +113,6 @@ def corrupt(images01: torch.Tensor, name: str, severity: int, seed: int = 0, sta
     reproducible run to run.
     """
     if name not in CORRUPTIONS:
-        import difflib
-
         close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown corruption {name!r}: choose from {', '.join(CORRUPTIONS)}{hint}")

@@ -18,6 +18,7 @@ import torch
 from siamim.data.sources import build_source
 from siamim.device import resolve_device
 from siamim.eval.imageset import ImageSet, load_image_set
+from siamim.eval.linear_probe import LinearProbe, train_linear_probe
 from siamim.eval.protocols import get, parse_protocols
 from siamim.eval.representation import extract_many
 from siamim.eval.subsets import limit_indices
@@ -66,9 +67,9 @@ class Context:
     """What the protocols of one representation share.
 
     ``rep``, ``suite``, ``cfg``, ``eval`` (= ``cfg.eval``), ``seed``, ``device``; :meth:`features`
-    caches frozen features per (split, pool); ``shared`` holds results one protocol leaves
-    for a later one (``"lin_probe"``: LIN's cls probe; ``"ft_model"``: FT's fine-tuned classifier;
-    both reused by ``robust``).
+    caches frozen features per (split, pool); :meth:`lin_probe` fits the LIN recipe's probe (for
+    lin, longtail and robust); ``shared`` holds results one protocol leaves for a later one
+    (``"lin_probe"``: LIN's cls probe; ``"ft_model"``: FT's fine-tuned classifier; both reused by ``robust``).
     """
 
     def __init__(self, rep, suite: Suite, log: Log = print):
@@ -97,6 +98,19 @@ class Context:
             for name, value in feats.items():
                 self._feats[split, name] = value
         return self._feats[split, pool]
+
+    def lin_probe(self, feats: torch.Tensor, labels: torch.Tensor, progress: TaskProgress, what: str) -> LinearProbe:
+        """The LIN probe (:func:`~siamim.eval.linear_probe.train_linear_probe` with ``eval.lin``'s recipe and
+        ``eval.seed``) fitted on features ``[N, D]`` / long labels ``[N]``, over the training split's classes."""
+        return train_linear_probe(
+            feats,
+            labels,
+            self.suite.train.num_classes,
+            **self.eval.lin.model_dump(),
+            seed=self.seed,
+            device=self.device,
+            progress=progress(what, unit="step"),
+        )
 
 
 def evaluate(rep, cfg, protocols, suite: Suite | None = None, log: Log = print) -> list[ProtocolResult]:

@@ -93,5 +93,6 @@ class SiameseIM(nn.Module):
         torch._foreach_mul_(tgt, momentum)
         torch._foreach_add_(tgt, src, alpha=1.0 - momentum)
         for name in ("encoder", "projector"):
-            for t_buf, o_buf in zip(getattr(self.target, name).buffers(), getattr(self.online, name).buffers()):
+            target, online = getattr(self.target, name), getattr(self.online, name)
+            for t_buf, o_buf in zip(target.buffers(), online.buffers(), strict=True):
                 t_buf.copy_(o_buf)

@@ -15,24 +15,17 @@ import io
 import math
 from pathlib import Path
 
+from siamim.eval.protocols import get
 from siamim.orchestration.ablation_rows import BASELINES, GRID_ROWS, KEY_COMPARISONS
 
-# protocol -> (headline metric key in a trial's results, column title, the paper column it stands in for)
-HEADLINES: dict[str, tuple[str, str, str]] = {
-    "knn": ("eval.knn_top1", "kNN", "LIN"),
-    "lin": ("eval.lin_top1", "LIN", "LIN"),
-    "fewshot": ("eval.fewshot_top1", "1%", "LIN"),
-    "longtail": ("eval.longtail_top1", "long-tail", "AP box"),
-    "dense": ("eval.dense_miou", "dense mIoU", "AP box"),
-    "ft": ("eval.ft_top1", "FT", "FT"),
-    "robust": ("eval.robust_mca", "robust mCA", "FT"),
-    "correspondence": ("eval.correspondence", "correspondence", "AP box"),  # spatial sensitivity
-}
 PAPER_COLUMNS = ("FT", "LIN", "AP box", "AP mask")
 
 
 def headline_keys(protocols: list[str]) -> list[tuple[str, str, str]]:
-    return [HEADLINES[p] for p in protocols if p in HEADLINES]
+    """``(metric key in a trial's results, column title, paper column)`` per protocol, in the order given:
+    the :class:`~siamim.eval.protocols.Headline` each protocol module declares (its key as the trial logs it,
+    ``eval.<key>``)."""
+    return [(f"eval.{h.key}", h.title, h.paper) for h in (get(p).headline for p in protocols)]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -209,10 +202,9 @@ def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
 
     heads = headline_keys(protocols)
     rows = sorted({r["row"] for r in results}, key=list(GRID_ROWS).index)
-    fig, axes = plt.subplots(
-        1, max(1, len(heads)), figsize=(max(4.0, 0.5 * len(rows) + 2.5) * max(1, len(heads)), 3.6), squeeze=False
-    )
-    for ax, (key, title, _) in zip(axes[0], heads):
+    width = max(4.0, 0.5 * len(rows) + 2.5)
+    fig, axes = plt.subplots(1, len(heads), figsize=(width * len(heads), 3.6), squeeze=False)
+    for ax, (key, title, _) in zip(axes[0], heads, strict=True):
         vals = by_row(results, key)
         for x, row in enumerate(rows):
             seeds = list(vals.get(row, {}).values())

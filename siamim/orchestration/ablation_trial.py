@@ -142,9 +142,9 @@ def _finished_metrics(previous, spec: dict) -> dict | None:
     if previous is None or previous.info.status != "FINISHED":
         return None
     metrics = previous.data.metrics
-    from siamim.orchestration.ablation_table import HEADLINES
+    from siamim.orchestration.ablation_table import headline_keys
 
-    needed = [HEADLINES[p][0] for p in spec["protocols"] if p in HEADLINES]
+    needed = [key for key, _, _ in headline_keys(spec["protocols"])]
     if not all(k in metrics for k in needed):
         return None
     return dict(metrics)

@@ -52,7 +52,7 @@ class _Rows:
     """The decoded images of one Ray Data batch, addressed by stable id (an ImageSource for ViewPairDataset)."""
 
     def __init__(self, ids, blobs):
-        self.by_id = {int(i): b for i, b in zip(ids, blobs)}
+        self.by_id = {int(i): b for i, b in zip(ids, blobs, strict=True)}
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -76,7 +76,7 @@ def decode_views_batch(batch: dict, cfg_json: str, base_epoch: int, subset: int 
     cfg = _config(cfg_json)
     ids = np.asarray(batch["id"], dtype=np.int64)
     keep = ids < subset if subset is not None else np.ones(len(ids), dtype=bool)
-    ids, blobs = ids[keep], [b for b, k in zip(batch["image"], keep) if k]
+    ids, blobs = ids[keep], [b for b, k in zip(batch["image"], keep, strict=True) if k]
     epoch = base_epoch + current_pass()
     dataset = ViewPairDataset(_Rows(ids, blobs), cfg)
     samples = [dataset[(epoch, int(i))] for i in ids]

@@ -114,8 +114,8 @@ class MetricBuffer:
         keys = list(self.pending[0][0])
         values = torch.stack([torch.stack([d[k].float() for k in keys]) for d, _ in self.pending]).tolist()
         out = []
-        for (_, host), row in zip(self.pending, values):
-            metrics = {**host, **dict(zip(keys, row))}
+        for (_, host), row in zip(self.pending, values, strict=True):
+            metrics = {**host, **dict(zip(keys, row, strict=True))}
             if not math.isfinite(metrics["loss"]):
                 self.pending = []
                 raise FloatingPointError(

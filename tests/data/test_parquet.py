@@ -134,8 +134,8 @@ def test_map_style_batches_equal_the_original_files(fmnist_shards):
     for rank in (0, 1):
         a = list(build_loader(shards, cfg, rank, 2, 13, 17))
         b = list(build_loader(source, idx, rank, 2, 13, 17))
-        assert len(a) == 4
-        for x, y in zip(a, b):
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b, strict=True):
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 

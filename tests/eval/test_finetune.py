@@ -56,8 +56,8 @@ def _mae_param_groups_lrd(model, weight_decay, no_weight_decay_list, layer_decay
 def test_layer_decay_groups_are_maes_recipe_parameter_by_parameter():
     c = cfg("model.depth=3")
     model = build_classifier(baseline_representation("random", c), 10, c.model, 32, drop_path=0.1)
-    s = FtSettings(layer_decay=0.6, weight_decay=0.07)
-    ours = {id(p): (g["lr_scale"], g["weight_decay"]) for g in layer_decay_groups(model, s) for p in g["params"]}
+    groups = layer_decay_groups(model, weight_decay=0.07, layer_decay=0.6)
+    ours = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     mae = _mae_param_groups_lrd(model, 0.07, {"pos_embed", "cls_token", "dist_token"}, 0.6)
     ours = {names[i]: v for i, v in ours.items()}
@@ -70,15 +70,15 @@ def test_layer_decay_groups_are_maes_recipe_parameter_by_parameter():
 def test_finetune_runs_within_its_budget_and_pixels_beat_random_init():
     c = cfg()
     train, test = real_set("train", 1000), real_set("test", 300)
-    s = FtSettings(epochs=3, batch_size=64, blr=1e-3, warmup_epochs=0.5)
-    pixels = finetune(baseline_representation("pixels", c), train, test, s, c.model)
+    s = FtSettings(epochs=3, batch_size=64, blr=1e-3, warmup_epochs=0.5)  # the rest: eval.ft's defaults
+    pixels = finetune(baseline_representation("pixels", c), train, test, c.model, **s.model_dump())
     assert pixels.steps == 3 * (1000 // 64) and len(pixels.losses) == 3
     short = finetune(
         baseline_representation("random", c),
         train,
         test,
-        FtSettings(epochs=0.5, batch_size=64, warmup_epochs=0.1),
         c.model,
+        **FtSettings(epochs=0.5, batch_size=64, warmup_epochs=0.1).model_dump(),
     )
     assert short.steps == round(0.5 * (1000 // 64)) and all(torch.isfinite(torch.tensor(short.losses)))
     assert 0.0 <= short.accuracy <= 100.0 and short.accuracy < pixels.accuracy

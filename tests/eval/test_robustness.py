@@ -3,6 +3,7 @@ import torch
 
 from siamim.eval.baselines import baseline_representation
 from siamim.eval.linear_probe import accuracy, predict, train_linear_probe
+from siamim.eval.protocols import robust
 from siamim.eval.representation import extract
 from siamim.eval.robustness import CORRUPTIONS, SEVERITIES, corrupt, corrupted_accuracy, mean_corrupted_accuracy
 from tests.eval.helpers import cfg, real_set
@@ -19,6 +20,12 @@ def test_corruption_is_deterministic_in_range_and_grows_with_severity(name):
         dist.append(float((y - x).abs().mean()))
     assert dist[0] > 0.0
     assert dist[-1] > dist[0] * 1.5, dist  # severity 5 changes the images clearly more than severity 1
+
+
+def test_the_protocol_runs_and_reports_every_implemented_corruption():
+    assert list(robust.CORRUPTIONS) == list(CORRUPTIONS)
+    for name in CORRUPTIONS:
+        assert f"robust_{name}" in robust.PROTOCOL.columns and f"robust_ft_{name}" in robust.PROTOCOL.columns
 
 
 def test_bad_corruption_names_and_severities_are_clear_errors():
@@ -57,7 +64,7 @@ def test_random_corruptions_follow_the_seed_and_the_batch_offset(name):
 
 def test_occlusion_is_one_grey_square_of_the_severity_area_per_image():
     x = torch.zeros(8, 3, 28, 28)
-    for sev, area in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5)):
+    for sev, area in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5), strict=True):
         grey = (corrupt(x, "occlusion", sev, seed=2) == 0.5).all(dim=1)  # [B, S, S]
         side = round(28 * area**0.5)
         assert grey.flatten(1).sum(1).tolist() == [side * side] * 8

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from siamim.eval.protocols import names, protocols
 from siamim.orchestration import ablation_table as tbl
 from siamim.orchestration.ablation_rows import (
     BASELINES,
@@ -107,7 +108,8 @@ def test_grid_names_a_directory_ray_or_a_shell_cannot_carry_are_refused(bad, tmp
     assert not storage.exists() and not (tmp_path / "m.db").exists()
 
 
-def test_dry_run_prints_trials_resources_and_packing(capsys):
+def test_dry_run_prints_trials_resources_and_packing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --storage (runs/ablation) and MLflow store are relative to it
     cli = load_cli()
     rc = cli.main(
         [
@@ -136,7 +138,7 @@ def test_dry_run_prints_trials_resources_and_packing(capsys):
         assert f"| {key} |" in out
     assert out.index("| a/0 |") < out.index("| e/0 |")  # table order, whatever order --rows gave
     assert "fit at once" in out and "wave(s)" in out
-    assert not (REPO / "runs" / "ablation" / "dry").exists()
+    assert list(tmp_path.iterdir()) == []  # no grid directory, no MLflow store
 
 
 def test_packing_counts_cpus_gpus_and_the_cap():
@@ -225,6 +227,14 @@ def test_paired_differences_pair_by_seed_and_check_the_paper_sign():
     assert ij["sign_matches"] is False  # the paper has i above j on LIN
     md = tbl.paired_markdown(list(diffs.values()))
     assert "| e − a |" in md and "+2.00 ± 0.00" in md and "**no**" in md
+
+
+def test_every_registered_protocol_is_a_column_of_the_table():
+    heads = tbl.headline_keys(names())
+    assert len(heads) == len(names()) and len({title for _, title, _ in heads}) == len(heads)
+    for (key, _, paper), p in zip(heads, protocols(), strict=True):
+        assert key == f"eval.{p.headline.key}" and paper in tbl.PAPER_COLUMNS, p.name
+    assert tbl.headline_keys(["robust", "knn"]) == [("eval.robust_mca", "robust mCA", "FT"), heads[0]]
 
 
 def test_plot_writes_a_png(tmp_path):

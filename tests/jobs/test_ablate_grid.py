@@ -8,7 +8,8 @@ the same child run, then FAILED, while the others finish; the parent holds the t
 differences and the plot; every trial directory has Tune's result files and TensorBoard event files.
 (One grid covers completion, resume and failure: each trial start costs a Ray Train worker group.)
 
-Tiny budget: the SMALL model of tests/conftest.py, 2 steps, kNN only on a few hundred images.
+Tiny budget: the SMALL model of tests/conftest.py, 2 steps, kNN and the nearest centroid (the same cached
+features) on a few hundred images; both reach the table (each protocol's declared headline is a column).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 
 import pytest
 
+from siamim.orchestration.ablation_table import mean_std
 from tests.conftest import SMALL
 from tests.jobs.helpers import REPO
 
@@ -36,7 +38,7 @@ TINY = [o for o in SMALL if not o.startswith("train.checkpoint_every")] + [
     "eval.test_limit=200",
     "eval.batch_size=256",
 ]
-GRID_FLAGS = ["--steps", "2", "--protocols", "knn", "--workers-per-trial", "1", "--max-concurrent", "2"]
+GRID_FLAGS = ["--steps", "2", "--protocols", "knn,centroid", "--workers-per-trial", "1", "--max-concurrent", "2"]
 
 
 def ablate_cmd(ray_head, storage, db, *args) -> list[str]:
@@ -151,6 +153,7 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
         assert run.info.status == "FINISHED", key
         # kNN once per trial: the evaluation's (the protocols include knn), not also pretraining's
         assert "eval.knn_top1" in run.data.metrics and "knn_top1" not in run.data.metrics
+        assert "eval.centroid_top1" in run.data.metrics
         assert "time_to_first_step_s" in run.data.metrics and "knn_eval_s" not in run.data.metrics
         assert run.data.params["train.seed"] == run.data.tags["ablation.seed"]
         assert run.data.params["ablation.row"] == run.data.tags["ablation.row"]
@@ -178,6 +181,11 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     } <= arts
     table = (storage / name / "ablation_table.md").read_text()
     assert "| i | 2 |" in table and "| j | 1 (1 failed) |" in table and "83.7" in table  # paper FT beside
+    (head,) = [line for line in table.splitlines() if line.startswith("| row |")]
+    assert "| kNN (ours) | centroid (ours) |" in head
+    (row_i,) = [line for line in table.splitlines() if line.startswith("| i |")]
+    m, s = mean_std([kids[k].data.metrics["eval.centroid_top1"] for k in ("i/0", "i/1")])
+    assert row_i.split(" | ")[3] == f"{m:.2f} ± {s:.2f}", row_i
     paired = (storage / name / "ablation_paired.md").read_text()
     assert "| i − j |" in paired and "| 1 |" in paired  # only seed 0 has both rows
     assert (storage / name / "ablation_plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -235,7 +235,7 @@ def test_s3_outage_then_stopped_job_then_resume_matches_the_uninterrupted_run(
     got = tracking.metric_history(mlflow_server, done.mlflow_run_id, "loss")
     ref = tracking.metric_history(mlflow_server, reference.mlflow_run_id, "loss")
     assert [s for s, _ in got] == list(range(1, STEPS + 1))  # every step once
-    for (step, value), (_, ref_value) in zip(got, ref):
+    for (step, value), (_, ref_value) in zip(got, ref, strict=True):
         assert value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
 
 

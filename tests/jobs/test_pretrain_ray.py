@@ -187,7 +187,7 @@ def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri
     resumed = losses(tracking_uri, second.mlflow_run_id)
     assert [s for s, _ in resumed] == list(range(1, STEPS + 1))
     reference_losses = losses(tracking_uri, ref_summary.mlflow_run_id)
-    for (step, value), (ref_step, ref_value) in zip(resumed, reference_losses):
+    for (step, value), (ref_step, ref_value) in zip(resumed, reference_losses, strict=True):
         assert step == ref_step and value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
     starts = tracking.metric_history(tracking_uri, second.mlflow_run_id, "restored_from_step")
     assert [v for _, v in starts] == [0.0, 2.0]
@@ -208,7 +208,7 @@ def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, t
     history = losses(tracking_uri, summary.mlflow_run_id)
     assert [s for s, _ in history] == list(range(1, STEPS + 1))  # nothing lost, nothing twice
     reference_losses = losses(tracking_uri, ref_summary.mlflow_run_id)
-    for (step, value), (_, ref_value) in zip(history, reference_losses):
+    for (step, value), (_, ref_value) in zip(history, reference_losses, strict=True):
         assert value == pytest.approx(ref_value, rel=1e-6, abs=1e-7), step
     assert len(runs_named(tracking_uri, "e2e-fault", "fault")) == 1
 

@@ -39,7 +39,7 @@ def test_ema_update_matches_formula(small_cfg):
     tgt, src = model.target_pairs()
     before = [t.clone() for t in tgt]
     model.update_target(0.9)
-    for t, b, o in zip(tgt, before, src):
+    for t, b, o in zip(tgt, before, src, strict=True):
         assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
     assert len(tgt) == len(list(model.target.parameters()))
 

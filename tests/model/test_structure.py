@@ -49,7 +49,7 @@ def test_ema_tracks_exactly_encoder_and_projector(small_cfg):
     assert tracked == expected
     assert not any(n.startswith("predictor") for n in tracked)
     tgt, src = model.target_pairs()
-    assert len(tgt) == len(expected) and all(t.shape == o.shape for t, o in zip(tgt, src))
+    assert len(tgt) == len(expected) and all(t.shape == o.shape for t, o in zip(tgt, src, strict=True))
 
 
 def test_official_initialisation(small_cfg):
@@ -65,9 +65,11 @@ def test_official_initialisation(small_cfg):
         # uniform on [-b, b] has std b / sqrt(3); timm's trunc-normal(0.02) would miss this by far
         assert abs(w.std().item() - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3), name
         assert lin.bias is None or torch.count_nonzero(lin.bias) == 0, name
-    for name, mod in model.online.named_modules():
-        if isinstance(mod, (nn.LayerNorm, nn.BatchNorm1d)):
-            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0), name
+    norms = [(n, m) for n, m in model.online.named_modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))]
+    kinds = [nn.LayerNorm, nn.BatchNorm1d]  # the encoder's LayerNorms, the projector's and predictor's BatchNorms
+    assert [k for k in kinds if any(isinstance(m, k) for _, m in norms)] == kinds, norms
+    for name, norm in norms:
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0), name
     for token in (model.online.encoder.cls_token, model.online.predictor.mask_token):
         assert 0.005 < token.std().item() < 0.05
 

@@ -157,7 +157,7 @@ def test_sync_batchnorm_converts_both_branches_and_keeps_the_parameters(small_cf
     # The EMA pairs are the very tensors from before the conversion (online ones the optimiser steps, target ones
     # the checkpoint holds), not copies a conversion could have made.
     assert {id(o) for o in src} <= online_before and [id(p) for p in model.target.parameters()] == target_before
-    assert {id(t) for t in tgt} <= set(target_before) and all(t.shape == o.shape for t, o in zip(tgt, src))
+    assert {id(t) for t in tgt} <= set(target_before) and all(t.shape == o.shape for t, o in zip(tgt, src, strict=True))
     assert set(model.state_dict()) == state_keys  # checkpoints keep their names
 
     cuda = torch.device("cuda", 0)

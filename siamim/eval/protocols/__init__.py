@@ -3,13 +3,15 @@
 A protocol module (``knn.py``, ``lin.py``, ...) defines ``PROTOCOL = Protocol(...)``:
 its name (the ``--protocols`` entry and the ``eval.<name>`` config section), its
 place in the run order, its settings (a :class:`~siamim.sections.Section`: the keys
-``eval.<name>.*`` with their ranges), its run function and its report columns.
+``eval.<name>.*`` with their ranges), its run function, its report columns and its
+headline (the one column the ablation grid's table shows for it).
 Dropping a new module here registers it: :func:`protocols` imports every module of
 this folder (names starting with ``_`` excepted) and collects their ``PROTOCOL``.
 
 Protocol modules import nothing heavy at their top (no torch, no numpy): the
 command line is checked before torch is imported. The run function imports what it
-computes with.
+computes with: the computations of :mod:`siamim.eval` (which take their settings as
+arguments and never import a protocol), never another protocol module.
 
 A run function is ``run(ctx, settings, progress) -> {metric key: value}``:
 
@@ -31,6 +33,22 @@ from siamim.sections import Section
 
 
 @dataclass(frozen=True)
+class Headline:
+    """The protocol's column in the ablation grid's table.
+
+    Args:
+        key: the metric key of the run function's result that the column shows (one of ``columns``).
+        title: the column's title.
+        paper: the paper column the ablation rows' paired differences compare it with
+            (one of :data:`siamim.orchestration.ablation_table.PAPER_COLUMNS`).
+    """
+
+    key: str
+    title: str
+    paper: str
+
+
+@dataclass(frozen=True)
 class Protocol:
     """One evaluation protocol, as its module declares it.
 
@@ -41,6 +59,7 @@ class Protocol:
         run: ``run(ctx, settings, progress) -> dict[str, float]`` (metrics in percent or counts).
         columns: ``{metric key: (paper column, our metric)}``: the report's description of each key.
         summary: one line for ``--help`` and the docs.
+        headline: the column of the ablation grid's table.
     """
 
     name: str
@@ -49,6 +68,7 @@ class Protocol:
     run: Callable
     columns: dict[str, tuple[str, str]]
     summary: str
+    headline: Headline
 
 
 def _plugins() -> PluginFolder:
@@ -66,6 +86,8 @@ def _registry() -> tuple[Protocol, ...]:
             raise TypeError(f"{module.__name__} defines no PROTOCOL = Protocol(...)")
         if proto.name != name:
             raise ValueError(f"{module.__name__}: PROTOCOL.name={proto.name!r} must be the module's name")
+        if proto.headline.key not in proto.columns:
+            raise ValueError(f"{module.__name__}: headline key {proto.headline.key!r} is not one of its columns")
         found.append(proto)
     return tuple(sorted(found, key=lambda p: (p.order, p.name)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -47,4 +47,5 @@ PROTOCOL = Protocol(
     run=run,
     columns={"centroid_top1": ("- (no paper column)", "nearest class centroid top-1 %, L2-normalised features")},
     summary="nearest class centroid on frozen features (eval.centroid.pool: cls or mean)",
+    headline=Headline("centroid_top1", "centroid", "LIN"),  # a frozen-feature classifier, as kNN
 )

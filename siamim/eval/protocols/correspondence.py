@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -61,4 +61,5 @@ PROTOCOL = Protocol(
         "correspondence_queries": ("-", "view-2 patches inside view 1 (counted queries)"),
     },
     summary="cross-view patch correspondence vs the true geometry (fraction within one patch)",
+    headline=Headline("correspondence", "correspondence", "AP box"),  # spatial sensitivity
 )

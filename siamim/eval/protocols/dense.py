@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -59,4 +59,5 @@ PROTOCOL = Protocol(
         "dense_pixel_acc": ("-", "mosaic pixel accuracy %"),
     },
     summary="per-pixel linear probe on patch tokens of 2x2 mosaics, mIoU (COCO / ADE20k counterpart)",
+    headline=Headline("dense_miou", "dense mIoU", "AP box"),
 )

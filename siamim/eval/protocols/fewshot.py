@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -58,4 +58,5 @@ PROTOCOL = Protocol(
         "fewshot_per_class": ("-", "labelled images per class"),
     },
     summary="logistic regression on 1% of the labels, mean and std over seeded subsets (MSN)",
+    headline=Headline("fewshot_top1", "1%", "LIN"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -29,8 +29,8 @@ def run(ctx, s: FtSettings, progress) -> dict[str, float]:
         ctx.rep,
         ctx.suite.train,
         ctx.suite.test,
-        s,
         ctx.cfg.model,
+        **s.model_dump(),
         seed=ctx.seed,
         device=ctx.device,
         progress=progress("epoch", unit="epoch"),
@@ -49,4 +49,5 @@ PROTOCOL = Protocol(
         "ft_steps": ("-", "optimiser steps"),
     },
     summary="end-to-end fine-tuning (MAE recipe: layer decay, drop path, mixup/cutmix, smoothing)",
+    headline=Headline("ft_top1", "FT", "FT"),
 )

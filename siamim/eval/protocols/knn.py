@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import ConfigError, Section
 
 
@@ -43,4 +43,5 @@ PROTOCOL = Protocol(
     run=run,
     columns={"knn_top1": ("kNN (monitor; no paper column)", "cosine k-NN top-1 %, weighted votes, cls")},
     summary="weighted kNN on frozen cls features (also the pretraining job's final metric)",
+    headline=Headline("knn_top1", "kNN", "LIN"),
 )

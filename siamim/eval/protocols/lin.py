@@ -4,35 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
 class LinSettings(Section):
+    """The LIN recipe (also the probe of the long-tail and robustness protocols: ``Context.lin_probe``)."""
+
     steps: int = Field(2000, ge=1)  # optimiser steps, whatever the training-set size
     batch_size: int = Field(1024, ge=1)
     blr: float = Field(1.6, gt=0.0)  # lr = blr * batch / 256 = 6.4 at batch 1024: MAE's LARS step
     warmup_steps: int = Field(200, ge=0)
-
-
-def fit_probe(ctx, feats, labels, progress, what: str):
-    """The LIN probe of ``ctx.eval.lin`` fitted on features ``[N, D]`` / long labels ``[N]`` (also used by
-    the long-tail and robustness protocols)."""
-    from siamim.eval.linear_probe import train_linear_probe
-
-    s = ctx.eval.lin
-    return train_linear_probe(
-        feats,
-        labels,
-        ctx.suite.train.num_classes,
-        s.steps,
-        s.batch_size,
-        s.blr,
-        s.warmup_steps,
-        ctx.seed,
-        ctx.device,
-        progress(what, unit="step"),
-    )
 
 
 def run(ctx, s: LinSettings, progress) -> dict[str, float]:
@@ -40,7 +22,7 @@ def run(ctx, s: LinSettings, progress) -> dict[str, float]:
 
     train, test, out = ctx.suite.train, ctx.suite.test, {}
     for pool, key in (("cls", "lin_top1"), ("mean", "lin_mean_top1")):
-        probe = fit_probe(ctx, ctx.features("train", pool, progress), train.labels, progress, f"probe ({pool}) step")
+        probe = ctx.lin_probe(ctx.features("train", pool, progress), train.labels, progress, f"probe ({pool}) step")
         out[key] = accuracy(predict(probe, ctx.features("test", pool, progress), device=ctx.device), test.labels)
         if pool == "cls":
             ctx.shared["lin_probe"] = probe
@@ -57,4 +39,5 @@ PROTOCOL = Protocol(
         "lin_mean_top1": ("LIN (mean-pooled)", "linear probe top-1 %, mean of patch tokens"),
     },
     summary="linear probe on frozen cls and mean-pooled features (MAE recipe)",
+    headline=Headline("lin_top1", "LIN", "LIN"),
 )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
-from siamim.eval.protocols.lin import fit_probe
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
 
@@ -23,7 +22,7 @@ def run(ctx, s: LongtailSettings, progress) -> dict[str, float]:
     train, test = ctx.suite.train, ctx.suite.test
     idx, order = longtail_subset(train.labels.numpy(), s.imbalance, ctx.seed, train.num_classes)
     keep = torch.from_numpy(idx)
-    probe = fit_probe(ctx, ctx.features("train", "cls", progress)[keep], train.labels[keep], progress, "probe step")
+    probe = ctx.lin_probe(ctx.features("train", "cls", progress)[keep], train.labels[keep], progress, "probe step")
     pred = predict(probe, ctx.features("test", "cls", progress), device=ctx.device)
     per_class = per_class_accuracy(pred, test.labels, test.num_classes)
     rare = torch.from_numpy(order[-s.rare :])
@@ -45,4 +44,5 @@ PROTOCOL = Protocol(
         "longtail_train_size": ("-", "long-tailed training images"),
     },
     summary="linear probe trained on a long-tailed subset; overall and rare-class top-1 (LVIS counterpart)",
+    headline=Headline("longtail_top1", "long-tail", "AP box"),
 )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from siamim.eval.protocols import Protocol
-from siamim.eval.protocols.lin import fit_probe
+from siamim.eval.protocols import Headline, Protocol
 from siamim.sections import Section
 
-# The corruptions, one per ImageNet-C family; siamim.eval.robustness implements each under this name.
+# The corruptions run and reported, one per ImageNet-C family: keys of siamim.eval.robustness.CORRUPTIONS.
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "elastic", "affine", "occlusion")
 
 
@@ -26,7 +25,7 @@ def run(ctx, s: RobustSettings, progress) -> dict[str, float]:
         test = test.subset(limit_indices(test.labels.numpy(), s.test_limit, ctx.seed + 2))
     probe = ctx.shared.get("lin_probe")
     if probe is None:
-        probe = fit_probe(ctx, ctx.features("train", "cls", progress), suite.train.labels, progress, "probe step")
+        probe = ctx.lin_probe(ctx.features("train", "cls", progress), suite.train.labels, progress, "probe step")
         ctx.shared["lin_probe"] = probe
     probe, rep = probe.to(ctx.device), ctx.rep
     classifiers = {"robust": lambda x: probe(rep(x, "cls")).argmax(1)}
@@ -64,4 +63,5 @@ PROTOCOL = Protocol(
         **{f"robust_ft_{c}": ("-", f"FT classifier, {c} top-1 %") for c in CORRUPTIONS},
     },
     summary="LIN (and FT, when it ran) classifiers on 6 corruptions x 5 severities (ImageNet-C counterpart)",
+    headline=Headline("robust_mca", "robust mCA", "FT"),
 )

@@ -1,10 +1,13 @@
 """The protocol registry: discovery from the package folder, the nested ``eval.<protocol>.*`` settings,
-the report's columns and the ``--protocols`` list, all without importing torch."""
+the report's columns and the ``--protocols`` list, all without importing torch; the imports between
+protocols and computations pointing one way."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,22 +27,76 @@ def test_registry_holds_one_protocol_per_module_in_run_order():
         assert p.run.__module__ == f"siamim.eval.protocols.{p.name}" and p.summary and p.columns
 
 
-def test_a_module_dropped_into_the_package_registers_itself(tmp_path, monkeypatch):
+def _drop_in(tmp_path, monkeypatch, headline_key: str):
+    """A ``majority`` protocol module added to the package folder (its headline on ``headline_key``)."""
     (tmp_path / "majority.py").write_text(
-        "from siamim.eval.protocols import Protocol\n"
+        "from siamim.eval.protocols import Headline, Protocol\n"
         "from siamim.sections import Section\n"
         "class S(Section):\n    pass\n"
-        "PROTOCOL = Protocol('majority', 12, S, lambda ctx, s, p: {}, {'majority_top1': ('-', 'x')}, 'x')\n"
+        "PROTOCOL = Protocol('majority', 12, S, lambda ctx, s, p: {}, {'majority_top1': ('-', 'x')}, 'x',\n"
+        f"    Headline({headline_key!r}, 'majority', 'LIN'))\n"
     )
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
     registry._registry.cache_clear()
+
+
+def _drop_out(monkeypatch):
+    monkeypatch.undo()
+    registry._registry.cache_clear()
+    sys.modules.pop("siamim.eval.protocols.majority", None)
+
+
+def test_a_module_dropped_into_the_package_registers_itself(tmp_path, monkeypatch):
+    _drop_in(tmp_path, monkeypatch, "majority_top1")
     try:
         assert names()[:2] == ["knn", "majority"] and parse_protocols("majority,knn") == ["knn", "majority"]
     finally:
-        monkeypatch.undo()
-        registry._registry.cache_clear()
-        sys.modules.pop("siamim.eval.protocols.majority", None)
+        _drop_out(monkeypatch)
     assert "majority" not in names()
+
+
+def test_a_headline_that_is_not_one_of_the_columns_is_refused(tmp_path, monkeypatch):
+    _drop_in(tmp_path, monkeypatch, "majority_top5")
+    try:
+        with pytest.raises(ValueError, match="headline key 'majority_top5' is not one of its columns"):
+            names()
+    finally:
+        _drop_out(monkeypatch)
+
+
+def _siamim_imports(module: str) -> set[str]:
+    """The siamim modules that ``module``'s source imports, at its top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(_source(module).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m.startswith("siamim") and _source(m) is not None}
+
+
+def _source(module: str) -> Path | None:
+    base = Path(__file__).parents[3] / module.replace(".", "/")
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def test_protocols_import_computations_and_no_computation_imports_a_protocol():
+    modules = {f"siamim.eval.protocols.{n}" for n in names()}
+    todo = []
+    for module in sorted(modules):
+        imported = _siamim_imports(module)
+        assert not imported & (modules - {module}), f"{module} imports another protocol"
+        todo += [(m, module) for m in imported - modules - {"siamim.eval.protocols"}]
+    seen = set()
+    while todo:  # everything the protocols import, transitively
+        module, via = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for m in _siamim_imports(module):
+            assert not m.startswith("siamim.eval.protocols"), f"{module} (imported by {via}) imports {m}"
+            todo.append((m, module))
+    assert {"siamim.eval.finetune", "siamim.eval.robustness", "siamim.eval.linear_probe"} <= seen
 
 
 def test_protocol_names_are_checked_with_the_closest_match():
