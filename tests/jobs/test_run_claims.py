@@ -53,7 +53,7 @@ def test_a_second_pretrain_of_a_live_run_name_is_refused_and_writes_nothing(base
         if first.poll() is None:
             first.send_signal(signal.SIGTERM)
         rest, _ = first.communicate(timeout=120)
-    assert first.returncode == 143, ("".join(lines) + rest)[-3000:]
+    assert "[siamim] terminated" in rest, ("".join(lines) + rest)[-3000:]  # (its exit code: test_pretrain_cli)
     assert not (runs / "twin" / claims.CLAIM).exists()  # given back: --resume twin may now take it
 
 
