@@ -8,8 +8,9 @@
 Protocols (docs/evaluation.md): the modules of siamim/eval/protocols (--help lists them), or all.
 Prints a table (paper column -> our metric, one column per representation,
 wall time per protocol), writes it as markdown + CSV under --out, and, when a
-tracking URI is set (--tracking-uri or $MLFLOW_TRACKING_URI), logs metrics and
-table to the pretraining run's MLflow run (--child-run: a child run of it).
+tracking URI is set (--tracking-uri or $MLFLOW_TRACKING_URI), logs metrics, table
+and settings as a new child run of the pretraining run (one per evaluation) and sets
+the pretraining run's eval.* metrics from it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: no MLflow logging)",
     )
-    p.add_argument("--run-id", default=None, help="MLflow run to log into (default: the checkpoint's pretraining run)")
-    p.add_argument("--child-run", action="store_true", help="log into a new child run of the pretraining run")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="pretraining MLflow run the evaluation is a child run of (default: the checkpoint's pretraining run)",
+    )
+    p.add_argument(
+        "--child-run",
+        action="store_true",
+        help="kept for old command lines: every evaluation of a pretraining run is now its own child run",
+    )
     p.add_argument("--experiment", default=None, help="experiment for a new run (default: run.experiment)")
     p.add_argument(
         "--pictures",
@@ -221,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"pairs {100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)"
             )
     if tracking_uri:
-        from siamim.orchestration.eval_logging import log_evaluation, run_exists
+        from siamim.orchestration.eval_logging import record_evaluation, run_exists
+        from siamim.orchestration.run_report import write_run_report
         from siamim.orchestration.tracking import resolve_tracking_uri
 
         primary = "checkpoint" if args.checkpoint else None
@@ -236,15 +246,23 @@ def main(argv: list[str] | None = None) -> int:
             tags_extra, run_id = {"eval.pretraining_run_id": run_id}, None
         else:
             tags_extra = {}
-        logged = log_evaluation(
+        settings = {  # what was asked (eval.*: --limit-train/--limit-test/--ft-epochs/--device and overrides)
+            **{k: v for k, v in flatten(cfg).items() if k.startswith("eval.")},
+            "evaluate.protocols": ",".join(protocols),
+            "evaluate.representations": ",".join(names),
+            "evaluate.checkpoint": args.checkpoint or "none",
+            "evaluate.step": step,
+            "evaluate.train_images": len(suite.train_idx),  # what the limits gave
+            "evaluate.test_images": len(suite.test_idx),
+        }
+        record = record_evaluation(
             uri,
             flat_metrics(results, primary),
             markdown,
             csv_text,
-            run_id=run_id,
-            child=args.child_run,
+            pretraining_run_id=run_id,
             experiment=args.experiment or cfg.run.experiment,
-            run_name=f"evaluate-{'-'.join(names)}",
+            name=f"evaluate-{'-'.join(names)}",
             step=step,
             tags={
                 "eval.protocols": ",".join(protocols),
@@ -252,13 +270,19 @@ def main(argv: list[str] | None = None) -> int:
                 "eval.checkpoint": args.checkpoint or "none",
                 **tags_extra,
             },
-            params={k: v for k, v in flatten(cfg).items() if k.startswith("eval.")},
+            params=settings,
             pictures_dir=pictures_dir,
         )
-        print(f"[evaluate] logged to MLflow run {logged} ({uri})", flush=True)
-        from siamim.orchestration.run_report import write_run_report
-
-        write_run_report(uri, logged)  # report.html of that run, now with the table (and pictures)
+        if record.parent_id is not None:
+            print(
+                f"[evaluate] logged as MLflow run {record.run_id} ({record.run_name}, a child of pretraining run "
+                f"{record.parent_id}, whose eval.* metrics now come from it) at {uri}",
+                flush=True,
+            )
+            write_run_report(uri, record.parent_id)  # its report.html shows this evaluation's table
+        else:
+            print(f"[evaluate] logged to MLflow run {record.run_id} ({uri})", flush=True)
+        write_run_report(uri, record.run_id)  # report.html of the evaluation's run: its table (and pictures)
     return 0
 
 

@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.orchestration.data_prep import prepare
 
     try:
+        if args.source == "image_folder":  # before Ray starts: the tree, every file's header (seconds)
+            from siamim.data.folder_check import check_image_tree
+
+            for warning in check_image_tree(args.root, sample=None, need_test=False, what="--root").warnings:
+                print(f"[prepare_data] warning: {warning}", flush=True)
         ensure_ray(args.address)
         try:
             manifest = prepare(
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 limit=args.limit,
                 overwrite=args.overwrite,
                 concurrency=args.concurrency,
+                check_tree=False,
             )
         finally:
             shutdown_embedded_ray()

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from siamim.data import fashion_mnist
+from siamim.data.folder_check import ImageTreeError
 from siamim.data.fs import write_bytes
 from siamim.data.parquet import (
     SCHEMA,
@@ -149,7 +150,12 @@ def _encode_items(task: dict) -> tuple[list[int], list[bytes], np.ndarray, np.nd
         for rel, label in task["items"]:
             path = base / rel
             data = path.read_bytes()
-            arr = decode_array(data)  # [H, W, 3], exactly what ImageFolderSource yields
+            try:
+                arr = decode_array(data)  # [H, W, 3], exactly what ImageFolderSource yields
+            except Exception as err:  # PIL: truncated or damaged data; the driver names the file (convert_shard)
+                raise ImageTreeError(
+                    f"{path} is damaged: it cannot be decoded ({type(err).__name__}: {err}); replace it or delete it"
+                ) from None
             if path.suffix.lower() not in KEEP_AS_IS:
                 data = encode_png(arr)
             blobs.append(data)
@@ -162,8 +168,26 @@ def _encode_items(task: dict) -> tuple[list[int], list[bytes], np.ndarray, np.nd
 
 
 def convert_shard(task: dict) -> dict:
-    """Write one shard; returns its manifest entry plus pixel sums for the mean/std."""
-    labels, blobs, total, total_sq, count = _encode_items(task)
+    """Write one shard; returns its manifest entry plus pixel sums for the mean/std.
+
+    An image that cannot be decoded writes nothing: the entry's ``"bad"`` names it (``""``: none),
+    for the driver to report in one line instead of a Ray Data traceback.
+    """
+    try:
+        labels, blobs, total, total_sq, count = _encode_items(task)
+    except ImageTreeError as err:
+        return {
+            "split": task["split"],
+            "index": task["index"],
+            "path": task["path"],
+            "rows": 0,
+            "bytes": 0,
+            "digest": "",
+            "pixel_sum": [0.0] * 3,
+            "pixel_sumsq": [0.0] * 3,
+            "pixel_count": 0,
+            "bad": str(err),
+        }
     ids = list(range(task["first_id"], task["first_id"] + len(blobs)))
     table = pa.table(
         {"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()), "image": pa.array(blobs, pa.binary())},
@@ -185,4 +209,5 @@ def convert_shard(task: dict) -> dict:
         "pixel_sum": total.tolist(),
         "pixel_sumsq": total_sq.tolist(),
         "pixel_count": count,
+        "bad": "",
     }

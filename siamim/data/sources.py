@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from siamim.data import fashion_mnist
+from siamim.data.folder_check import IMAGE_SUFFIXES, ImageTreeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class ImageSource(Protocol):
@@ -104,10 +104,17 @@ class ImageFolderSource:
         return len(self.files)
 
     def image(self, index: int) -> torch.Tensor:
+        """uint8 ``[3, H, W]`` of file ``index``; :class:`ImageTreeError` naming the file when it cannot be read."""
         from PIL import Image
 
-        with Image.open(self.files[index]) as img:
-            arr = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(self.files[index]) as img:
+                arr = np.asarray(img.convert("RGB"))
+        except Exception as err:  # PIL: UnidentifiedImageError, OSError (truncated), SyntaxError, ...
+            raise ImageTreeError(
+                f"{self.files[index]} is not a readable image ({type(err).__name__}: {err}); replace it or delete "
+                "it (jobs/prepare_data.py --source image_folder checks every file of a tree)"
+            ) from None
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 

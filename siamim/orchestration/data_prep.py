@@ -17,6 +17,7 @@ import time
 import pyarrow.fs as pafs
 
 from siamim.data.convert import convert_shard, describe_source, plan_tasks
+from siamim.data.folder_check import ImageTreeError, check_image_tree
 from siamim.data.fs import write_bytes
 from siamim.data.parquet import (
     FORMAT,
@@ -53,16 +54,24 @@ def prepare(
     overwrite: bool = False,
     concurrency: int | None = None,
     log=print,
+    check_tree: bool = True,
 ) -> dict:
     """Convert ``kind`` (``fashion_mnist`` | ``image_folder``) at ``root`` into shards under ``out``.
 
     ``limit``: the first N images of each split (smoke tests). Needs Ray to be
-    initialised (``ray.init`` or a submitted job). Returns the manifest.
+    initialised (``ray.init`` or a submitted job). Returns the manifest. An ImageFolder tree is
+    checked first (:func:`siamim.data.folder_check.check_image_tree`, every file's header;
+    ``check_tree=False``: the caller did), and every file is decoded by the conversion tasks: a
+    bad tree or file raises :class:`~siamim.data.folder_check.ImageTreeError` naming it.
     """
     import ray.data
 
     if rows_per_shard < 1 or row_group_rows < 1:
         raise ValueError("--rows-per-shard and --row-group-rows must be >= 1")
+    if kind == "image_folder" and check_tree:  # every file's header before any task; the tasks decode every file
+        report = check_image_tree(root, sample=None, need_test=False, what="--root")
+        for warning in report.warnings:
+            log(f"[prepare_data] warning: {warning}")
     source = describe_source(kind, root)
     if limit is not None:
         source["splits"] = {s: items[:limit] for s, items in source["splits"].items()}
@@ -102,6 +111,10 @@ def prepare(
         map_kwargs["concurrency"] = concurrency
     results = ds.map(convert_shard, **map_kwargs).take_all()
     results.sort(key=lambda r: (r["split"], r["index"]))
+    bad = [r["bad"] for r in results if r.get("bad")]
+    if bad:
+        more = f" ({len(bad) - 1} more shards hold such files; fix them all and re-run)" if len(bad) > 1 else ""
+        raise ImageTreeError(f"{bad[0]}{more}; no manifest written")
 
     splits, digests = {}, hashlib.sha256()
     for r in results:

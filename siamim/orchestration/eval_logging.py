@@ -1,15 +1,21 @@
 """Logging evaluation results to MLflow (``jobs/evaluate.py``, the ablation's evaluation task).
 
-Results go to the pretraining run (metrics ``eval.<key>``, artifacts
-``eval/evaluation.md`` and ``eval/evaluation.csv``, with ``--pictures`` also
-``eval/pictures/<representation>/*.png``), or to a child run of it
-(tag ``mlflow.parentRunId``), or, for baselines without a pretraining run, to a
-new run in the experiment.
+:func:`log_evaluation` writes metrics ``eval.<key>`` and the artifacts
+``eval/evaluation.md`` and ``eval/evaluation.csv`` (with ``--pictures`` also
+``eval/pictures/<representation>/*.png``) into a run, a new child run of it (tag
+``mlflow.parentRunId``), or a new run in the experiment.
+
+:func:`record_evaluation` is what ``jobs/evaluate.py`` does with it: every evaluation
+is its own record, a child run ``evaluation-<n>-...`` of the pretraining run with its
+settings as params, and the pretraining run's headline ``eval.*`` metrics are set from
+it, with tags ``eval.from_run_id`` / ``eval.from_run_name`` naming the evaluation they
+came from. Re-evaluating adds a child run; nothing of an earlier one is overwritten.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from siamim.orchestration.tracking import _experiment_id
 
@@ -87,3 +93,99 @@ def log_evaluation(
     if created:
         client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+EVALUATION_TAG = "siamim.evaluation"  # on every evaluation child run: its number among the parent's evaluations
+
+
+@dataclass
+class EvaluationRecord:
+    """Where one evaluation went: its own run, and the pretraining run whose headline metrics it set."""
+
+    run_id: str
+    run_name: str
+    parent_id: str | None  # None: no pretraining run in this store (a standalone run)
+
+
+def _evaluations_of(client, parent) -> int:
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=10000,
+    )
+    return sum(EVALUATION_TAG in run.data.tags for run in children)
+
+
+def record_evaluation(
+    tracking_uri: str,
+    metrics: dict[str, float],
+    markdown: str,
+    csv_text: str,
+    *,
+    pretraining_run_id: str | None,
+    experiment: str = "siamim",
+    name: str = "evaluate",
+    step: int = 0,
+    tags: dict[str, str] | None = None,
+    params: dict[str, object] | None = None,
+    pictures_dir=None,
+) -> EvaluationRecord:
+    """Log one evaluation as its own run; returns where it went.
+
+    With ``pretraining_run_id``: a new child run ``evaluation-<n>-<name>`` of it (n = 1, 2, ...
+    per pretraining run) holding ``metrics`` (``{"eval.knn_top1": 71.2, ...}``), ``params``
+    (the evaluation's settings: ``eval.train_limit``, ``eval.knn.k``, ...), ``tags`` and the
+    artifacts; then the pretraining run gets the same ``metrics`` at ``step`` (its headline
+    values: the latest evaluation's) and tags ``eval.from_run_id`` / ``eval.from_run_name``
+    (plus ``tags``) naming that child. Without: a new run ``name`` in ``experiment``.
+    Raises :class:`RunNotFound` when ``pretraining_run_id`` is not in the store.
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    tags = dict(tags or {})
+    if pretraining_run_id is None:
+        run_id = log_evaluation(
+            tracking_uri,
+            metrics,
+            markdown,
+            csv_text,
+            experiment=experiment,
+            run_name=name,
+            step=step,
+            tags=tags,
+            params=params,
+            pictures_dir=pictures_dir,
+        )
+        return EvaluationRecord(run_id, name, None)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        parent = client.get_run(pretraining_run_id)
+    except Exception as err:
+        raise RunNotFound(
+            f"MLflow run {pretraining_run_id} is not in tracking store {tracking_uri} ({err}); pass the "
+            "pretraining's --tracking-uri, or --run-id of a run in this store"
+        ) from err
+    number = _evaluations_of(client, parent) + 1
+    run_name = f"evaluation-{number}-{name}"
+    run_id = log_evaluation(
+        tracking_uri,
+        metrics,
+        markdown,
+        csv_text,
+        run_id=pretraining_run_id,
+        child=True,
+        run_name=run_name,
+        step=step,
+        tags={**tags, EVALUATION_TAG: str(number)},
+        params=params,
+        pictures_dir=pictures_dir,
+    )
+    now = int(time.time() * 1000)
+    headline_tags = {**tags, "eval.from_run_id": run_id, "eval.from_run_name": run_name}
+    client.log_batch(
+        pretraining_run_id,
+        metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in headline_tags.items()],
+    )
+    return EvaluationRecord(run_id, run_name, pretraining_run_id)

@@ -17,6 +17,7 @@ from siamim.config import Config, ConfigError, dump_yaml, flatten, to_dict
 from siamim.orchestration import storage as st
 from siamim.orchestration import tracking
 from siamim.orchestration.checkpoints import ResumePoint, checkpoint_location
+from siamim.orchestration.claims import releases_claims, take_claim
 from siamim.orchestration.cluster import ensure_ray, job_config, shutdown_embedded_ray, submission_id
 from siamim.orchestration.errors import LaunchError, LaunchInputError
 from siamim.orchestration.mlflow_stream import FINAL, POINTS, ROWS, flush_pending
@@ -308,6 +309,7 @@ def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end:
 
 
 # --------------------------------------------------------------------------- the job
+@releases_claims  # the run-name claim taken below is given back however this returns
 def run_pretraining(
     cfg: Config,
     *,
@@ -353,6 +355,7 @@ def run_pretraining(
         )
 
     preflight(target.cfg, storage, tracking_uri)
+    take_claim(storage, target.run_name, log)  # one live launch per run name (claims.py); exit 2 otherwise
     point = None
     if target.record is None:
         check_new_name(storage, target.run_name)

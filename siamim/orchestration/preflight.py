@@ -8,8 +8,10 @@ missing dataset costs seconds, not a worker-group start and a crash later.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from siamim.config import Config
+from siamim.data.folder_check import ImageTreeError, check_image_tree
 from siamim.orchestration.storage import Storage, StorageError, check_writable
 from siamim.orchestration.tracking import TrackingError, check_tracking
 
@@ -18,8 +20,9 @@ class PreflightError(RuntimeError):
     """A launch precondition failed; the message says which and how to fix it."""
 
 
-def check_data(cfg: Config) -> None:
-    """The training data is where ``cfg.data`` says (local datasets only)."""
+def check_data(cfg: Config, log=print) -> None:
+    """The training data is where ``cfg.data`` says, and (ImageFolder trees) usable: class folders with
+    images, a test tree with the same classes, a sample of readable files; degenerate data is a warning."""
     if cfg.data.dataset == "fashion_mnist":
         from siamim.data import fashion_mnist
 
@@ -33,11 +36,15 @@ def check_data(cfg: Config) -> None:
                     raise PreflightError(
                         f"Fashion-MNIST {split} file {stem}[.gz] is missing in {root}. {fashion_mnist.HOW_TO_GET}"
                     )
-    elif cfg.data.dataset == "image_folder":
-        from pathlib import Path
-
+    elif cfg.data.dataset == "image_folder":  # listing + a bounded sample of header reads: seconds
         if cfg.data.root is None or not Path(cfg.data.root).is_dir():
             raise PreflightError(f"data.root={cfg.data.root!r} is not a directory of class folders")
+        try:
+            report = check_image_tree(cfg.data.root)
+        except ImageTreeError as err:
+            raise PreflightError(f"data.root: {err}") from None
+        for warning in report.warnings:
+            log(f"[siamim] warning: data.root: {warning}")
     elif cfg.data.dataset == "parquet":  # the manifest answers within seconds, or the error names the endpoint
         from siamim.data.parquet import ParquetDataError, read_manifest
 
@@ -150,7 +157,7 @@ class ResourceWatch:
             self._stop.wait(1.0)
 
 
-def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True) -> None:
+def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True, log=print) -> None:
     """Tracking store reachable, storage writable, data present; raises :class:`PreflightError`."""
     try:
         check_tracking(tracking_uri)
@@ -161,4 +168,4 @@ def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset
     except StorageError as err:
         raise PreflightError(str(err)) from err
     if check_dataset:
-        check_data(cfg)
+        check_data(cfg, log)

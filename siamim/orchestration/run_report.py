@@ -5,7 +5,8 @@
 metrics, the curves (per-step ``loss``, ``lr``, ``momentum``, ``grad_norm``; matplotlib,
 embedded as PNG), the evaluation table (``eval/evaluation.md`` when ``jobs/evaluate.py``
 has logged one) and the feature pictures (``pictures/*.png`` of pretraining, then
-``eval/pictures/<representation>/*.png``). Images are inlined as ``data:`` URIs, so the page
+``eval/pictures/<representation>/*.png``; a pretraining run shows those of its latest evaluation,
+the child run its tag ``eval.from_run_id`` names). Images are inlined as ``data:`` URIs, so the page
 stands alone (MLflow shows HTML artifacts in a sandboxed frame, which cannot follow relative
 links). The pretraining job writes it when training ends; ``jobs/evaluate.py`` rewrites it
 after logging into a run, so it then holds the table and the evaluation's pictures too.
@@ -44,7 +45,13 @@ SUMMARY_KEYS = (
     "run.num_workers",
     "train.init_from",
 )
-SUMMARY_TAGS = ("siamim.registered_model", "eval.checkpoint", "eval.protocols", "eval.representations")
+SUMMARY_TAGS = (
+    "siamim.registered_model",
+    "eval.checkpoint",
+    "eval.protocols",
+    "eval.representations",
+    "eval.from_run_name",
+)
 FINAL_KEYS = ("knn_top1", "eval.knn_top1", "eval.correspondence", "eval.lin_top1", "eval.dense_miou")
 
 
@@ -155,14 +162,15 @@ def write_run_report(tracking_uri: str, run_id: str) -> str:
     summary |= {k: run.data.tags[k] for k in SUMMARY_TAGS if k in run.data.tags}  # what was evaluated, registered
     final = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
     histories = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in CURVES}
+    evaluation = run.data.tags.get("eval.from_run_id") or run_id  # a pretraining run: its latest evaluation's run
     with tempfile.TemporaryDirectory(prefix="siamim-report-") as tmp:
         table = None
         try:
-            table = Path(client.download_artifacts(run_id, "eval/evaluation.md", tmp)).read_text()
+            table = Path(client.download_artifacts(evaluation, "eval/evaluation.md", tmp)).read_text()
         except Exception:
             pass  # not evaluated yet
         pictures = _pngs(client, run_id, "pictures", Path(tmp))
-        pictures.update(_pngs(client, run_id, "eval/pictures", Path(tmp)))
+        pictures.update(_pngs(client, evaluation, "eval/pictures", Path(tmp)))
     title = f"SiameseIM run {run.info.run_name or run_id} ({run.info.status.lower()})"
     page = render_report(title, summary, final, curves_png(histories), table, pictures)
     client.log_text(run_id, page, REPORT_ARTIFACT)

@@ -94,7 +94,15 @@ def test_bad_arguments_fail_fast_with_the_fix(tmp_path, capsys):
     assert "not an existing file" in capsys.readouterr().err
 
 
-def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(tmp_path, monkeypatch):
+def _evaluations(client, exp: str, pre: str) -> list:
+    """The evaluation child runs of ``pre``, oldest first."""
+    runs = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{pre}'")
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def test_each_evaluation_is_its_own_child_run_and_sets_the_pretraining_runs_headline(tmp_path, monkeypatch):
+    """Issue 19 item 3: evaluating twice (different --limit-train) keeps both tables and settings, each in its own
+    child run of the pretraining run; the pretraining run's eval.* metrics and tags name the latest one."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -105,7 +113,7 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
     ckpt = _checkpoint(tmp_path / "ray", pre)
 
     job = _job()
-    # 1. A checkpoint directory (Ray layout) that names its pretraining run: metrics land in that run.
+    # 1. A checkpoint directory (Ray layout) that names its pretraining run, with the floors.
     rc = job.main(
         [
             "--checkpoint",
@@ -122,8 +130,8 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
         ]
     )
     assert rc == 0
-    run = client.get_run(pre)
-    m = run.data.metrics
+    (first,) = _evaluations(client, exp, pre)
+    m = first.data.metrics
     assert {
         "eval.knn_top1",
         "eval.pixels.knn_top1",
@@ -132,37 +140,47 @@ def test_checkpoint_and_baselines_log_metrics_and_table_to_the_pretraining_run(t
         "eval.knn_wall_s",
     } <= set(m)
     assert m["eval.pixels.knn_top1"] > m["eval.random.knn_top1"]
-    assert client.get_metric_history(pre, "eval.knn_top1")[0].step == 7  # the checkpoint's step
-    arts = {a.path for a in client.list_artifacts(pre, "eval")}
-    assert arts == {"eval/evaluation.md", "eval/evaluation.csv"}
-    table = Path(client.download_artifacts(pre, "eval/evaluation.md", str(tmp_path / "dl"))).read_text()
-    assert "| checkpoint | pixels | random |" in table
-
-    # 2. The MLflow run id as --checkpoint (artifact checkpoint/checkpoint.pt), into a linked child run.
-    client.log_artifact(pre, str(ckpt), "checkpoint")
-    rc = job.main(
-        [
-            "--checkpoint",
-            pre,
-            "--child-run",
-            "--protocols",
-            "knn",
-            "--tracking-uri",
-            uri,
-            "--out",
-            str(tmp_path / "out2"),
-            *QUICK,
-        ]
-    )
-    assert rc == 0
-    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{pre}'")
-    assert len(children) == 1
-    child = children[0]
-    assert child.data.metrics["eval.knn_top1"] == pytest.approx(m["eval.knn_top1"])  # same encoder, same data
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "eval")} == {
+    assert first.info.run_name == "evaluation-1-evaluate-checkpoint-pixels-random"
+    assert first.data.params["eval.train_limit"] == "500" and first.data.params["eval.test_limit"] == "200"
+    assert first.data.params["evaluate.train_images"] == "500" and first.data.params["evaluate.step"] == "7"
+    assert first.data.params["evaluate.protocols"] == "knn,fewshot"
+    assert {a.path for a in client.list_artifacts(first.info.run_id, "eval")} == {
         "eval/evaluation.md",
         "eval/evaluation.csv",
     }
+    table = Path(client.download_artifacts(first.info.run_id, "eval/evaluation.md", str(tmp_path / "dl"))).read_text()
+    assert "| checkpoint | pixels | random |" in table
+    parent = client.get_run(pre)
+    assert parent.data.metrics["eval.knn_top1"] == m["eval.knn_top1"]
+    assert client.get_metric_history(pre, "eval.knn_top1")[0].step == 7  # the checkpoint's step
+    assert parent.data.tags["eval.from_run_id"] == first.info.run_id
+    assert not client.list_artifacts(pre, "eval")  # the tables live in the evaluations' own runs
+
+    # 2. Again, the MLflow run id as --checkpoint (artifact checkpoint/checkpoint.pt), other limits: a second record.
+    client.log_artifact(pre, str(ckpt), "checkpoint")
+    quick = [*QUICK]
+    quick[quick.index("--limit-train") + 1] = "300"
+    rc = job.main(
+        ["--checkpoint", pre, "--protocols", "knn", "--tracking-uri", uri, "--out", str(tmp_path / "o2"), *quick]
+    )
+    assert rc == 0
+    again, second = _evaluations(client, exp, pre)
+    assert again.info.run_id == first.info.run_id and again.data.metrics == m  # the first is untouched
+    assert second.info.run_name == "evaluation-2-evaluate-checkpoint"
+    assert second.data.params["eval.train_limit"] == "300" and second.data.params["evaluate.train_images"] == "300"
+    table = Path(client.download_artifacts(first.info.run_id, "eval/evaluation.md", str(tmp_path / "dl2"))).read_text()
+    assert "| checkpoint | pixels | random |" in table  # the first table is still the first's
+    parent = client.get_run(pre)
+    assert parent.data.tags["eval.from_run_id"] == second.info.run_id
+    assert parent.data.tags["eval.from_run_name"] == "evaluation-2-evaluate-checkpoint"
+    assert parent.data.metrics["eval.knn_top1"] == second.data.metrics["eval.knn_top1"]
+    assert [h.value for h in client.get_metric_history(pre, "eval.knn_top1")] == [
+        m["eval.knn_top1"],
+        second.data.metrics["eval.knn_top1"],
+    ]
+    report = open(client.download_artifacts(pre, "report.html", str(tmp_path / "dl3"))).read()
+    assert "<h2>Evaluation</h2>" in report and "evaluation-2-evaluate-checkpoint" in report
+    assert "| checkpoint | pixels |" not in report and "pixels" not in report.split("<h2>Evaluation</h2>")[1]
 
 
 def test_checkpoint_whose_run_is_elsewhere_logs_to_a_new_tagged_run(tmp_path, monkeypatch):

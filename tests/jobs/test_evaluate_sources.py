@@ -39,14 +39,15 @@ def test_registered_model_evaluates_through_models_uri(tmp_path, monkeypatch):
     assert job.main(["--checkpoint", "models:/tiny-enc/1", "--out", str(tmp_path / "o1"), "--pictures", *common]) == 0
     drawn = sorted(p.name for p in (tmp_path / "o1" / "pictures" / "checkpoint").iterdir())
     assert drawn == ["attention.png", "correspondence.png", "pca.png"]
-    logged = {a.path for a in client.list_artifacts(run, "eval/pictures/checkpoint")}
+    evaluation = client.get_run(run).data.tags["eval.from_run_id"]  # the evaluation's own (child) run
+    logged = {a.path for a in client.list_artifacts(evaluation, "eval/pictures/checkpoint")}
     assert logged == {f"eval/pictures/checkpoint/{name}" for name in drawn}
-    report = open(client.download_artifacts(run, "report.html", str(tmp_path))).read()  # rewritten with the table
+    report = open(client.download_artifacts(run, "report.html", str(tmp_path))).read()  # with its evaluation's table
     assert "<h2>Evaluation</h2>" in report and "eval/pictures/checkpoint/pca.png" in report
     assert job.main(["--checkpoint", run, "--out", str(tmp_path / "o2"), *common]) == 0  # run id: encoder/
     assert job.main(["--checkpoint", str(folder), "--out", str(tmp_path / "o3"), *common]) == 0  # the folder
     assert _knn(tmp_path / "o1") == _knn(tmp_path / "o2") == _knn(tmp_path / "o3")
-    # models:/ and the run id log into the run the version came from; a bare folder names no run (a new run)
+    # models:/ and the run id set the headline of the run the version came from; a bare folder names no run
     assert [m.step for m in client.get_metric_history(run, "eval.knn_top1")] == [5, 5]
     assert job.main(["--checkpoint", "models:/nope/1", "--out", str(tmp_path / "o4"), *common]) == 2
 
