@@ -58,7 +58,7 @@ def test_record_evaluation_numbers_child_runs_and_sets_the_parents_headline(tmp_
         for v, limit in ((50.0, 100), (60.0, None))
     ]
     assert [r.run_name for r in records] == ["evaluation-1-e", "evaluation-2-e"]
-    for record, limit in zip(records, ("100", "None")):
+    for record, limit in zip(records, ("100", "None"), strict=True):
         run = client.get_run(record.run_id)
         assert run.data.tags["mlflow.parentRunId"] == pre and run.data.params == {"eval.train_limit": limit}
         assert run.info.status == "FINISHED"
