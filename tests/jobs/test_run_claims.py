@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from siamim.orchestration import claims
 from siamim.orchestration import storage as st
 from tests.jobs.helpers import PRETRAIN, TINY_ARGS
 from tests.jobs.test_pretrain_cli import _mlflow_runs, load_cli, run_cli
-from tests.orchestration.test_claims import hold
+from tests.orchestration.test_claims import hold, race_for_claim
 
 TINY_ONE_WORKER = [o for o in TINY_ARGS if not o.startswith("run.num_workers")] + ["run.num_workers=1"]
 
@@ -83,19 +82,7 @@ def test_a_live_claim_on_s3_refuses_a_second_pretrain(base_env, s3_storage, tmp_
 def test_concurrent_takers_on_s3_one_wins(base_env, s3_storage):
     """Object stores have no create-if-absent through pyarrow: the read-back after the settle decides."""
     storage = st.resolve_storage(s3_storage)
-    won, refused = [], []
-
-    def take():
-        try:
-            won.append(claims.take_claim(storage, "r1"))
-        except claims.RunClaimedError:
-            refused.append(1)
-
-    threads = [threading.Thread(target=take) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(refused) == 5
+    won, refused = race_for_claim(storage, "r1", 6)
+    assert len(won) == 1 and refused == 5
     won[0].release()
     assert claims.read_claim(storage, "r1") is None

@@ -110,22 +110,28 @@ def test_the_owner_refreshes_its_heartbeat_and_release_deletes_the_claim(tmp_pat
     assert claims.read_claim(storage, "r1") is None
 
 
-def test_concurrent_takers_of_one_name_one_wins(tmp_path):
-    storage = resolve_storage(str(tmp_path / "runs"))
+def race_for_claim(storage, name: str, takers: int) -> tuple[list, int]:
+    """``takers`` threads take the claim on ``name`` at once; returns (the claims won, how many were refused)."""
     won, refused = [], []
 
     def take():
         try:
-            won.append(claims.take_claim(storage, "r1"))
+            won.append(claims.take_claim(storage, name))
         except claims.RunClaimedError:
             refused.append(1)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
+    threads = [threading.Thread(target=take) for _ in range(takers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(won) == 1 and len(refused) == 7
+    return won, len(refused)
+
+
+def test_concurrent_takers_of_one_name_one_wins(tmp_path):
+    storage = resolve_storage(str(tmp_path / "runs"))
+    won, refused = race_for_claim(storage, "r1", 8)
+    assert len(won) == 1 and refused == 7
     won[0].release()
 
 
