@@ -9,7 +9,7 @@ and a fallback instead of a worker-group start and a crash.
 
 Beside ``checkpoint.pt``, Ray keeps the checkpoint's metadata
 (``ray.train.Checkpoint.set_metadata``): the MLflow run id the checkpoint
-belongs to (:func:`checkpoint_run_id`) and the metrics not yet in MLflow.
+belongs to (:func:`checkpoint_run_id`).
 """
 
 from __future__ import annotations
