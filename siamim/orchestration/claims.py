@@ -203,8 +203,22 @@ class Claim:
         try:
             if self.ours():
                 _delete(self.storage, self.run_name, tidy=True)
-        except Exception as err:  # the owner is gone once this returns: a left-over claim goes stale in time
-            logger.warning("could not release the claim on run %s: %s", self.run_name, err)
+        except Exception as err:  # storage down (an S3 outage ended the launch): keep trying in the background
+            logger.warning("could not release the claim on run %s yet (%s); retrying", self.run_name, err)
+            threading.Thread(target=self._release_later, name=f"siamim-unclaim-{self.run_name}", daemon=True).start()
+
+    def _release_later(self, every_s: float = 2.0) -> None:
+        """Delete the claim once storage answers again (a process that lives on, e.g. a notebook or a test,
+        would otherwise hold the name until the claim goes stale)."""
+        deadline = time.time() + STALE_S
+        while time.time() < deadline:
+            time.sleep(every_s)
+            try:
+                if self.ours():
+                    _delete(self.storage, self.run_name, tidy=True)
+                return
+            except Exception:  # still down
+                continue
 
 
 _HELD: contextvars.ContextVar[list[Claim] | None] = contextvars.ContextVar("siamim_claims", default=None)
