@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 CLAIM = "siamim_claim.json"
 HEARTBEAT_S = 30.0  # the owner rewrites its claim this often
 STALE_S = 300.0  # a claim not refreshed for this long is taken over (its owner died where we cannot see)
+RELEASE_WAIT_S = 10.0  # a launch waits this long for storage to give its claim back, then exits anyway
 SETTLE_S = 1.0  # wait between writing a claim and reading it back (concurrent writers: the last one wins)
 
 
@@ -195,30 +196,36 @@ class Claim:
             except Exception as err:  # a storage hiccup: the next beat tries again (STALE_S >> HEARTBEAT_S)
                 logger.warning("could not refresh the claim on run %s: %s", self.run_name, err)
 
-    def release(self) -> None:
-        """Stop the heartbeat and delete the claim file if it is still ours."""
+    def release(self, wait_s: float = RELEASE_WAIT_S) -> None:
+        """Stop the heartbeat and delete the claim file if it is still ours, waiting at most ``wait_s``.
+
+        Storage that does not answer (an S3 outage that ended the launch: pyarrow's calls then hang)
+        must not hold the launch's exit: the deletion goes on in the background until storage answers,
+        so a process that lives on (a notebook, a test) does not keep the name until the claim goes stale.
+        """
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        try:
-            if self.ours():
-                _delete(self.storage, self.run_name, tidy=True)
-        except Exception as err:  # storage down (an S3 outage ended the launch): keep trying in the background
-            logger.warning("could not release the claim on run %s yet (%s); retrying", self.run_name, err)
-            threading.Thread(target=self._release_later, name=f"siamim-unclaim-{self.run_name}", daemon=True).start()
+            self._thread.join(timeout=wait_s)
+        worker = threading.Thread(
+            target=self._delete_when_possible, name=f"siamim-unclaim-{self.run_name}", daemon=True
+        )
+        worker.start()
+        worker.join(timeout=wait_s)
+        if worker.is_alive():
+            logger.warning("the claim on run %s is not released yet (storage does not answer); retrying", self.run_name)
 
-    def _release_later(self, every_s: float = 2.0) -> None:
-        """Delete the claim once storage answers again (a process that lives on, e.g. a notebook or a test,
-        would otherwise hold the name until the claim goes stale)."""
+    def _delete_when_possible(self, every_s: float = 2.0) -> None:
         deadline = time.time() + STALE_S
-        while time.time() < deadline:
-            time.sleep(every_s)
+        while True:
             try:
                 if self.ours():
                     _delete(self.storage, self.run_name, tidy=True)
                 return
-            except Exception:  # still down
-                continue
+            except Exception as err:
+                if time.time() > deadline:  # the claim has gone stale by now: others take it over
+                    logger.warning("could not release the claim on run %s: %s", self.run_name, err)
+                    return
+                time.sleep(every_s)
 
 
 _HELD: contextvars.ContextVar[list[Claim] | None] = contextvars.ContextVar("siamim_claims", default=None)
