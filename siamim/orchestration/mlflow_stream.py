@@ -223,20 +223,13 @@ class MetricWriter:
             except Exception as err:
                 logger.warning("MLflow run %s: %s: %s", self.run_id, type(err).__name__, err)
             return
-        metrics = []
-        for kind, item in batch:
-            if kind == "row" and int(item["step"]) > self.logged_upto:
-                ts, step = int(item["_time_ms"]), int(item["step"])
-                metrics += [Metric(k, v, ts, step) for k, v in item.items() if k not in ("step", "_time_ms")]
-            elif kind == "point":
-                key, value, step, ms = item
-                if all(m.step != step for m in self.client.get_metric_history(self.run_id, key)):
-                    metrics.append(Metric(key, value, ms, step))
+        rows = [item for kind, item in batch if kind == "row"]
+        points = [item for kind, item in batch if kind == "point"]
+        metrics = unwritten(self.client, self.run_id, rows, points, self.logged_upto)
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
-        rows = [int(item["step"]) for kind, item in batch if kind == "row"]
         if rows:
-            self.logged_upto = max(self.logged_upto, max(rows))
+            self.logged_upto = max(self.logged_upto, max(int(r["step"]) for r in rows))
 
     def _failed(self, err: Exception) -> None:
         now = time.time()
@@ -283,6 +276,22 @@ class MetricWriter:
             logger.warning("pending-metrics file not removed: %s: %s", type(err).__name__, err)
 
 
+def unwritten(client: MlflowClient, run_id: str, rows: list, points: list, logged_upto: int) -> list[Metric]:
+    """The MLflow metrics of ``rows`` past step ``logged_upto`` and of the ``points`` ``(key, value, step, ms)``
+    whose (key, step) the run does not hold yet."""
+    metrics = [
+        Metric(k, v, int(row["_time_ms"]), int(row["step"]))
+        for row in rows
+        if int(row["step"]) > logged_upto
+        for k, v in row.items()
+        if k not in ("step", "_time_ms")
+    ]
+    for key, value, step, ms in points:
+        if all(m.step != int(step) for m in client.get_metric_history(run_id, key)):
+            metrics.append(Metric(key, float(value), int(ms), int(step)))
+    return metrics
+
+
 def flush_pending(storage: st.Storage, run_name: str, tracking_uri: str, log: Callable[[str], None] = print) -> int:
     """Write the metrics a previous launch kept in ``<storage>/<run>/`` :data:`PENDING_METRICS` (the steps
     and points MLflow does not hold yet); remove the file; returns how many values were written."""
@@ -292,16 +301,7 @@ def flush_pending(storage: st.Storage, run_name: str, tracking_uri: str, log: Ca
     client = MlflowClient(tracking_uri)
     run_id = pending["run_id"]
     written = max((m.step for m in client.get_metric_history(run_id, STEP_KEY)), default=-1)
-    metrics = [
-        Metric(k, v, int(row["_time_ms"]), int(row["step"]))
-        for row in pending["rows"]
-        if int(row["step"]) > written
-        for k, v in row.items()
-        if k not in ("step", "_time_ms")
-    ]
-    for key, value, step, ms in pending["points"]:
-        if all(m.step != step for m in client.get_metric_history(run_id, key)):
-            metrics.append(Metric(key, value, int(ms), int(step)))
+    metrics = unwritten(client, run_id, pending["rows"], pending["points"], written)
     for i in range(0, len(metrics), BATCH_METRICS):
         client.log_batch(run_id, metrics=metrics[i : i + BATCH_METRICS])
     storage.fs.delete_file(storage.join(run_name, PENDING_METRICS))
