@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     reps, step, ckpt_run_id = [], 0, None
     try:
         protocols, baselines, cfg = check_arguments(args, overrides)
-        if tracking_uri:  # seconds, not MLflow's minutes of retries on a server that is down
+        if tracking_uri:  # seconds, not MLflow's minutes of retries on a server that is down (mlflow/mlflow#14247)
             from siamim.orchestration.tracking import TrackingError, check_tracking
 
             try:

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(err, EXIT_TRAINING_FAILED)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # SIGTERM (our handler before Ray starts, Ray's own after ray.init)
+    except SystemExit as exc:  # SIGTERM (ours before Ray starts, Ray's own after ray.init: ray-project/ray#39482)
         if exc.code in (signal.SIGTERM, EXIT_TERMINATED):
             print("[siamim] terminated (SIGTERM)", file=sys.stderr, flush=True)
             return EXIT_TERMINATED

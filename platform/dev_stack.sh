@@ -28,7 +28,8 @@ RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 S3_PORT="${S3_PORT:-9000}"
 S3_BUCKET="${S3_BUCKET:-siamim}"
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # dev/CI: no token auth (Ray 2.60 turns it on by default)
+# dev/CI: no token auth (Ray 2.60 turns it on for local clusters by default: ray-project/ray#64755)
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-dev}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-dev}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 mkdir -p "$STACK_DIR"
@@ -73,6 +74,7 @@ up_mlflow() {
     echo "mlflow: its runs pointed at artifacts of an S3 server that is gone (in-memory); moved the db to $archive"
   fi
   echo "$session" >"$STACK_DIR/mlflow.session"
+  # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no Huey job consumers (on by default since mlflow/mlflow#19850)
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$VENV_BIN/mlflow" server \
     --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" --artifacts-destination "$artifacts" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STACK_DIR/mlflow.log" 2>&1 &
@@ -86,7 +88,8 @@ up_ray() {
   # --block keeps `ray start` in the foreground of its own session, so `down` stops exactly this head
   # (its process group) and never other Ray clusters on the host, as `ray stop` would.
   # RAY_API_SERVER_ADDRESS: Ray Train's PlacementGroupCleaner queries the state API without an address and,
-  # with another Ray instance on the host, prints "Found multiple active Ray instances" tracebacks.
+  # with another Ray instance on the host, prints "Found multiple active Ray instances" tracebacks
+  # (ray-project/ray#25639).
   RAY_API_SERVER_ADDRESS="http://127.0.0.1:$RAY_DASHBOARD_PORT" setsid "$VENV_BIN/ray" start --head --block --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
     --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
     --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
@@ -96,7 +99,7 @@ up_ray() {
 }
 
 # Ray's pointer to "the current cluster" (what a plain ray.init() joins); `ray start` writes it, and
-# stopping the head by its process group leaves it behind, naming a head that is gone.
+# stopping the head by its process group leaves it behind, naming a head that is gone (ray-project/ray#45771).
 RAY_ADDRESS_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
 
 down_ray() {

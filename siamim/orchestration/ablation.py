@@ -344,7 +344,8 @@ def run_ablation(
         f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
     )
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # Tune's experiment state: at most 5 s old
+    # Tune's experiment state: at most 5 s old (its "auto" default waits 10 s or more: ray-project/ray#13736)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     trainable = _trainable(spec_dict)
     run_config = tune.RunConfig(
         name=spec.name, failure_config=tune.FailureConfig(max_failures=spec.max_retries), verbose=1, **root.ray_kwargs()

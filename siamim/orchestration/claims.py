@@ -199,9 +199,10 @@ class Claim:
     def release(self, wait_s: float = RELEASE_WAIT_S) -> None:
         """Stop the heartbeat and delete the claim file if it is still ours, waiting at most ``wait_s``.
 
-        Storage that does not answer (an S3 outage that ended the launch: pyarrow's calls then hang)
-        must not hold the launch's exit: the deletion goes on in the background until storage answers,
-        so a process that lives on (a notebook, a test) does not keep the name until the claim goes stale.
+        Storage that does not answer (an S3 outage that ended the launch: pyarrow's calls then hang,
+        apache/arrow#40019) must not hold the launch's exit: the deletion goes on in the background until
+        storage answers, so a process that lives on (a notebook, a test) does not keep the name until the
+        claim goes stale.
         """
         self._stop.set()
         if self._thread is not None:

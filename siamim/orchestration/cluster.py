@@ -47,7 +47,7 @@ def _python_sigterm() -> None:
 
     Ray's core worker installs a C++ failure-signal handler over it, which dumps a
     stack and sometimes aborts the driver (exit -6) before Python can unwind and mark
-    the MLflow run KILLED.
+    the MLflow run KILLED (abseil's 3 s abort alarm: ray-project/ray#64830).
     """
     import signal
     import threading
@@ -64,10 +64,11 @@ def _local_runtime_env() -> tuple[dict, dict]:
 
     # One node that is never drained: Ray Train's node-preemption watcher has nothing to watch, and its
     # creation logs an ERROR line ("PreemptionWatcher ... constructor arguments in the object store").
+    # The variable is the watcher's off switch (ray-project/ray#63807); no issue for the ERROR as of Ray 2.60.
     env_vars = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     # Ray Train's detached PlacementGroupCleaner polls the state API with no address: with another Ray
-    # instance on the host it fails ("Found multiple active Ray instances") and prints tracebacks. Tell
-    # every actor of this job which dashboard is ours.
+    # instance on the host it fails ("Found multiple active Ray instances", ray-project/ray#25639) and
+    # prints tracebacks. Tell every actor of this job which dashboard is ours.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -91,7 +92,8 @@ def ensure_ray(address: str | None = None) -> bool:
         return False
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A new local instance, never whatever /tmp/ray/ray_current_cluster names (a stale file from a
-        # dead `ray start` would hang the job); join a running head with --address auto / RAY_ADDRESS.
+        # dead `ray start` would hang the job: ray-project/ray#45771); join a running head with
+        # --address auto / RAY_ADDRESS.
         address = "local"
     if address == "local":
         runtime_env, kwargs = _local_runtime_env()
@@ -111,9 +113,10 @@ def ensure_ray(address: str | None = None) -> bool:
 def shutdown_embedded_ray(timeout_s: float = 15.0) -> None:
     """Stop the local Ray instance this process started, after Ray Train's helpers have exited.
 
-    Ray Train leaves a detached ``PlacementGroupCleaner`` actor polling the GCS for a
-    moment after ``fit()``; stopping the instance under it (interpreter exit) prints
-    "Timed out while waiting for GCS" tracebacks. Waiting for it first ends runs cleanly.
+    Ray Train leaves a detached ``PlacementGroupCleaner`` actor (ray-project/ray#58515) polling
+    the GCS for a moment after ``fit()``; stopping the instance under it (interpreter exit) prints
+    "Timed out while waiting for GCS" tracebacks (no upstream issue as of Ray 2.60). Waiting for it
+    first ends runs cleanly.
     """
     import ray
 

@@ -209,7 +209,7 @@ def _fit(
     with watch:
         try:
             result = trainer.fit()
-        except SystemExit:  # Ray Train's SIGINT handler may leave fit() through sys.exit
+        except SystemExit:  # Ray Train's SIGINT handler may leave fit() through sys.exit (ray-project/ray#54188)
             if trainer.interrupted:
                 raise KeyboardInterrupt from None
             raise
@@ -224,7 +224,7 @@ def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str
 
     def at_final_step(key: str) -> float | None:  # this launch's value: the stream logs it at the final step
         try:
-            tracking.check_tracking(tracking_uri)  # seconds, where MLflow's own retries take minutes
+            tracking.check_tracking(tracking_uri)  # seconds; MLflow's own retries take minutes (mlflow/mlflow#14247)
             return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
         except Exception:  # the tracking server is gone: _finish says so
             return None

@@ -84,7 +84,8 @@ def step_row(metrics: dict) -> dict:
 
 
 def _quick_failing_mlflow() -> None:
-    """MLflow's HTTP retries (7, exponential backoff: minutes per call) off in this process: the writer retries."""
+    """MLflow's HTTP retries (7, exponential backoff: minutes per call; mlflow/mlflow#14247) off in this process:
+    the writer retries."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("SIAMIM_MLFLOW_REQUEST_TIMEOUT_S", "10")
 

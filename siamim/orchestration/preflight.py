@@ -149,7 +149,8 @@ class ResourceWatch:
                     f"{fit_hint(self.cfg, total)}, or add nodes"
                 )
                 # As SIGTERM (ray.init's handler: SystemExit in the main thread, out of fit()'s ray.get), not
-                # SIGINT: Ray Train's own SIGINT handler asks the controller to abort and may wait on it.
+                # SIGINT: Ray Train's own SIGINT handler asks the controller to abort and may wait on it
+                # (ray-project/ray#53600).
                 import signal
 
                 sig = signal.SIGTERM if callable(signal.getsignal(signal.SIGTERM)) else signal.SIGINT

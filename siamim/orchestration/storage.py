@@ -100,7 +100,7 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None, wha
         return Storage(uri=str(path), path=str(path.resolve()), filesystem=None)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except OSError as err:  # pyarrow reached for the endpoint (S3 region lookup) and got no answer
+    except OSError as err:  # pyarrow reached for the endpoint (S3 region lookup, apache/arrow#25824) and got no answer
         raise StorageError(unreachable_endpoint_message(text, err, what)) from err
     except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or ArrowNotImplementedError
         raise StorageError(f"{what}={text!r} is not a storage URI pyarrow understands: {err}") from err
@@ -132,6 +132,7 @@ def unreachable_endpoint_message(uri: str, err: BaseException, what: str = "run.
 
 
 def _with_timeout(fn, timeout_s: float, what: str):
+    # In a thread: a pyarrow S3 call can block past its own timeouts, uninterruptibly (apache/arrow#40019).
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         return pool.submit(fn).result(timeout=timeout_s)

@@ -44,7 +44,8 @@ from siamim.orchestration.storage import Storage, resolve_storage
 logger = logging.getLogger(__name__)
 
 ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
-# Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries.
+# Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries
+# (7 with exponential backoff by default since mlflow/mlflow#14247).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -63,7 +64,8 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         name=run_name,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-        # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice.
+        # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice
+        # (the redirected-stdout branch of ray-project/ray#61075, which in Ray 2.60 also logs the line).
         worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **WORKER_MLFLOW_ENV, **forwarded_env()}},
         # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
         logging_config=LoggingConfig(log_level=_train_log_level()),
@@ -79,9 +81,10 @@ class InterruptAwareTrainer(TorchTrainer):
     """A ``TorchTrainer`` that remembers a Ctrl-C (:attr:`interrupted`).
 
     Ray Train V2's driver installs its own SIGINT handler for the run
-    (``DataParallelTrainer._register_sigint_handler``): it aborts the controller and may leave
-    ``fit()`` through ``sys.exit``, so the launcher saw a SystemExit and reported "terminated" with
-    exit 1. The handler is wrapped here, so the launcher can report the interrupt as one (exit 130).
+    (``DataParallelTrainer._register_sigint_handler``, ray-project/ray#53600 and #54188): it aborts the
+    controller and may leave ``fit()`` through ``sys.exit``, so the launcher saw a SystemExit and reported
+    "terminated" with exit 1. The handler is wrapped here, so the launcher can report the interrupt as one
+    (exit 130).
     """
 
     interrupted = False
@@ -234,6 +237,7 @@ class WorkerReports:
             name = f"checkpoint_{step:08d}"
             while name in self.taken_names:
                 name += "_r"  # same step as a damaged checkpoint that Ray still lists: a new directory
+                # (checkpoint_dir_name must be unique per report: ray-project/ray#54391)
             self.report(step, checkpoint, name)
 
     def report(self, step: int, checkpoint=None, name: str | None = None, final: bool = False) -> None:
@@ -248,10 +252,11 @@ def _quiet_worker_logs(level: str) -> None:
     Ray Train's "Reporting training result ..." INFO line, one per report, comes from a
     logger named by its source file path (``logging.getLogger(__file__)`` in Ray 2.60's
     ``ray/train/v2/_internal/execution/context.py``), outside ``ray.train``: neither
-    ``ray.train.LoggingConfig`` (which filters ``ray.train.*`` records) nor
+    ``ray.train.LoggingConfig`` (which filters ``ray.train.*`` records, ray-project/ray#61550) nor
     ``ray.LoggingConfig`` (Ray Train reconfigures the workers' root logger to INFO after
-    it) reaches it, and Ray has no public name for it. It propagates to the root logger,
-    so the root level (plain ``logging``) decides; siamim's own loggers keep INFO.
+    it) reaches it, and Ray has no public name for it (no upstream issue as of Ray 2.60). It
+    propagates to the root logger, so the root level (plain ``logging``) decides; siamim's own
+    loggers keep INFO.
     """
     logging.getLogger().setLevel(level)
     logging.getLogger("siamim").setLevel(logging.INFO)
@@ -263,6 +268,8 @@ def _system_metrics(tracking_uri: str, run_id: str):
     What ``mlflow.start_run(log_system_metrics=True)`` starts, without the fluent run: the
     driver owns the run's status, which ``mlflow.end_run`` would set. Sampling follows MLflow's
     ``MLFLOW_SYSTEM_METRICS_*`` variables (forwarded from the driver). None if it cannot start.
+    ``SystemMetricsMonitor`` is MLflow's internal class behind the fluent API (mlflow/mlflow#9557;
+    ``resume_logging`` from mlflow/mlflow#10312); MLflow 3.17 has no public client-side equivalent.
     """
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
