@@ -128,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         validate_spec,
     )
     from siamim.orchestration.preflight import PreflightError
+    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting, check_tracking_lasting
 
     storage = os.path.abspath(args.storage or "runs/ablation") if "://" not in (args.storage or "") else args.storage
     try:
+        if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
+            check_lasting(storage, f"--storage {args.storage or 'runs/ablation (the default)'}")
+            check_tracking_lasting(args.tracking_uri)
         if args.resume:
             if args.dry_run:
                 raise AblationInputError("--dry-run and --resume: a resumed grid keeps its trials; drop --dry-run")
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(describe(spec, have, where)), flush=True)
                 return 0
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
-    except (AblationInputError, PreflightError) as err:
+    except (AblationInputError, PreflightError, TemporaryLocationError) as err:
         return report_error(err, EXIT_BAD_INPUT)
     except AblationFailed as err:
         return report_error(err, EXIT_TRIALS_FAILED)

@@ -142,10 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.config import ConfigError, load_config
     from siamim.orchestration.launch import LaunchError, LaunchInputError, run_pretraining, shutdown_embedded_ray
     from siamim.orchestration.preflight import PreflightError
+    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
 
     overrides = cli_overrides(args)
     try:
         cfg = load_config(args.config or "tiny", overrides)
+        # under ray job submit: nothing inside Ray's temporary copy of the working directory (exit 2)
+        given = args.storage or any(o.startswith("run.storage=") for o in args.overrides)
+        check_lasting(cfg.run.storage, f"--storage {cfg.run.storage}{'' if given else ' (the default)'}")
+        check_tracking_lasting(args.tracking_uri)
         resume = False if args.resume is None else args.resume
         if resume is not False and args.config:
             print(
