@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "=" * 72,
         f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s",
         f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
+        *summary.ui,
         f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
         f"  table              {summary.artifacts.get('ablation_table.md')}",
         "=" * 72,

@@ -172,6 +172,11 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         return exp.experiment_id
 
 
+def experiment_of(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment ``run_id`` belongs to."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id
+
+
 def open_run(
     tracking_uri: str,
     experiment: str,
