@@ -354,7 +354,7 @@ def run_ablation(
     mlflow_ui.share_runs_view(  # the runs table behind the printed link: a trial's row, seed and headlines
         spec.tracking_uri,
         experiment_id,
-        ("knn_top1", *(k for k, _, _ in headline_keys(spec.protocols))),
+        tuple(k for k, _, _ in headline_keys(spec.protocols)),
         ("ablation.row", "ablation.seed"),
     )
     ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
