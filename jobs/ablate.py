@@ -53,6 +53,9 @@ examples:
 environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
   RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
+
+under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
+MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
 """,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")

@@ -51,6 +51,9 @@ environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
   RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
   RAY_AUTH_MODE=disabled  for local dev/CI clusters started without tokens
+
+under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
+MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
 """,
     )
     parser.add_argument("--config", metavar="PRESET", help="preset name (tiny) or YAML path; default: tiny")
