@@ -113,7 +113,6 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
         help="log each trial's encoder (encoder/, timm's folder) and register it as a version of the MLflow "
         "model NAME-<row> (tags row, seed, grid); evaluate with jobs/evaluate.py --checkpoint models:/NAME-<row>/<v>",
     )
-    p.add_argument("--fail-trial", help=argparse.SUPPRESS)  # tests: ROW/SEED raises on every attempt
     return p
 
 
@@ -161,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                 storage=storage,
                 tracking_uri=args.tracking_uri,
                 experiment=args.experiment,
-                fail_trial=args.fail_trial,
                 register=args.register,
             )
             if args.dry_run:

@@ -26,6 +26,11 @@ class EvalCommon(Section):
     # class-balanced seeded subset of the train split (quick runs); None: all (>= 10: an image per class)
     train_limit: int | None = Field(None, ge=10)
     test_limit: int | None = Field(None, ge=10)  # same for the test split; None: all
+    # the online kNN monitor (siamim.eval.monitor): every N steps during pretraining (0: off), on a fixed
+    # class-balanced seeded bank / query subset, reported as the metric knn_monitor
+    monitor_every: int = Field(0, ge=0)
+    monitor_bank: int = Field(5000, ge=20)
+    monitor_queries: int = Field(1000, ge=10)
 
 
 EvalConfig = create_model(

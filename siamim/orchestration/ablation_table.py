@@ -193,8 +193,22 @@ def paired_csv(diffs: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------- plot
-def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
-    """PNG: one panel per protocol, metric per row (bar = mean over seeds, dots = each seed)."""
+def y_limits(values: list[float]) -> tuple[float, float]:
+    """A panel's y-range (%): every value (seeds and floors) inside, a margin below and above, within 0-100."""
+    lo, hi = min(values), max(values)
+    pad = max(1.0, 0.15 * (hi - lo))
+    return max(0.0, lo - 3 * pad), min(100.0, hi + pad)
+
+
+def plot(
+    results: list[dict], protocols: list[str], path: str | Path, floors: dict[str, dict[str, float]] | None = None
+) -> Path:
+    """PNG: one panel per protocol, metric per row (bar = mean over seeds, dots = each seed).
+
+    ``floors``: reference levels drawn as dashed lines across each panel, ``{label: {metric key: value}}``
+    (e.g. the raw-pixel and random-init baselines through the same protocols); the y-axis then spans them,
+    so the gaps between rows are seen against what no pretraining gives.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,10 +232,16 @@ def plot(results: list[dict], protocols: list[str], path: str | Path) -> Path:
         ax.set_ylabel(f"{title} (%)")
         ax.set_title(f"{title}: mean ± std, dots = seeds")
         got = [v for row in rows for v in vals.get(row, {}).values()]
+        for (label, levels), style in zip((floors or {}).items(), ("--", ":", "-."), strict=False):
+            if key in levels:
+                ax.axhline(
+                    levels[key], color="gray", linestyle=style, linewidth=1.2, label=f"{label} {levels[key]:.1f}"
+                )
+                got.append(levels[key])
+        if floors:
+            ax.legend(loc="lower right", fontsize=8)
         if got:
-            lo, hi = min(got), max(got)
-            pad = max(1.0, 0.15 * (hi - lo))
-            ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+            ax.set_ylim(*y_limits(got))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

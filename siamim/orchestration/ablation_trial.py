@@ -32,10 +32,6 @@ TRIAL_TAG = "ablation.trial"
 GRID_TAG = "ablation.grid"
 
 
-class InjectedTrialFailure(RuntimeError):
-    """Raised by the test-only ``fail_trial`` setting of the grid."""
-
-
 def trial_key(row: str, seed: int) -> str:
     return f"{row}/{seed}"
 
@@ -211,8 +207,6 @@ def run_trial(config: dict, spec: dict) -> None:
     )
     print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}", flush=True)
     try:
-        if spec.get("fail_trial") == trial_key(row, seed):
-            raise InjectedTrialFailure(f"injected failure of trial {trial_key(row, seed)} (test setting)")
         metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
     except BaseException as err:
         tracking.set_tags(uri, run_id, {"ablation.error": f"{type(err).__name__}: {err}"[:5000]})

@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from siamim.orchestration.hooks import forwarded_env
+
 logger = logging.getLogger(__name__)
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root of an editable install
@@ -97,6 +99,9 @@ def ensure_ray(address: str | None = None) -> bool:
         runtime_env, kwargs = {"working_dir": str(CHECKOUT)}, {}  # the cluster's other nodes lack this checkout
     else:  # an installed (non-editable) package: the cluster's nodes have their own installation
         runtime_env, kwargs = {}, {}
+    forwarded = forwarded_env()  # the worker hook reaches a grid's trials (their workers get it from the trainer)
+    if forwarded:
+        runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}), **forwarded}}
     ray.init(address=address, runtime_env=runtime_env, **kwargs)
     _python_sigterm()
     _STARTED_LOCAL = address == "local"

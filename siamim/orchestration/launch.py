@@ -9,7 +9,9 @@ connection is :mod:`.cluster`.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,6 +313,34 @@ def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end:
     )
 
 
+@contextlib.contextmanager
+def closes_run(tracking_uri: str, run_id: str, resume_hint: str, watch: ResourceWatch, log) -> Iterator[None]:
+    """The MLflow run's status however the block ends (the block itself ends a good run FINISHED).
+
+    Ctrl-C, or SIGTERM (``ray job stop``) as SystemExit: KILLED, the resume hint logged, re-raised; the
+    resource watch's timeout: FAILED, :class:`LaunchInputError`; any other error: FAILED, re-raised as
+    :class:`LaunchError` (with the resume hint when it is not one already).
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
+            tracking.finish_run(tracking_uri, run_id, "FAILED")
+            raise LaunchInputError(watch.timed_out) from None
+        tracking.finish_run(tracking_uri, run_id, "KILLED")
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {resume_hint}")
+        raise
+    except LaunchError:
+        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        raise
+    except BaseException as err:
+        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        raise LaunchError(
+            f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {resume_hint}"
+        ) from err
+
+
 # --------------------------------------------------------------------------- the job
 @releases_claims  # the run-name claim taken below is given back however this returns
 def run_pretraining(
@@ -381,7 +411,7 @@ def run_pretraining(
     run_id = _open_mlflow_run(target, storage, tracking_uri)
     resume_hint = f"--resume {target.run_name} --storage '{storage.uri}'"
     watch = ResourceWatch(target.cfg, wait)
-    try:  # from here on the MLflow run exists: every exit marks it
+    with closes_run(tracking_uri, run_id, resume_hint, watch, log):  # from here on every exit marks the run
         created = target.record["created"] if target.record else None
         record_run(storage, target.run_name, target.cfg, run_id, tracking_uri, created)
         log(
@@ -395,24 +425,8 @@ def run_pretraining(
         for line in ui:
             log(f"[siamim] {line.strip()}")
         result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (ray job stop) as SystemExit
-        if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
-            tracking.finish_run(tracking_uri, run_id, "FAILED")
-            raise LaunchInputError(watch.timed_out) from None
-        tracking.finish_run(tracking_uri, run_id, "KILLED")
-        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {resume_hint}")
-        raise
-    except BaseException as err:
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise LaunchError(
-            f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {resume_hint}"
-        ) from err
-    if getattr(result, "error", None) is not None:
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
-
-    try:
+        if getattr(result, "error", None) is not None:
+            raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
         summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
         end = {
             "checkpoint": result.checkpoint.path,
@@ -421,11 +435,8 @@ def run_pretraining(
             "pictures": not checkpoint_pictures,
             "step": summary.step,
         }
-        summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)
+        summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)  # FINISHED (or kept)
         summary.ui = ui
-    except BaseException:
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise
     summary.wall_s = time.time() - launch_time
     return summary
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from siamim.config import Config
 from siamim.data.folder_check import ImageTreeError, check_image_tree
+from siamim.orchestration.hooks import HookError, load_hook
 from siamim.orchestration.storage import Storage, StorageError, check_writable
 from siamim.orchestration.tracking import TrackingError, check_tracking
 
@@ -158,7 +159,11 @@ class ResourceWatch:
 
 
 def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True, log=print) -> None:
-    """Tracking store reachable, storage writable, data present; raises :class:`PreflightError`."""
+    """Tracking store reachable, storage writable, data present, worker hook importable; raises :class:`PreflightError`."""
+    try:
+        load_hook()
+    except HookError as err:
+        raise PreflightError(str(err)) from None
     try:
         check_tracking(tracking_uri)
     except TrackingError as err:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import signal
 import tempfile
 import time
@@ -37,16 +36,13 @@ from ray.train.torch import TorchTrainer
 
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
-from siamim.orchestration.faults import FAIL_AT_STEP_ENV, fail_at_step, with_fault
+from siamim.orchestration.hooks import forwarded_env, load_hook, with_hook
 from siamim.orchestration.mlflow_stream import MlflowStream, report_metrics, step_row
 from siamim.orchestration.registry import ENCODER_ARTIFACT
 from siamim.orchestration.storage import Storage, resolve_storage
 
 logger = logging.getLogger(__name__)
 
-# Driver environment variables the workers get too: the fault-injection test hook and MLflow's
-# system-metrics settings (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...).
-FORWARDED_ENV = re.compile(rf"^({FAIL_AT_STEP_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
 ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
 # Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries.
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -73,11 +69,6 @@ def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
         logging_config=LoggingConfig(log_level=_train_log_level()),
         **storage.ray_kwargs(),
     )
-
-
-def forwarded_env() -> dict[str, str]:
-    """The driver's environment variables that the workers need as well (:data:`FORWARDED_ENV`)."""
-    return {k: v for k, v in os.environ.items() if FORWARDED_ENV.match(k)}
 
 
 def _train_log_level() -> str:
@@ -393,7 +384,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
     out = pretrain(
         cfg,
         device=device,
-        reporter=with_fault(reporter, fail_at_step(), fresh=resume_state is None),
+        reporter=with_hook(reporter, load_hook(), cfg=cfg, rank=rank, fresh=resume_state is None),
         checkpoint_saver=reports,
         on_interval=reports.interval,
         resume_state=resume_state,

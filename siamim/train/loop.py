@@ -19,6 +19,8 @@ from siamim.config import Config, to_dict
 from siamim.data.pipeline import build_loader, prepare_batch, views_on_device
 from siamim.data.sources import build_source
 from siamim.device import resolve_device
+from siamim.eval.monitor import METRIC as MONITOR_METRIC
+from siamim.eval.monitor import KnnMonitor
 from siamim.model.siamim import SiameseIM
 from siamim.train.optim import build_optimizer
 from siamim.train.progress import TrainProgress
@@ -181,6 +183,7 @@ def pretrain(
         stop_step=stop_step,
     )
     train_step = TrainStep(model, optimizer, autocast_dtype(cfg, device), cfg.optim.clip_grad)
+    monitor = KnnMonitor(cfg, device) if cfg.eval.monitor_every and rank == 0 else None
     buffer = MetricBuffer()
     step = start_step
     state = None
@@ -200,6 +203,10 @@ def pretrain(
             flushed = buffer.flush()
             now = time.perf_counter()
             rate = cfg.train.batch_size * (step - interval_first) / max(now - interval_start, 1e-9)
+            if monitor is not None and (step % cfg.eval.monitor_every == 0 or last):
+                flushed[-1][MONITOR_METRIC] = monitor(model.online.encoder)
+                flushed[-1]["knn_monitor_s"] = monitor.seconds  # its cost so far, outside images_per_s
+                now = time.perf_counter()
             interval_start, interval_first = now, step
             for metrics in flushed:
                 metrics["images_per_s"] = rate  # mean over the interval (per-step times would need a sync)

@@ -25,3 +25,12 @@ TINY_ARGS = [
 
 # The same run as a dict of dotted keys (load_config's dict form, Ray Tune's param_space form).
 TINY = dict(parse_override(o) for o in TINY_ARGS)
+
+
+def knn_tolerance(queries: int) -> float:
+    """kNN top-1 points (%) two of ``queries`` query images are worth: the bound of a run that should equal another.
+
+    A restarted or resumed run computes the same losses to ~1e-6 (the loop is deterministic), so its kNN
+    top-1 equals the uninterrupted run's up to a vote tie that a last-bit difference flips.
+    """
+    return 200.0 / queries

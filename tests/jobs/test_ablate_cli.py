@@ -240,3 +240,13 @@ def test_every_registered_protocol_is_a_column_of_the_table():
 def test_plot_writes_a_png(tmp_path):
     path = tbl.plot(_results(), ["knn", "lin"], tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_plot_draws_the_floors_and_its_axis_spans_them(tmp_path):
+    floors = {"raw pixels": {"eval.knn_top1": 40.0}, "random init": {"eval.knn_top1": 30.0, "eval.lin_top1": 20.0}}
+    path = tbl.plot(_results(), ["knn"], tmp_path / "plot.png", floors=floors)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seeds = [r["eval.knn_top1"] for r in _results()]
+    lo, hi = tbl.y_limits([*seeds, 40.0, 30.0])
+    assert lo < 30.0 and hi > max(seeds)
+    assert tbl.y_limits(seeds)[0] > 30.0  # without the floors the axis would start above them

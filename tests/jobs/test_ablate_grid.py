@@ -1,7 +1,7 @@
 """The ablation grid end to end: real Ray head (2 CPUs), real Ray Tune + Ray Train, real MLflow store.
 
 A 2-row x 2-seed grid whose driver is killed (SIGKILL) once a trial has finished, then continued with
-``--resume``. One of its trials raises on every attempt (the hidden ``--fail-trial`` flag). The grid
+``--resume``. One of its trials raises on every attempt (a worker hook, tests/jobs/fault_hooks.py). The grid
 completes with exactly 4 child runs under one parent; the trials finished before the kill are not
 trained again (their start counter stays at 1); the raising trial is retried ``--max-retries`` times in
 the same child run, then FAILED, while the others finish; the parent holds the table, the paired
@@ -24,6 +24,7 @@ import pytest
 
 from siamim.orchestration.ablation_table import mean_std
 from tests.conftest import SMALL
+from tests.jobs.fault_hooks import FAILING_TRIAL, hook_env
 from tests.jobs.helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,7 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     from mlflow.tracking import MlflowClient
 
     storage, db, name = tmp_path / "abl", tmp_path / "mlflow.db", "grid"
+    env = {**base_env, **hook_env("fail_trial_j_s1")}  # both drivers: trial j/1 fails on every attempt
     cmd = ablate_cmd(
         ray_head,
         storage,
@@ -106,15 +108,13 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
         "2",
         "--name",
         name,
-        "--fail-trial",
-        "j/1",
         "--max-retries",
         "1",
         *GRID_FLAGS,
         *TINY,
     )
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=base_env, stdout=log, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     record = storage / name / "siamim_ablation.json"
     while time.time() < deadline and first.poll() is None and not finished_children(db, record):
@@ -128,7 +128,7 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     proc = subprocess.run(
         ablate_cmd(ray_head, storage, db, "--resume", name),
         cwd=tmp_path,
-        env=base_env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=420,
@@ -147,7 +147,10 @@ def test_grid_killed_resumed_with_a_failing_trial(ray_head, base_env, fashion_mn
     kids = {r.data.tags["ablation.trial"]: r for r in children(db, parent.info.run_id)}
     assert len(children(db, parent.info.run_id)) == 4 and set(kids) == {"i/0", "i/1", "j/0", "j/1"}  # no duplicates
     failed = kids.pop("j/1")
-    assert failed.info.status == "FAILED" and "InjectedTrialFailure" in failed.data.tags["ablation.error"]
+    assert (
+        failed.info.status == "FAILED"
+        and f"injected failure of trial {FAILING_TRIAL}" in failed.data.tags["ablation.error"]
+    )
     assert int(failed.data.tags["ablation.starts"]) >= 2  # the first attempt and its retry, one child run
     for key, run in kids.items():
         assert run.info.status == "FINISHED", key

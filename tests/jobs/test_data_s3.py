@@ -30,7 +30,7 @@ from siamim.config import load_config
 from siamim.orchestration import tracking
 from siamim.orchestration.launch import LaunchError, run_pretraining
 from tests.jobs.conftest import S3_BUCKET, ray_head_process
-from tests.jobs.helpers import BIN, REPO
+from tests.jobs.helpers import BIN, REPO, knn_tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def reference(shards, s3_server, mlflow_server):
 
 
 def test_map_style_two_workers_from_s3(reference, mlflow_server):
-    assert reference.step == STEPS and reference.knn_top1 is not None  # kNN read the train/test shards from S3
+    assert reference.step == STEPS and reference.knn_top1 > 20.0  # kNN read the train/test shards from S3 (chance 10 %)
     assert [s for s, _ in tracking.metric_history(mlflow_server, reference.mlflow_run_id, "loss")] == list(
         range(1, STEPS + 1)
     )
@@ -227,6 +227,7 @@ def test_s3_outage_then_stopped_job_then_resume_matches_the_uninterrupted_run(
         log=lambda m: lines.append(str(m)),
     )
     assert done.resumed and done.step == STEPS
+    assert done.knn_top1 == pytest.approx(reference.knn_top1, abs=knn_tolerance(ARGS["eval.knn.test_subset"]))
     last = re.search(r"resuming from checkpoint_\d+ \(step (\d+)", "\n".join(lines))
     assert last and int(resumed.group(1)) < int(last.group(1)) < STEPS, lines  # the stopped job did train
     exp = MlflowClient(mlflow_server).get_experiment_by_name("data-s3")
@@ -255,7 +256,7 @@ def test_streaming_two_workers_from_s3(shards, s3_server, mlflow_server):
         },
     )
     summary = run_pretraining(cfg, tracking_uri=mlflow_server)
-    assert summary.step == 4 and summary.knn_top1 is not None
+    assert summary.step == 4 and summary.knn_top1 > 20.0  # chance: 10 %
     losses = tracking.metric_history(mlflow_server, summary.mlflow_run_id, "loss")
     assert [s for s, _ in losses] == [1, 2, 3, 4] and all(0 < v < 1e3 for _, v in losses)
 

@@ -28,9 +28,9 @@ from siamim.checkpoint import (
 from siamim.config import flatten, load_config
 from siamim.foreign import read_checkpoint
 from siamim.orchestration import tracking
-from siamim.orchestration.faults import FAIL_AT_STEP_ENV
 from siamim.orchestration.launch import LaunchInputError, run_pretraining
-from tests.jobs.helpers import REPO, TINY_ARGS
+from tests.jobs.fault_hooks import hook_env
+from tests.jobs.helpers import REPO, TINY_ARGS, knn_tolerance
 from tests.jobs.helpers import TINY as TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -196,12 +196,15 @@ def test_stopped_run_resumes_same_mlflow_run_and_matches(reference, tracking_uri
 def test_worker_failure_restarts_from_last_checkpoint(reference, tracking_uri, tmp_path, monkeypatch):
     """A worker raises at step 3; FailureConfig restarts the group from the step-2 checkpoint; it finishes."""
     ref_summary, _ = reference
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    for key, value in hook_env("fail_once_at_step_3").items():
+        monkeypatch.setenv(key, value)
     cfg = tiny_cfg(
         **{"run.storage": str(tmp_path), "run.name": "fault", "run.experiment": "e2e-fault", "run.max_failures": 1}
     )
     summary = run_pretraining(cfg, tracking_uri=tracking_uri)
-    assert summary.step == STEPS and summary.knn_top1 is not None
+    assert summary.step == STEPS
+    # the restarted run is the uninterrupted one: the same kNN top-1 (up to a tie flipped by a last-bit difference)
+    assert summary.knn_top1 == pytest.approx(ref_summary.knn_top1, abs=knn_tolerance(cfg.eval.knn.test_subset))
 
     starts = tracking.metric_history(tracking_uri, summary.mlflow_run_id, "restored_from_step")
     assert [v for _, v in starts] == [0.0, 2.0]  # the failure happened and Ray restored step 2
@@ -283,7 +286,8 @@ def test_failure_without_retries_marks_the_mlflow_run_failed(
 
     from siamim.orchestration.launch import LaunchError
 
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    for key, value in hook_env("fail_once_at_step_3").items():
+        monkeypatch.setenv(key, value)
     cfg = tiny_cfg(
         **{
             "run.storage": str(tmp_path),
@@ -350,7 +354,7 @@ def test_damaged_checkpoint_fallback_then_train_longer(ray_driver, fashion_mnist
     assert "skipping damaged checkpoint checkpoint_00000004" in text and "truncated" in text, text
     assert "resuming from checkpoint_00000002" in text and "the plan grows to 6 steps" in text, text
     assert longer.step == 6 and longer.mlflow_run_id == first.mlflow_run_id
-    assert longer.knn_top1 is not None and longer.time_to_first_step_s is not None
+    assert longer.knn_top1 > 20.0 and longer.time_to_first_step_s is not None  # chance: 10 %
     assert latest.read_bytes() == data[: len(data) // 3]  # the damaged file is left as it was (nothing deleted)
     assert load_checkpoint(tmp_path / "longer" / "checkpoint_00000004_r")["step"] == 4  # the retrained step 4
 

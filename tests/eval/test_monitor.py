@@ -1,0 +1,46 @@
+"""The online kNN monitor: a fixed subset, a value per monitored step, and the same training with it on or off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from siamim.eval.monitor import METRIC, KnnMonitor
+from siamim.model.siamim import SiameseIM
+from siamim.train.loop import pretrain
+
+MONITOR = ["eval.monitor_bank=200", "eval.monitor_queries=100"]
+
+
+def test_monitor_is_deterministic_on_its_fixed_subset_and_keeps_the_mode(small_cfg):
+    cfg = small_cfg(*MONITOR)
+    monitor = KnnMonitor(cfg)
+    assert len(monitor.sets["train"]) == pytest.approx(200, abs=10) and len(monitor.sets["test"]) == pytest.approx(
+        100, abs=10
+    )
+    assert len(set(monitor.sets["train"].labels.tolist())) == 10  # class-balanced
+    torch.manual_seed(0)
+    encoder = SiameseIM(cfg).online.encoder
+    encoder.train()
+    first = monitor(encoder)
+    assert 10.0 < first <= 100.0 and encoder.training  # above chance; left in train mode
+    assert monitor(encoder) == first and monitor.seconds > 0
+    assert (
+        KnnMonitor(small_cfg(*MONITOR, "eval.seed=1")).sets["test"].labels.tolist()
+        != monitor.sets["test"].labels.tolist()
+    )
+
+
+def test_the_loop_reports_the_monitor_every_n_steps_and_trains_the_same(small_cfg):
+    base = ["train.max_steps=5", "train.log_every=1", "data.train_subset=320", *MONITOR]
+
+    def run(*extra):
+        seen = {}
+        pretrain(small_cfg(*base, *extra), reporter=lambda m: seen.__setitem__(int(m["step"]), dict(m)), verbose=False)
+        return seen
+
+    watched, plain = run("eval.monitor_every=2"), run()
+    assert [s for s, m in watched.items() if METRIC in m] == [2, 4, 5]  # every 2 steps and the last
+    assert all(0.0 <= watched[s][METRIC] <= 100.0 for s in (2, 4, 5))
+    assert not any(METRIC in m for m in plain.values())
+    assert [watched[s]["loss"] for s in sorted(watched)] == [plain[s]["loss"] for s in sorted(plain)]  # bit-exact
