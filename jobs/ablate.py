@@ -53,6 +53,9 @@ examples:
 environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
   RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
+
+under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
+MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
 """,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")
@@ -127,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         validate_spec,
     )
     from siamim.orchestration.preflight import PreflightError
+    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting, check_tracking_lasting
 
     storage = os.path.abspath(args.storage or "runs/ablation") if "://" not in (args.storage or "") else args.storage
     try:
+        if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
+            check_lasting(storage, f"--storage {args.storage or 'runs/ablation (the default)'}")
+            check_tracking_lasting(args.tracking_uri)
         if args.resume:
             if args.dry_run:
                 raise AblationInputError("--dry-run and --resume: a resumed grid keeps its trials; drop --dry-run")
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(describe(spec, have, where)), flush=True)
                 return 0
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
-    except (AblationInputError, PreflightError) as err:
+    except (AblationInputError, PreflightError, TemporaryLocationError) as err:
         return report_error(err, EXIT_BAD_INPUT)
     except AblationFailed as err:
         return report_error(err, EXIT_TRIALS_FAILED)
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "=" * 72,
         f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s",
         f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
+        *summary.ui,
         f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
         f"  table              {summary.artifacts.get('ablation_table.md')}",
         "=" * 72,

@@ -94,6 +94,7 @@ def cli_overrides(args) -> list[str]:
     return out
 
 
+OUT_FIX = "an absolute --out on a disk the cluster keeps (with --tracking-uri the table also goes to MLflow)"
 BASELINE_NAMES = ("pixels", "random")  # siamim.eval.baselines.BASELINES (checked by a test), without its torch import
 
 
@@ -132,9 +133,14 @@ def _num_heads(overrides: list[str]) -> int | None:
     return None
 
 
+def out_dir(out_arg: str | None) -> Path:
+    """``--out``, or the default ``runs/eval/<time>``."""
+    return Path(out_arg or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
+
+
 def writable_out(out_arg: str | None) -> Path:
     """The output directory (created), checked writable with a probe file; ``ValueError`` naming ``--out``."""
-    out = Path(out_arg or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
+    out = out_dir(out_arg)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-probe"
@@ -150,6 +156,7 @@ def writable_out(out_arg: str | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.config import ConfigError
+    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting, check_tracking_lasting
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -157,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     reps, step, ckpt_run_id = [], 0, None
     try:
         protocols, baselines, cfg = check_arguments(args, overrides)
+        # under ray job submit: nothing inside Ray's temporary copy of the working directory
+        check_lasting(str(out_dir(args.out)), f"--out {args.out or 'runs/eval/<time> (the default)'}", OUT_FIX)
         if tracking_uri:  # seconds, not MLflow's minutes of retries on a server that is down (mlflow/mlflow#14247)
+            check_tracking_lasting(args.tracking_uri)
             from siamim.orchestration.tracking import TrackingError, check_tracking
 
             try:
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
         out = writable_out(args.out)  # before any compute: a table that cannot be written is found now
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, TemporaryLocationError) as err:
         return report_error(err, EXIT_BAD_INPUT)
 
     from siamim.checkpoint import load_encoder

@@ -20,6 +20,11 @@ import sys
 
 from siamim.cli import EXIT_BAD_INPUT, job_parser
 
+OUT_FIX = (
+    "an absolute path on a disk the cluster keeps or an s3:// URI "
+    "(dev stack: 's3://siamim/datasets/<name>?endpoint_override=127.0.0.1:9000&scheme=http')"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = job_parser("prepare_data.py", __doc__)
@@ -49,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting
+
+    try:  # under ray job submit: not in Ray's temporary copy of the working directory (before torch is imported)
+        check_lasting(args.out, f"--out {args.out}", OUT_FIX)
+    except TemporaryLocationError as err:
+        print(f"prepare_data: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from siamim.data.parquet import ParquetDataError
     from siamim.orchestration.cluster import ensure_ray, shutdown_embedded_ray
     from siamim.orchestration.data_prep import prepare

@@ -51,6 +51,9 @@ environment:
   MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
   RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
   RAY_AUTH_MODE=disabled  for local dev/CI clusters started without tokens
+
+under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
+MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
 """,
     )
     parser.add_argument("--config", metavar="PRESET", help="preset name (tiny) or YAML path; default: tiny")
@@ -142,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.config import ConfigError, load_config
     from siamim.orchestration.launch import LaunchError, LaunchInputError, run_pretraining, shutdown_embedded_ray
     from siamim.orchestration.preflight import PreflightError
+    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
 
     overrides = cli_overrides(args)
     try:
         cfg = load_config(args.config or "tiny", overrides)
+        # under ray job submit: nothing inside Ray's temporary copy of the working directory (exit 2)
+        given = args.storage or any(o.startswith("run.storage=") for o in args.overrides)
+        check_lasting(cfg.run.storage, f"--storage {cfg.run.storage}{'' if given else ' (the default)'}")
+        check_tracking_lasting(args.tracking_uri)
         resume = False if args.resume is None else args.resume
         if resume is not False and args.config:
             print(

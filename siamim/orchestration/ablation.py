@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from siamim.config import ConfigError, check_run_name
+from siamim.orchestration import mlflow_ui, tracking
 from siamim.orchestration import storage as st
-from siamim.orchestration import tracking
 from siamim.orchestration.ablation_rows import ROWS, parse_rows, row_source, switches_of
 from siamim.orchestration.ablation_trial import join_uri, run_trial, trial_config, trial_key, trial_run_name
 
@@ -88,6 +88,7 @@ class AblationSummary:
     paired_md: str
     artifacts: dict[str, str]
     wall_s: float
+    ui: list[str] = field(default_factory=list)  # the MLflow UI's links (mlflow_ui.ui_lines)
 
 
 # --------------------------------------------------------------------------- validation and packing
@@ -343,6 +344,18 @@ def run_ablation(
         f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
         f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
     )
+    from siamim.orchestration.ablation_table import headline_keys
+
+    experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
+    mlflow_ui.share_runs_view(  # the runs table behind the printed link: a trial's row, seed and headlines
+        spec.tracking_uri,
+        experiment_id,
+        tuple(k for k, _, _ in headline_keys(spec.protocols)),
+        ("ablation.row", "ablation.seed"),
+    )
+    ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
+    for line in ui:
+        log(f"[ablate] {line.strip()}")
 
     # Tune's experiment state: at most 5 s old (its "auto" default waits 10 s or more: ray-project/ray#13736)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
@@ -398,6 +411,7 @@ def run_ablation(
         )
         raise KeyboardInterrupt
     summary = _assemble(spec, parent, root, finished, failed, t0, log)
+    summary.ui = ui
     if failed:
         raise AblationFailed(
             f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siamim.config import Config, ConfigError, dump_yaml, flatten, to_dict
+from siamim.orchestration import mlflow_ui, tracking
 from siamim.orchestration import storage as st
-from siamim.orchestration import tracking
 from siamim.orchestration.checkpoints import ResumePoint, checkpoint_location
 from siamim.orchestration.claims import releases_claims, take_claim
 from siamim.orchestration.cluster import ensure_ray, job_config, shutdown_embedded_ray, submission_id
@@ -44,6 +44,7 @@ from siamim.orchestration.resume import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+RUNS_TABLE_METRICS = ("knn_top1", "loss")  # the runs table's columns behind the printed link (mlflow_ui)
 PENDING_END = "mlflow_pending_end.json"  # in <storage>/<run>/: the run's end, kept while MLflow was unreachable
 
 
@@ -62,6 +63,7 @@ class PretrainSummary:
     storage: str = ""
     metrics: dict = field(default_factory=dict)
     registered: str | None = None  # models:/<name>/<version> of the encoder (--register)
+    ui: list[str] = field(default_factory=list)  # the MLflow UI's links (mlflow_ui.ui_lines)
 
     def lines(self) -> list[str]:
         knn = f"{self.knn_top1:.2f}%" if self.knn_top1 is not None else "n/a"
@@ -73,6 +75,7 @@ class PretrainSummary:
             f"  wall time        {self.wall_s:.1f} s (launch to first step: {first})",
             f"  MLflow run       {self.mlflow_run_id} (experiment {self.experiment!r}, run {self.run_name!r})",
             f"  tracking URI     {self.tracking_uri}",
+            *self.ui,
             f"  checkpoint       {self.checkpoint}",
             *(
                 [f"  registered       {self.registered} (jobs/evaluate.py --checkpoint {self.registered})"]
@@ -416,6 +419,11 @@ def run_pretraining(
             f"{target.cfg.run.num_workers} workers ({'GPU' if target.cfg.run.use_gpu else 'CPU'}), "
             f"MLflow run {run_id} at {tracking_uri}, checkpoints under {storage.display(target.run_name)}"
         )
+        experiment_id = tracking.experiment_of(tracking_uri, run_id)
+        mlflow_ui.share_runs_view(tracking_uri, experiment_id, RUNS_TABLE_METRICS)  # the columns the link shows
+        ui = mlflow_ui.ui_lines(tracking_uri, experiment_id, run_id)
+        for line in ui:
+            log(f"[siamim] {line.strip()}")
         result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
         if getattr(result, "error", None) is not None:
             raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
@@ -428,6 +436,7 @@ def run_pretraining(
             "step": summary.step,
         }
         summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)  # FINISHED (or kept)
+        summary.ui = ui
     summary.wall_s = time.time() - launch_time
     return summary
 

@@ -59,7 +59,8 @@ def resolve_tracking_uri(explicit: str | None = None, base: str | os.PathLike | 
     return uri
 
 
-def _local_path(uri: str) -> Path | None:
+def local_store_path(uri: str) -> Path | None:
+    """The file or directory of a local store (``sqlite:///``, ``file://``); None for a server."""
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///") :])
     if uri.startswith("file://"):
@@ -92,7 +93,7 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                 "fix MLFLOW_TRACKING_URI / --tracking-uri, or unset it to use the local store ./mlflow.db."
             ) from err
         return
-    path = _local_path(uri)
+    path = local_store_path(uri)
     if path is None:
         return  # databricks, custom plugins: MLflow's own calls report problems
     directory = path.parent if uri.startswith("sqlite:") else path
@@ -157,7 +158,7 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    local = _local_path(tracking_uri)
+    local = local_store_path(tracking_uri)
     artifact_location = None
     if tracking_uri.startswith("sqlite:///") and local is not None:
         # MLflow's default for a sqlite store in the cwd is ./mlruns; keep artifacts beside the db.
@@ -169,6 +170,11 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def experiment_of(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment ``run_id`` belongs to."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id
 
 
 def open_run(

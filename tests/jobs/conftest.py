@@ -188,7 +188,7 @@ def ray_head_process(env: dict, log_dir: Path):
     env = {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}"}
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{dash}/api/version", 90, proc, log)
+        wait_http(f"http://127.0.0.1:{dash}/api/version", 180, proc, log)  # a loaded 2-core box: over 90 s
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
         import ray
