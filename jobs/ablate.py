@@ -23,11 +23,9 @@ import os
 import sys
 import time
 
-from siamim.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, job_parser, report_error
+from siamim.cli import EXIT_INTERRUPTED, job_parser, report_error
 
 LAUNCH_TIME = time.time()
-
-EXIT_TRIALS_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +116,9 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from siamim.errors import UserError
     from siamim.orchestration.ablation import (
         DEFAULT_PROTOCOLS,
-        AblationFailed,
         AblationInputError,
         GridSpec,
         cluster_resources,
@@ -129,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation,
         validate_spec,
     )
-    from siamim.orchestration.preflight import PreflightError
-    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting, check_tracking_lasting
+    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
 
     storage = os.path.abspath(args.storage or "runs/ablation") if "://" not in (args.storage or "") else args.storage
     try:
@@ -175,10 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(describe(spec, have, where)), flush=True)
                 return 0
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
-    except (AblationInputError, PreflightError, TemporaryLocationError) as err:
-        return report_error(err, EXIT_BAD_INPUT)
-    except AblationFailed as err:
-        return report_error(err, EXIT_TRIALS_FAILED)
+    except UserError as err:  # bad input: 2; trials failed after their retries: 1 (AblationFailed)
+        return report_error(err, err.exit_code)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     print(

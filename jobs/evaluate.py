@@ -155,8 +155,8 @@ def writable_out(out_arg: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.config import ConfigError
-    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting, check_tracking_lasting
+    from siamim.errors import UserError
+    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 check_tracking(tracking_uri)
             except TrackingError as err:
-                raise ValueError(f"--tracking-uri / MLFLOW_TRACKING_URI: {err}") from err
+                raise TrackingError(f"--tracking-uri / MLFLOW_TRACKING_URI: {err}") from err
         resolved = None
         if args.checkpoint:  # a missing file / run / object is named before torch is imported
             from siamim.orchestration.checkpoint_refs import resolve_checkpoint
@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # downloads only; a local checkpoint is never under tmp
         out = writable_out(args.out)  # before any compute: a table that cannot be written is found now
-    except (ConfigError, ValueError, FileNotFoundError, TemporaryLocationError) as err:
+    except (
+        UserError,
+        ValueError,
+        FileNotFoundError,
+    ) as err:  # ValueError, FileNotFoundError: a file that is no checkpoint
         return report_error(err, EXIT_BAD_INPUT)
 
     from siamim.checkpoint import load_encoder
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             reps.append(EncoderRepresentation(encoder, name="checkpoint"))
             log(f"[evaluate] checkpoint {resolved.reference} -> {resolved.path} (step {step})")
         reps += [baseline_representation(b, cfg, seed=cfg.eval.seed) for b in baselines]
-    except (ConfigError, ValueError, KeyError, RuntimeError) as err:
+    except (UserError, ValueError, KeyError, RuntimeError) as err:
         return report_error(f"{args.checkpoint}: {type(err).__name__}: {err}".replace("\n", " "))
 
     suite = Suite(cfg, log)

@@ -54,18 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.orchestration.submitted import TemporaryLocationError, check_lasting
-
-    try:  # under ray job submit: not in Ray's temporary copy of the working directory (before torch is imported)
-        check_lasting(args.out, f"--out {args.out}", OUT_FIX)
-    except TemporaryLocationError as err:
-        print(f"prepare_data: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from siamim.data.parquet import ParquetDataError
-    from siamim.orchestration.cluster import ensure_ray, shutdown_embedded_ray
-    from siamim.orchestration.data_prep import prepare
+    from siamim.errors import UserError
+    from siamim.orchestration.submitted import check_lasting
 
     try:
+        # under ray job submit: not in Ray's temporary copy of the working directory (before torch is imported)
+        check_lasting(args.out, f"--out {args.out}", OUT_FIX)
+        from siamim.orchestration.cluster import ensure_ray, shutdown_embedded_ray
+        from siamim.orchestration.data_prep import prepare
+
         if args.source == "image_folder":  # before Ray starts: the tree, every file's header (seconds)
             from siamim.data.folder_check import check_image_tree
 
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             shutdown_embedded_ray()
-    except (ParquetDataError, FileNotFoundError, ValueError) as err:
+    except (UserError, FileNotFoundError, ValueError) as err:
         print(f"prepare_data: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     counts = ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items())

@@ -24,11 +24,10 @@ import signal
 import sys
 import time
 
-from siamim.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, job_parser, report_error
+from siamim.cli import EXIT_INTERRUPTED, job_parser, report_error
 
 LAUNCH_TIME = time.time()
 
-EXIT_TRAINING_FAILED = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
@@ -142,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None:  # the process's own entry point (not a test calling main): SIGTERM -> clean exit
         signal.signal(signal.SIGTERM, _terminate)
-    from siamim.config import ConfigError, load_config
-    from siamim.orchestration.launch import LaunchError, LaunchInputError, run_pretraining, shutdown_embedded_ray
-    from siamim.orchestration.preflight import PreflightError
+    from siamim.config import load_config
+    from siamim.errors import UserError
+    from siamim.orchestration.launch import run_pretraining, shutdown_embedded_ray
     from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
 
     overrides = cli_overrides(args)
@@ -175,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             register=args.register,
             checkpoint_pictures=args.checkpoint_pictures,
         )
-    except (ConfigError, PreflightError, LaunchInputError) as err:
-        return report_error(err, EXIT_BAD_INPUT)
-    except LaunchError as err:
-        return report_error(err, EXIT_TRAINING_FAILED)
+    except UserError as err:  # bad input: 2; training failed: 1 (LaunchError)
+        return report_error(err, err.exit_code)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # SIGTERM (ours before Ray starts, Ray's own after ray.init: ray-project/ray#39482)

@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from siamim.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -40,7 +42,7 @@ INTEGRITY_SUFFIX = ".integrity.json"
 ENCODER_KIND = "encoder"  # the "kind" of a file written by save_encoder (a training state has none)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file is damaged, truncated or not a siamim checkpoint; the message says which and what to do."""
 
 

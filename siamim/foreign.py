@@ -42,6 +42,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from siamim.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -75,7 +77,7 @@ RELEASE_HEADS = {"base": 12, "large": 16, "huge": 16}  # models_sim.py / models_
 WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
-class ForeignCheckpointError(ValueError):
+class ForeignCheckpointError(UserError, ValueError):
     """A checkpoint is not in a layout this module maps, or maps with keys left over; the message names them."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from siamim.errors import UserError
+
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = (
     "T-shirt/top",
@@ -44,7 +46,7 @@ HOW_TO_GET = (
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """Raised when the dataset files are missing; the message says how to get them."""
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from siamim.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # the files an ImageFolder tree holds (any case)
 SAMPLE = 256  # header reads per split in the launch preflight (evenly spread over the sorted files)
 
 
-class ImageTreeError(ValueError):
+class ImageTreeError(UserError, ValueError):
     """The tree cannot be trained on or converted; the message names the folder or file and the fix."""
 
 

@@ -36,6 +36,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from siamim.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT = "siamim-parquet/1"
 SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("image", pa.binary())])
@@ -43,7 +45,7 @@ COLUMNS = ["id", "label", "image"]
 S3_TIMEOUT_S = 10.0  # connect and request timeouts: an unreachable endpoint fails in seconds
 
 
-class ParquetDataError(RuntimeError):
+class ParquetDataError(UserError, RuntimeError):
     """The shards cannot be used; the message names the location and the fix."""
 
 

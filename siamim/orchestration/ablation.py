@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from siamim.config import ConfigError, check_run_name
+from siamim.errors import UserError
 from siamim.orchestration import mlflow_ui, tracking
 from siamim.orchestration import storage as st
 from siamim.orchestration.ablation_rows import ROWS, parse_rows, row_source, switches_of
@@ -36,12 +37,14 @@ TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only
 DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
 
 
-class AblationInputError(ValueError):
+class AblationInputError(UserError, ValueError):
     """A flag or the cluster cannot run the grid; the message names the flag."""
 
 
-class AblationFailed(RuntimeError):
-    """Some trials failed after their retries (the table of the others is still written)."""
+class AblationFailed(UserError, RuntimeError):
+    """Some trials failed after their retries (the table of the others is still written). Exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -116,10 +119,7 @@ def validate_spec(spec: GridSpec) -> None:
         spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
     )
     need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
-    try:
-        check_run_name(str(spec.name or ""), "--name")
-    except ConfigError as err:
-        raise AblationInputError(str(err)) from None
+    check_run_name(str(spec.name or ""), "--name")  # ConfigError names --name
     for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
         try:
             trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
@@ -261,7 +261,7 @@ def run_ablation(
 ) -> AblationSummary:
     """Run the grid ``spec`` (or resume the grid named ``resume`` under ``storage``); returns the summary.
 
-    Raises :class:`AblationInputError` / ``PreflightError`` before anything starts, and
+    Raises a :class:`~siamim.errors.UserError` (``AblationInputError``, ``ConfigError``, the preflight's) before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
     from siamim.orchestration.cluster import ensure_ray, job_config

@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from siamim.checkpoint import CHECKPOINT_FILE
+from siamim.errors import UserError
 from siamim.orchestration.checkpoints import directory_run_id
 from siamim.orchestration.storage import StorageError, resolve_storage
 from siamim.orchestration.tracking import resolve_tracking_uri
@@ -40,7 +41,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 ARTIFACT_CANDIDATES = ("encoder", "checkpoint/checkpoint.pt", "checkpoints/checkpoint.pt", "checkpoint.pt")
 
 
-class CheckpointNotFound(FileNotFoundError):
+class CheckpointNotFound(UserError, FileNotFoundError):
     """The ``--checkpoint`` reference does not lead to a checkpoint file; the message says what was tried."""
 
 

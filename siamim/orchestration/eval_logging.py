@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from siamim.errors import UserError
 from siamim.orchestration.tracking import _experiment_id
 
 
-class RunNotFound(LookupError):
+class RunNotFound(UserError, LookupError):
     """The MLflow run to log into is not in the tracking store."""
 
 

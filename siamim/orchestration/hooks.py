@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from siamim.errors import UserError
+
 WORKER_HOOK_ENV = "SIAMIM_WORKER_HOOK"
 Hook = Callable[..., None]
 # Driver environment variables the workers (and a grid's trials) get too: the hook and MLflow's
@@ -32,7 +34,7 @@ Hook = Callable[..., None]
 FORWARDED_ENV = re.compile(rf"^({WORKER_HOOK_ENV}|MLFLOW_SYSTEM_METRICS_[A-Z_]+)$")
 
 
-class HookError(ValueError):
+class HookError(UserError, ValueError):
     """``$SIAMIM_WORKER_HOOK`` does not name a callable; the message says what and how to fix it."""
 
 

@@ -96,13 +96,6 @@ def _check_flags(resume, more_steps: int | None) -> None:
         raise LaunchInputError(f"--more-steps {more_steps}: give a positive number of steps")
 
 
-def _resolve_storage(uri: str) -> st.Storage:
-    try:
-        return st.resolve_storage(uri)
-    except st.StorageError as err:
-        raise PreflightError(str(err)) from err
-
-
 def _connect_ray(cfg: Config, address: str | None, wait_for_resources: float, launch_time: float, log) -> float:
     """Join or start Ray and check it can fit the workers; returns the seconds to wait for it to grow (-1: none)."""
     embedded = ensure_ray(address)
@@ -373,11 +366,12 @@ def run_pretraining(
             MLflow registered model (:mod:`.registry`); the summary names ``models:/<name>/<version>``.
         checkpoint_pictures: log the feature pictures at every checkpoint too (else at the end only).
     Raises:
-        PreflightError / LaunchError / ConfigError with a message for the user. The MLflow run is
+        UserError (ConfigError, PreflightError, StorageError, TrackingError, LaunchInputError: exit 2;
+        LaunchError: exit 1) with a message for the user. The MLflow run is
         never left RUNNING: FAILED on errors, KILLED on KeyboardInterrupt / SystemExit (SIGTERM).
     """
     launch_time = launch_time or time.time()
-    storage = _resolve_storage(cfg.run.storage)
+    storage = st.resolve_storage(cfg.run.storage)
     _check_flags(resume, more_steps)
     target = resume_target(cfg, storage, resume, resume_overrides, tracking_uri)
     tracking_uri = tracking.resolve_tracking_uri(target.tracking_uri)

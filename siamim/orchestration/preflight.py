@@ -1,6 +1,7 @@
 """Fail-fast checks that run in the driver before any Ray worker starts.
 
-Each check raises :class:`PreflightError` with a message that names the
+Each check raises a :class:`~siamim.errors.UserError` (:class:`PreflightError` for the data, the
+storage's, tracking's or hook's own error otherwise) with a message that names the
 setting and the fix, so a bad tracking URI, an unwritable storage path or a
 missing dataset costs seconds, not a worker-group start and a crash later.
 """
@@ -12,12 +13,13 @@ from pathlib import Path
 
 from siamim.config import Config
 from siamim.data.folder_check import ImageTreeError, check_image_tree
-from siamim.orchestration.hooks import HookError, load_hook
-from siamim.orchestration.storage import Storage, StorageError, check_writable
-from siamim.orchestration.tracking import TrackingError, check_tracking
+from siamim.errors import UserError
+from siamim.orchestration.hooks import load_hook
+from siamim.orchestration.storage import Storage, check_writable
+from siamim.orchestration.tracking import check_tracking
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """A launch precondition failed; the message says which and how to fix it."""
 
 
@@ -27,10 +29,7 @@ def check_data(cfg: Config, log=print) -> None:
     if cfg.data.dataset == "fashion_mnist":
         from siamim.data import fashion_mnist
 
-        try:
-            root = fashion_mnist.resolve_root(cfg.data.root)
-        except FileNotFoundError as err:
-            raise PreflightError(str(err)) from err
+        root = fashion_mnist.resolve_root(cfg.data.root)  # DatasetNotFoundError names the fix
         for split, (images, labels) in fashion_mnist._FILES.items():
             for stem in (images, labels):
                 if not any((root / name).is_file() for name in (stem + ".gz", stem)):
@@ -47,12 +46,9 @@ def check_data(cfg: Config, log=print) -> None:
         for warning in report.warnings:
             log(f"[siamim] warning: data.root: {warning}")
     elif cfg.data.dataset == "parquet":  # the manifest answers within seconds, or the error names the endpoint
-        from siamim.data.parquet import ParquetDataError, read_manifest
+        from siamim.data.parquet import read_manifest
 
-        try:
-            read_manifest(cfg.data.root)
-        except ParquetDataError as err:
-            raise PreflightError(str(err)) from err
+        read_manifest(cfg.data.root)  # ParquetDataError names the endpoint
 
 
 def check_cluster(cfg: Config) -> list[str]:
@@ -160,18 +156,14 @@ class ResourceWatch:
 
 
 def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True, log=print) -> None:
-    """Tracking store reachable, storage writable, data present, worker hook importable; raises :class:`PreflightError`."""
-    try:
-        load_hook()
-    except HookError as err:
-        raise PreflightError(str(err)) from None
-    try:
-        check_tracking(tracking_uri)
-    except TrackingError as err:
-        raise PreflightError(str(err)) from err
-    try:
-        check_writable(storage)
-    except StorageError as err:
-        raise PreflightError(str(err)) from err
+    """Worker hook importable, tracking store reachable, storage writable, data present.
+
+    Raises:
+        UserError: :class:`~siamim.orchestration.hooks.HookError`, ``TrackingError``, ``StorageError``,
+            :class:`PreflightError` (the data), ``ParquetDataError``: each message names the setting and the fix.
+    """
+    load_hook()
+    check_tracking(tracking_uri)
+    check_writable(storage)
     if check_dataset:
         check_data(cfg, log)

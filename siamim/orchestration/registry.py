@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 
+from siamim.errors import UserError
+
 ENCODER_ARTIFACT = "encoder"  # the run's artifact folder of the exported encoder (trainer.py writes it)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """A ``models:/`` reference does not name a registered version; the message says what exists."""
 
 

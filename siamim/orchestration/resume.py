@@ -18,7 +18,6 @@ from siamim.config import Config, ConfigError, apply_overrides, from_dict
 from siamim.orchestration import storage as st
 from siamim.orchestration.checkpoints import ResumePoint, checkpoint_run_id, resume_point
 from siamim.orchestration.errors import LaunchInputError
-from siamim.orchestration.preflight import PreflightError
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +65,7 @@ def resume_target(
     """A new run of ``cfg`` (``resume`` False), or the stored run ``resume`` names with ``overrides`` on top."""
     if resume is False:
         return Target(cfg, new_run_name(cfg), None, tracking_uri)
-    try:
-        st.check_writable(storage)
-    except st.StorageError as err:
-        raise PreflightError(str(err)) from err
+    st.check_writable(storage)
     record = find_run(storage, resume if isinstance(resume, str) else None)
     cfg = apply_overrides(from_dict(record["config"]), overrides)
     cfg.run.storage = storage.uri

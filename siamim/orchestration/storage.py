@@ -26,12 +26,13 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from siamim.data.fs import write_bytes
+from siamim.errors import UserError
 
 RUN_RECORD = "siamim_run.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """The storage location cannot be used; the message says which and why."""
 
 

@@ -27,11 +27,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from siamim.errors import UserError
+
 DEFAULT_DB = "mlflow.db"
 PARAM_VALUE_MAX = 6000
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message says which and why."""
 
 

@@ -204,14 +204,15 @@ def test_credentials_and_config_errors(tmp_path):
 def test_unreachable_s3_fails_in_seconds_naming_the_endpoint():
     import time
 
-    from siamim.orchestration.preflight import PreflightError, check_data
+    from siamim.errors import UserError
+    from siamim.orchestration.preflight import check_data
     from tests.helpers import free_port
 
     port = free_port()  # nothing listens there
     root = f"s3://bucket/shards?endpoint_override=127.0.0.1:{port}&scheme=http"
     cfg = load_config("tiny", ["data.dataset=parquet", f"data.root={root}"])
     start = time.time()
-    with pytest.raises(PreflightError, match=f"http://127.0.0.1:{port}"):
+    with pytest.raises(UserError, match=f"http://127.0.0.1:{port}"):
         check_data(cfg)
     assert time.time() - start < 30
 

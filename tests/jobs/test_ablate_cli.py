@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from siamim.cli import EXIT_BAD_INPUT
 from siamim.eval.protocols import names, protocols
 from siamim.orchestration import ablation_table as tbl
 from siamim.orchestration.ablation_rows import (
@@ -89,7 +90,7 @@ def test_bad_flags_fail_before_anything_starts(args, flag, tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     rc = cli.main([*args, "--name", "bad", "--storage", str(storage), "--tracking-uri", f"sqlite:///{db}"])
     err = capsys.readouterr().err
-    assert rc == cli.EXIT_BAD_INPUT, err
+    assert rc == EXIT_BAD_INPUT, err
     assert flag in err, err
     assert not ray.is_initialized()  # no Ray started, so no trial either
     assert not (storage / "bad").exists()  # no grid directory, no grid record
@@ -104,7 +105,7 @@ def test_grid_names_a_directory_ray_or_a_shell_cannot_carry_are_refused(bad, tmp
         ["--rows", "i", f"--name={bad}", "--storage", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     )
     err = capsys.readouterr().err
-    assert rc == cli.EXIT_BAD_INPUT and f"--name={bad!r} is invalid" in err, err
+    assert rc == EXIT_BAD_INPUT and f"--name={bad!r} is invalid" in err, err
     assert not storage.exists() and not (tmp_path / "m.db").exists()
 
 

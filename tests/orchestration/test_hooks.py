@@ -6,7 +6,7 @@ import pytest
 
 from siamim.config import load_config
 from siamim.orchestration import hooks, trainer
-from siamim.orchestration.preflight import PreflightError, preflight
+from siamim.orchestration.preflight import preflight
 from siamim.orchestration.storage import resolve_storage
 
 
@@ -44,7 +44,7 @@ def test_a_hook_from_a_module_and_a_raising_hook_stops_the_report():
 )
 def test_a_bad_hook_fails_the_preflight_naming_the_variable(monkeypatch, tmp_path, spec, message):
     monkeypatch.setenv(hooks.WORKER_HOOK_ENV, spec)
-    with pytest.raises(PreflightError, match=f"SIAMIM_WORKER_HOOK={spec!r}.*{message}".replace("(", r"\(")):
+    with pytest.raises(hooks.HookError, match=f"SIAMIM_WORKER_HOOK={spec!r}.*{message}".replace("(", r"\(")):
         preflight(load_config("tiny"), resolve_storage(str(tmp_path)), f"sqlite:///{tmp_path}/m.db")
     monkeypatch.delenv(hooks.WORKER_HOOK_ENV)
     assert hooks.load_hook() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from siamim.config import load_config
+from siamim.errors import UserError
 from siamim.orchestration import preflight, storage, trainer
 
 
@@ -28,7 +29,7 @@ def test_run_config_checkpoints_failures_and_storage(tmp_path):
 
 def test_preflight_reports_missing_dataset(tmp_path):
     cfg = load_config("tiny", {"data.root": str(tmp_path / "nowhere")})
-    with pytest.raises(preflight.PreflightError, match="Fashion-MNIST"):
+    with pytest.raises(UserError, match="Fashion-MNIST"):  # the dataset's own error: it names the fix
         preflight.check_data(cfg)
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "train-images-idx3-ubyte.gz").write_bytes(b"")
