@@ -213,7 +213,9 @@ def pretrain(
                 if rank == 0 and reporter is not None:
                     reporter(metrics)
             if rank == 0:  # once per interval: its timing is the interval's
-                progress.update(flushed[-1], log=step % cfg.train.log_every == 0 or last)
+                progress.update(
+                    flushed[-1], log=step % cfg.train.log_every == 0 or last or MONITOR_METRIC in flushed[-1]
+                )
             if on_interval is not None:
                 on_interval(step, bool(save))
         if save:

@@ -50,9 +50,10 @@ class TrainProgress:
         done = step - self.step_first
         per_step = (now - self.t_first) / done if done > 0 else float("nan")
         eta = format_seconds(per_step * (self.stop - step)) if done > 0 else "?"
+        monitor = f" | kNN monitor {metrics['knn_monitor']:.2f}%" if "knn_monitor" in metrics else ""
         print(
             f"[siamim] epoch {metrics['epoch']:.2f} | step {step}/{self.stop} | loss {metrics['loss']:.4f} | "
-            f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}",
+            f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}{monitor}",
             flush=True,
         )
 

@@ -44,3 +44,14 @@ def test_the_loop_reports_the_monitor_every_n_steps_and_trains_the_same(small_cf
     assert all(0.0 <= watched[s][METRIC] <= 100.0 for s in (2, 4, 5))
     assert not any(METRIC in m for m in plain.values())
     assert [watched[s]["loss"] for s in sorted(watched)] == [plain[s]["loss"] for s in sorted(plain)]  # bit-exact
+
+
+def test_the_progress_line_shows_the_monitor(capsys):
+    from siamim.train.progress import TrainProgress
+
+    progress = TrainProgress(total_steps=10, start_step=0, steps_per_epoch=10, enabled=True, stop_step=10)
+    base = {"epoch": 0.1, "loss": 1.0, "lr": 1e-3, "images_per_s": 100.0}
+    progress.update({**base, "step": 1}, log=True)
+    progress.update({**base, "step": 2, METRIC: 61.234}, log=True)
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert "kNN monitor" not in first and second.endswith("| kNN monitor 61.23%")
