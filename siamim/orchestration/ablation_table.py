@@ -203,7 +203,9 @@ def y_limits(values: list[float]) -> tuple[float, float]:
 def plot(
     results: list[dict], protocols: list[str], path: str | Path, floors: dict[str, dict[str, float]] | None = None
 ) -> Path:
-    """PNG: one panel per protocol, metric per row (bar = mean over seeds, dots = each seed).
+    """PNG: one panel per protocol, metric per row (marker and bar = mean ± std over seeds, dots = each seed).
+
+    Means are markers, not bars: the y-axis does not start at 0, and a bar's area would exaggerate the gaps.
 
     ``floors``: reference levels drawn as dashed lines across each panel, ``{label: {metric key: value}}``
     (e.g. the raw-pixel and random-init baselines through the same protocols); the y-axis then spans them,
@@ -225,9 +227,11 @@ def plot(
             if not seeds:
                 continue
             m, s = mean_std(seeds)
-            ax.bar(x, m, color="tab:orange" if row == "i" else "tab:blue", alpha=0.6, yerr=s, capsize=3)
+            color = "tab:orange" if row == "i" else "tab:blue"
+            ax.errorbar(x, m, yerr=s, fmt="D", color=color, markersize=8, capsize=5, elinewidth=2, zorder=2)
             ax.scatter([x] * len(seeds), seeds, color="black", s=10, zorder=3)
         ax.set_xticks(range(len(rows)), rows)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_xlabel("ablation row (i = SiameseIM)")
         ax.set_ylabel(f"{title} (%)")
         ax.set_title(f"{title}: mean ± std, dots = seeds")
@@ -239,7 +243,7 @@ def plot(
                 )
                 got.append(levels[key])
         if floors:
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="best", fontsize=8)
         if got:
             ax.set_ylim(*y_limits(got))
     fig.tight_layout()
