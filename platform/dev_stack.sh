@@ -4,6 +4,8 @@
 # settings against a real cluster (infra/), MinIO/AWS S3 and a shared MLflow.
 #
 #   platform/dev_stack.sh up [ray|mlflow|s3 ...]   start (default: all three)
+#   platform/dev_stack.sh up --nodes N [...]         also N Ray worker nodes: separate Ray nodes on this host
+#                                                   (RAY_NODE_CPUS each, default 1; RAY_NODE_GPUS logical GPUs, default 0)
 #   platform/dev_stack.sh down                      stop what this script started
 #   platform/dev_stack.sh status                    print addresses / health
 #   eval "$(platform/dev_stack.sh env)"             export MLFLOW_TRACKING_URI, AWS_*, RAY_API_SERVER_ADDRESS ...
@@ -25,6 +27,9 @@ export PATH="$VENV_BIN:$PATH"   # the head runs submitted entrypoints (`python .
 RAY_PORT="${RAY_PORT:-6380}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
+RAY_NODES=0   # worker nodes beside the head (up --nodes N)
+RAY_NODE_CPUS="${RAY_NODE_CPUS:-1}"
+RAY_NODE_GPUS="${RAY_NODE_GPUS:-0}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 S3_PORT="${S3_PORT:-9000}"
 S3_BUCKET="${S3_BUCKET:-siamim}"
@@ -96,6 +101,38 @@ up_ray() {
   echo $! >"$STACK_DIR/ray.pid"
   wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
+  local k
+  for k in $(seq "$RAY_NODES"); do up_ray_node "$k"; done
+  [ "$RAY_NODES" -eq 0 ] || wait_ray_nodes $((RAY_NODES + 1)) 120
+}
+
+up_ray_node() {  # k: a worker node joining the head, its own raylet and object store (a real multi-node cluster)
+  local name="ray-node-$1"
+  if [ -f "$STACK_DIR/$name.pid" ] && kill -0 "$(cat "$STACK_DIR/$name.pid")" 2>/dev/null; then echo "$name: already up"; return; fi
+  setsid "$VENV_BIN/ray" start --address "127.0.0.1:$RAY_PORT" --block --num-cpus "$RAY_NODE_CPUS" \
+    --num-gpus "$RAY_NODE_GPUS" --resources "{\"siamim_node_$1\": 1}" \
+    --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/$name.log" 2>&1 &
+  echo $! >"$STACK_DIR/$name.pid"
+  echo "$name: joining 127.0.0.1:$RAY_PORT ($RAY_NODE_CPUS CPU, $RAY_NODE_GPUS logical GPU, resource siamim_node_$1)"
+}
+
+wait_ray_nodes() {  # count seconds: until the head sees this many alive nodes
+  "$VENV_BIN/python" - "$1" "$2" "http://127.0.0.1:$RAY_DASHBOARD_PORT" <<'PY'
+import sys, time
+from ray.util.state import list_nodes
+want, deadline, address = int(sys.argv[1]), time.time() + float(sys.argv[2]), sys.argv[3]
+while True:
+    try:
+        alive = [n for n in list_nodes(address=address, raise_on_missing_output=False) if n.state == "ALIVE"]
+    except Exception:  # the state API is not up yet
+        alive = []
+    if len(alive) >= want:
+        print(f"ray: {len(alive)} nodes alive (head + {len(alive) - 1})")
+        break
+    if time.time() > deadline:
+        sys.exit(f"ray: only {len(alive)} of {want} nodes alive after {sys.argv[2]} s; see the ray-node-*.log files")
+    time.sleep(1.0)
+PY
 }
 
 # Ray's pointer to "the current cluster" (what a plain ray.init() joins); `ray start` writes it, and
@@ -103,6 +140,8 @@ up_ray() {
 RAY_ADDRESS_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
 
 down_ray() {
+  local f
+  for f in "$STACK_DIR"/ray-node-*.pid; do [ -e "$f" ] && stop_pid "$(basename "$f" .pid)"; done
   stop_pid ray
   if [ -f "$RAY_ADDRESS_FILE" ] && grep -q ":$RAY_PORT\s*$" "$RAY_ADDRESS_FILE"; then
     rm -f "$RAY_ADDRESS_FILE"
@@ -126,6 +165,10 @@ stop_pid() {  # name
 case "${1:-}" in
   up)
     shift
+    if [ "${1:-}" = "--nodes" ]; then
+      [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "--nodes needs a number of worker nodes, e.g. --nodes 2" >&2; exit 2; }
+      RAY_NODES="$2"; shift 2
+    fi
     services=("$@"); [ ${#services[@]} -gt 0 ] || services=(s3 mlflow ray)
     for s in "${services[@]}"; do "up_$s"; done ;;
   down)

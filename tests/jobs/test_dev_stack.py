@@ -83,3 +83,56 @@ def test_down_leaves_no_stale_ray_pointer_and_a_new_local_ray_starts(tmp_path):
     finally:
         subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=120)
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
+
+
+NODE_IDS = """
+import ray
+ray.init(address="127.0.0.1:{port}")
+@ray.remote(num_cpus=1)
+def where():
+    return ray.get_runtime_context().get_node_id()
+print(sorted(ray.get([where.options(resources={{f"siamim_node_{{k}}": 1}}).remote() for k in (1, 2)])))
+print(len([n for n in ray.nodes() if n["Alive"]]))
+"""
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a stopped process whose parent has not reaped it yet)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_up_nodes_starts_a_multi_node_cluster_and_down_stops_all_of_it(tmp_path):
+    """``up --nodes 2 ray``: a head and two worker nodes (their own raylets) on this host; a task pinned to
+    each worker node runs there; ``down`` stops every process of that cluster."""
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
+    env.update(
+        SIAMIM_STACK_DIR=str(tmp_path / "stack"),
+        RAY_TMPDIR=ray_tmp,
+        RAY_PORT=str(free_port()),
+        RAY_DASHBOARD_PORT=str(free_port()),
+        RAY_NUM_CPUS="0",  # the head schedules nothing: work lands on the worker nodes
+    )
+    try:
+        assert "3 nodes alive (head + 2)" in stack(["up", "--nodes", "2", "ray"], env)
+        code = NODE_IDS.format(port=env["RAY_PORT"])
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        ids, alive = proc.stdout.strip().splitlines()[-2:]
+        assert len(set(eval(ids))) == 2 and alive == "3"  # two distinct worker nodes, head + 2 alive
+        pids = [int((tmp_path / "stack" / f"{n}.pid").read_text()) for n in ("ray", "ray-node-1", "ray-node-2")]
+        out = stack(["down"], env)
+        assert "ray-node-1: down" in out and "ray-node-2: down" in out and "ray: down" in out, out
+        left = subprocess.run(["pgrep", "-f", f"127.0.0.1:{env['RAY_PORT']}"], capture_output=True, text=True)
+        assert left.stdout.strip() == "", left.stdout  # no raylet, GCS or `ray start` of this cluster
+        assert not any(running(p) for p in pids)
+        bad = subprocess.run(["bash", str(STACK), "up", "--nodes", "two"], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and "--nodes needs a number" in bad.stderr
+    finally:
+        subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=120)
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
