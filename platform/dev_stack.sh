@@ -102,8 +102,10 @@ up_ray() {
   wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
   local k
-  for k in $(seq "$RAY_NODES"); do up_ray_node "$k"; done
-  [ "$RAY_NODES" -eq 0 ] || wait_ray_nodes $((RAY_NODES + 1)) 120
+  for k in $(seq "$RAY_NODES"); do  # one at a time: on a loaded host, raylets started together can time out
+    up_ray_node "$k"
+    wait_ray_nodes $((k + 1)) 90 || { echo "ray-node-$k: did not join; starting it again" >&2; stop_pid "ray-node-$k"; up_ray_node "$k"; wait_ray_nodes $((k + 1)) 120; }
+  done
 }
 
 up_ray_node() {  # k: a worker node joining the head, its own raylet and object store (a real multi-node cluster)
@@ -127,7 +129,7 @@ while True:
     except Exception:  # the state API is not up yet
         alive = []
     if len(alive) >= want:
-        print(f"ray: {len(alive)} nodes alive (head + {len(alive) - 1})")
+        print(f"ray: {len(alive)} nodes alive (head + {len(alive) - 1})", flush=True)
         break
     if time.time() > deadline:
         sys.exit(f"ray: only {len(alive)} of {want} nodes alive after {sys.argv[2]} s; see the ray-node-*.log files")

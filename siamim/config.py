@@ -158,6 +158,9 @@ class PlatformConfig(Section):
     name: str | None = None
     storage: str = "runs/ray"  # local path or URI (s3://bucket/prefix?endpoint_override=...)
     num_workers: PositiveInt = 2
+    # elastic training: Ray Train runs between min_workers and num_workers workers, as the cluster allows
+    # (a lost node shrinks the group, a joining one grows it back); None: a fixed group of num_workers
+    min_workers: PositiveInt | None = None
     use_gpu: bool = False
     gpus_per_worker: float = Field(1.0, gt=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -265,12 +268,16 @@ class Config(Section):
             "grid queries (MAE's decoder) predict view 1's masked patches; they need model.heads=mae_like, "
             "views.different_views=false and loss.scope=dense",
         )
-        _check(
-            t.batch_size % r.num_workers == 0,
-            "train.batch_size",
-            t.batch_size,
-            f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)",
+        low = r.num_workers if r.min_workers is None else r.min_workers
+        _check(low <= r.num_workers, "run.min_workers", r.min_workers, f"must be <= run.num_workers={r.num_workers}")
+        bad = [n for n in range(low, r.num_workers + 1) if t.batch_size % n]
+        fixed = f"must be divisible by run.num_workers={r.num_workers} (it is the global batch)"
+        elastic = (
+            f"must be divisible by every worker count the run may have: {', '.join(map(str, bad))} of "
+            f"run.min_workers..run.num_workers = {low}..{r.num_workers} do not divide it (it is the global batch); "
+            "pick a batch size they all divide, or narrow the range"
         )
+        _check(not bad, "train.batch_size", t.batch_size, fixed if low == r.num_workers else elastic)
         return self
 
 

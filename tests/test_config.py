@@ -31,6 +31,11 @@ def test_dotted_overrides_are_typed():
         ("mask.ratio=1.5", r"mask.ratio=1.5 is invalid"),
         ("model.patch_size=5", r"model.patch_size=5 is invalid: must divide data.img_size=28"),
         ("train.batch_size=255", r"train.batch_size=255 is invalid: must be divisible by run.num_workers=2"),
+        (
+            "run.num_workers=4 run.min_workers=2 train.batch_size=256",
+            r"train.batch_size=256 is invalid: .*3 of run.min_workers..run.num_workers = 2..4 do not divide it",
+        ),
+        ("run.min_workers=3", r"run.min_workers=3 is invalid: must be <= run.num_workers=2"),
         ("loss.type=cosin", r"did you mean .cosine."),
         ("model.target=pixel model.heads=moco_like", r"model.target='pixel' is invalid: .*model.heads=mae_like"),
         ("loss.scope=global", r"loss.scope='global' is invalid: .*model.heads=moco_like"),

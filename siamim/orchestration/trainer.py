@@ -55,7 +55,9 @@ def scaling_config(cfg: Config) -> ScalingConfig:
     resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
         resources["GPU"] = float(r.gpus_per_worker)
-    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
+    elastic = r.min_workers is not None and r.min_workers < r.num_workers
+    workers = (r.min_workers, r.num_workers) if elastic else r.num_workers  # Ray Train's elastic range
+    return ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources)
 
 
 def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:

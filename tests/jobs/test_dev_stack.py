@@ -119,7 +119,7 @@ def test_up_nodes_starts_a_multi_node_cluster_and_down_stops_all_of_it(tmp_path)
         RAY_NUM_CPUS="0",  # the head schedules nothing: work lands on the worker nodes
     )
     try:
-        assert "3 nodes alive (head + 2)" in stack(["up", "--nodes", "2", "ray"], env)
+        assert "3 nodes alive (head + 2)" in stack(["up", "--nodes", "2", "ray"], env)  # one line per node joined
         code = NODE_IDS.format(port=env["RAY_PORT"])
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

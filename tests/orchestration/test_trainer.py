@@ -35,3 +35,9 @@ def test_preflight_reports_missing_dataset(tmp_path):
     (tmp_path / "partial" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(preflight.PreflightError, match="train-labels-idx1-ubyte"):
         preflight.check_data(load_config("tiny", {"data.root": str(tmp_path / "partial")}))
+
+
+def test_min_workers_makes_the_group_elastic():
+    assert trainer.scaling_config(load_config("tiny")).num_workers == 2  # fixed, as before
+    assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 1})).num_workers == (1, 2)
+    assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 2})).num_workers == 2
