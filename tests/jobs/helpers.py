@@ -34,3 +34,25 @@ def knn_tolerance(queries: int) -> float:
     top-1 equals the uninterrupted run's up to a vote tie that a last-bit difference flips.
     """
     return 200.0 / queries
+
+
+def submit_pretrain_cmd(dashboard: str, submission_id: str, *args: str, wait: bool = True) -> list[str]:
+    """``ray job submit`` (of this checkout, to the head at ``dashboard``) of ``jobs/pretrain.py --config tiny *args``."""
+    return [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        str(REPO),
+        "--submission-id",
+        submission_id,
+        *([] if wait else ["--no-wait"]),
+        "--",
+        sys.executable,
+        "jobs/pretrain.py",
+        "--config",
+        "tiny",
+        *args,
+    ]

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from siamim.config import load_config
 from siamim.orchestration import tracking
 from siamim.orchestration.launch import LaunchError, run_pretraining
 from tests.jobs.conftest import S3_BUCKET, ray_head_process
-from tests.jobs.helpers import BIN, REPO, knn_tolerance
+from tests.jobs.helpers import REPO, knn_tolerance, submit_pretrain_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -115,26 +114,9 @@ def test_map_style_two_workers_from_s3(reference, mlflow_server):
 
 
 def _submit(ray_head, base_env, submission_id: str, *args: str, wait: bool = True) -> subprocess.Popen:
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        ray_head["dashboard"],
-        "--working-dir",
-        str(REPO),
-        "--submission-id",
-        submission_id,
-        *([] if wait else ["--no-wait"]),
-        "--",
-        sys.executable,
-        "jobs/pretrain.py",
-        "--config",
-        "tiny",
-        "--tracking-uri",
-        tracking_uri_of(base_env),
-        *args,
-    ]
+    cmd = submit_pretrain_cmd(
+        ray_head["dashboard"], submission_id, "--tracking-uri", tracking_uri_of(base_env), *args, wait=wait
+    )
     return subprocess.run(cmd, cwd=REPO, env=base_env, capture_output=True, text=True, timeout=420, check=False)
 
 

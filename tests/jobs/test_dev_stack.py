@@ -19,6 +19,19 @@ def stack(cmd: list[str], env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
+def ray_stack_env(tmp_path, ray_tmp: str, head_cpus: int) -> dict:
+    """The environment of a dev stack of its own: state under ``tmp_path``, free ports, Ray's files in ``ray_tmp``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
+    env.update(
+        SIAMIM_STACK_DIR=str(tmp_path / "stack"),
+        RAY_TMPDIR=ray_tmp,
+        RAY_PORT=str(free_port()),
+        RAY_DASHBOARD_PORT=str(free_port()),
+        RAY_NUM_CPUS=str(head_cpus),
+    )
+    return env
+
+
 def test_down_up_never_lists_runs_whose_artifacts_are_gone(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -58,14 +71,7 @@ def test_down_leaves_no_stale_ray_pointer_and_a_new_local_ray_starts(tmp_path):
     import tempfile
 
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
-    env.update(
-        SIAMIM_STACK_DIR=str(tmp_path / "stack"),
-        RAY_TMPDIR=ray_tmp,
-        RAY_PORT=str(free_port()),
-        RAY_DASHBOARD_PORT=str(free_port()),
-        RAY_NUM_CPUS="1",
-    )
+    env = ray_stack_env(tmp_path, ray_tmp, head_cpus=1)
     pointer = os.path.join(ray_tmp, "ray", "ray_current_cluster")
     try:
         stack(["up", "ray"], env)
@@ -110,14 +116,7 @@ def test_up_nodes_starts_a_multi_node_cluster_and_down_stops_all_of_it(tmp_path)
     import tempfile
 
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "RAY_ADDRESS"))}
-    env.update(
-        SIAMIM_STACK_DIR=str(tmp_path / "stack"),
-        RAY_TMPDIR=ray_tmp,
-        RAY_PORT=str(free_port()),
-        RAY_DASHBOARD_PORT=str(free_port()),
-        RAY_NUM_CPUS="0",  # the head schedules nothing: work lands on the worker nodes
-    )
+    env = ray_stack_env(tmp_path, ray_tmp, head_cpus=0)  # the head schedules nothing: work lands on the nodes
     try:
         assert "3 nodes alive (head + 2)" in stack(["up", "--nodes", "2", "ray"], env)  # one line per node joined
         code = NODE_IDS.format(port=env["RAY_PORT"])

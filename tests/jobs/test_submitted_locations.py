@@ -8,13 +8,12 @@ job used to train, exit 0 and leave its checkpoints and MLflow store in that cop
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
-from tests.jobs.helpers import BIN, REPO, TINY_ARGS
+from tests.jobs.helpers import REPO, TINY_ARGS, submit_pretrain_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -22,26 +21,7 @@ DEADLINE_S = 150  # the refusal comes before Ray Train starts: tens of seconds o
 
 
 def _submit(ray_head, env, submission_id: str, *args: str) -> None:
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        ray_head["dashboard"],
-        "--working-dir",
-        str(REPO),
-        "--submission-id",
-        submission_id,
-        "--no-wait",
-        "--",
-        sys.executable,
-        "jobs/pretrain.py",
-        "--config",
-        "tiny",
-        "train.max_steps=2",
-        *TINY_ARGS,
-        *args,
-    ]
+    cmd = submit_pretrain_cmd(ray_head["dashboard"], submission_id, "train.max_steps=2", *TINY_ARGS, *args, wait=False)
     subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
 
 
