@@ -39,10 +39,18 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-dev}" AWS_SECRET_ACCESS_KEY="${AW
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 mkdir -p "$STACK_DIR"
 
-wait_http() {  # url seconds
-  local url="$1" deadline=$((SECONDS + $2))
+wait_http() {  # url seconds name: until the url answers; on failure, say why with the tail of $name.log
+  local url="$1" deadline=$((SECONDS + $2)) name="$3" pid
+  pid="$(cat "$STACK_DIR/$name.pid")"
   until curl -fsS -o /dev/null "$url" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "not ready: $url" >&2; return 1; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name: exited before $url answered; the end of $STACK_DIR/$name.log:" >&2
+      tail -n 20 "$STACK_DIR/$name.log" >&2; rm -f "$STACK_DIR/$name.pid"; return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$name: not ready after $2 s: $url; the end of $STACK_DIR/$name.log:" >&2
+      tail -n 20 "$STACK_DIR/$name.log" >&2; return 1
+    fi
     sleep 0.5
   done
 }
@@ -51,7 +59,7 @@ up_s3() {
   if [ -f "$STACK_DIR/s3.pid" ] && kill -0 "$(cat "$STACK_DIR/s3.pid")" 2>/dev/null; then echo "s3: already up"; return; fi
   setsid "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STACK_DIR/s3.log" 2>&1 &
   echo $! >"$STACK_DIR/s3.pid"
-  wait_http "http://127.0.0.1:$S3_PORT/" 30
+  wait_http "http://127.0.0.1:$S3_PORT/" 30 s3
   echo "$(date +%Y%m%d-%H%M%S)-$$-$RANDOM" >"$STACK_DIR/s3.session"   # a new, empty in-memory store
   "$VENV_BIN/python" - <<EOF
 import boto3
@@ -84,12 +92,16 @@ up_mlflow() {
     --backend-store-uri "sqlite:///$STACK_DIR/mlflow.db" --artifacts-destination "$artifacts" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STACK_DIR/mlflow.log" 2>&1 &
   echo $! >"$STACK_DIR/mlflow.pid"
-  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 90
+  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 90 mlflow
   echo "mlflow: http://127.0.0.1:$MLFLOW_PORT (artifacts: $artifacts)"
 }
 
 up_ray() {
   if [ -f "$STACK_DIR/ray.pid" ] && kill -0 "$(cat "$STACK_DIR/ray.pid")" 2>/dev/null; then echo "ray: already up"; return; fi
+  if [ "$RAY_DASHBOARD_PORT" = 52365 ]; then  # Ray's default dashboard-agent port: whichever binds first wins
+    echo "ray: RAY_DASHBOARD_PORT=52365 is the port Ray's dashboard agent listens on; choose another (default 8265)" >&2
+    return 2
+  fi
   # --block keeps `ray start` in the foreground of its own session, so `down` stops exactly this head
   # (its process group) and never other Ray clusters on the host, as `ray stop` would.
   # RAY_API_SERVER_ADDRESS: Ray Train's PlacementGroupCleaner queries the state API without an address and,
@@ -99,7 +111,7 @@ up_ray() {
     --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
     --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
   echo $! >"$STACK_DIR/ray.pid"
-  wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90
+  wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90 ray
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
   local k
   for k in $(seq "$RAY_NODES"); do  # one at a time: on a loaded host, raylets started together can time out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -58,10 +59,24 @@ def _python_sigterm() -> None:
             signal.signal(signal.SIGTERM, handler)
 
 
+# Ports Ray and the dev stack bind by default whatever else is configured (GCS 6379, dashboard 8265, client
+# 10001, dashboard agent 52365; dev stack 5000, 6380, 9000). A kernel-chosen free port can be one of them: a
+# dashboard put on 52365 then races the node's own dashboard agent for it and fails to start.
+DEFAULT_PORTS = frozenset({5000, 6379, 6380, 8265, 9000, 10001, 52365})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago and is none of :data:`DEFAULT_PORTS`."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in DEFAULT_PORTS:
+            return port
+
+
 def _local_runtime_env() -> tuple[dict, dict]:
     """``(runtime_env, ray.init kwargs)`` of a new local instance (one node: the installed package serves)."""
-    import socket
-
     # One node that is never drained: Ray Train's node-preemption watcher has nothing to watch, and its
     # creation logs an ERROR line ("PreemptionWatcher ... constructor arguments in the object store").
     # The variable is the watcher's off switch (ray-project/ray#63807); no issue for the ERROR as of Ray 2.60.
@@ -69,9 +84,7 @@ def _local_runtime_env() -> tuple[dict, dict]:
     # Ray Train's detached PlacementGroupCleaner polls the state API with no address: with another Ray
     # instance on the host it fails ("Found multiple active Ray instances", ray-project/ray#25639) and
     # prints tracebacks. Tell every actor of this job which dashboard is ours.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     return {"env_vars": env_vars}, {"dashboard_port": port}
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from tests.helpers import free_port
@@ -135,3 +137,28 @@ def test_up_nodes_starts_a_multi_node_cluster_and_down_stops_all_of_it(tmp_path)
     finally:
         subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=120)
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
+
+
+def test_up_refuses_the_dashboard_agent_port_before_starting_anything(tmp_path):
+    env = ray_stack_env(tmp_path, tempfile.mkdtemp(prefix="rp", dir="/tmp"), head_cpus=1)
+    env["RAY_DASHBOARD_PORT"] = "52365"
+    proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "RAY_DASHBOARD_PORT=52365" in proc.stderr and "choose another" in proc.stderr, proc.stderr
+    assert not (tmp_path / "stack" / "ray.pid").exists()
+
+
+def test_a_head_that_dies_at_start_fails_fast_with_its_log(tmp_path):
+    env = ray_stack_env(tmp_path, tempfile.mkdtemp(prefix="rp", dir="/tmp"), head_cpus=1)
+    with socket.socket() as taken:  # the GCS port is held: `ray start --head` exits at once
+        taken.bind(("127.0.0.1", int(env["RAY_PORT"])))
+        taken.listen()
+        started = time.monotonic()
+        proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+    try:
+        assert proc.returncode != 0
+        assert "ray: exited before" in proc.stderr and "ray.log" in proc.stderr, proc.stderr
+        assert elapsed < 80, f"waited {elapsed:.0f} s for a head that was gone (the deadline is 90 s)"
+    finally:
+        subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=120)
