@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_PROTOCOLS,
         AblationInputError,
         GridSpec,
-        cluster_resources,
         describe,
-        local_resources,
+        dry_run_resources,
         run_ablation,
         validate_spec,
     )
@@ -161,15 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.dry_run:
                 validate_spec(spec)
-                if args.address or os.environ.get("RAY_ADDRESS"):
-                    import ray
-
-                    ray.init(address=args.address)  # joins the cluster to read its size; starts nothing
-                    have, where = cluster_resources(), f"Ray cluster {args.address or os.environ['RAY_ADDRESS']}"
-                    ray.shutdown()
-                else:
-                    have, where = local_resources(), "this machine, embedded Ray"
-                print("\n".join(describe(spec, have, where)), flush=True)
+                print("\n".join(describe(spec, *dry_run_resources(args.address))), flush=True)
                 return 0
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
     except UserError as err:  # bad input: 2; trials failed after their retries: 1 (AblationFailed)

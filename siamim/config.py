@@ -310,9 +310,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+SPACES_DIR = CONFIG_DIR / "spaces"  # search spaces of jobs/search.py (not presets); found presets: configs/found/
+
+
 def _preset_names() -> list[str]:
     return sorted(
-        str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")
+        str(p.relative_to(CONFIG_DIR).with_suffix(""))
+        for p in CONFIG_DIR.rglob("*.yaml")
+        if not p.name.startswith("_") and SPACES_DIR not in p.parents
     )
 
 

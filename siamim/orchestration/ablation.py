@@ -152,6 +152,20 @@ def cluster_resources() -> dict[str, float]:
     }
 
 
+def dry_run_resources(address: str | None) -> tuple[dict[str, float], str]:
+    """``(resources, where)`` a dry run plans with: the cluster's at ``address`` / ``$RAY_ADDRESS`` (joined to
+    read its size, nothing started), else this machine's as an embedded Ray instance would see them."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        return local_resources(), "this machine, embedded Ray"
+    import ray
+
+    ray.init(address=address)
+    try:
+        return cluster_resources(), f"Ray cluster {address or os.environ['RAY_ADDRESS']}"
+    finally:
+        ray.shutdown()
+
+
 def check_resources(spec: GridSpec, have: dict[str, float]) -> None:
     """One trial must fit the cluster; raises :class:`AblationInputError` naming the flag."""
     need = spec.trial_need()
@@ -498,6 +512,7 @@ __all__ = [
     "GridSpec",
     "ROWS",
     "describe",
+    "dry_run_resources",
     "local_resources",
     "packing",
     "run_ablation",

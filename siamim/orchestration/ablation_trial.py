@@ -42,19 +42,25 @@ def trial_run_name(row: str, seed: int) -> str:
 
 def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
     """The dotted overrides of one trial, after the row's preset (the grid's flags win over ``spec['overrides']``)."""
-    out = list(spec["overrides"])
+    return [*spec["overrides"], f"train.seed={seed}", *budget_overrides(spec, trial_run_name(row, seed))]
+
+
+def budget_overrides(spec: dict, run_name: str) -> list[str]:
+    """What a trial's flags set: the budget (``spec['steps']`` / ``['epochs']``), its workers and resources
+    (``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``), ``run.experiment`` and ``run.name``;
+    the grid's and the search's trials alike."""
+    out = []
     if spec.get("steps") is not None:
         out.append(f"train.max_steps={spec['steps']}")
     if spec.get("epochs") is not None:
         out.append(f"train.epochs={spec['epochs']}")
     gpus = float(spec.get("gpus_per_worker") or 0.0)
     out += [
-        f"train.seed={seed}",
         f"run.num_workers={spec['workers_per_trial']}",
         f"run.cpus_per_worker={spec['cpus_per_worker']}",
         f"run.use_gpu={'true' if gpus > 0 else 'false'}",
         f"run.experiment={spec['experiment']}",
-        f"run.name={trial_run_name(row, seed)}",
+        f"run.name={run_name}",
         f"run.max_failures={spec.get('train_max_failures', 0)}",
     ]
     if gpus > 0:
@@ -90,9 +96,10 @@ def eval_resources(spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- MLflow child runs
-def find_child(client, experiment_id: str, parent_id: str, key: str):
+def find_child(client, experiment_id: str, parent_id: str, key: str, tag: str = TRIAL_TAG):
+    """The child run of ``parent_id`` whose tag ``tag`` is ``key`` (a grid's or a search's trial), else None."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
+        [experiment_id], filter_string=f"tags.`{tag}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
     )
     return runs[0] if runs else None
 
