@@ -50,7 +50,11 @@ def run_search(tmp_path, space_text: str | None, *args: str) -> tuple[int, str, 
 @pytest.mark.parametrize(
     "space, args, named",
     [
-        ("optim.blrr: {loguniform: [1.0e-4, 1.0e-3]}\n", [], "optim.blrr is not a config key; did you mean 'optim.blr'"),
+        (
+            "optim.blrr: {loguniform: [1.0e-4, 1.0e-3]}\n",
+            [],
+            "optim.blrr is not a config key; did you mean 'optim.blr'",
+        ),
         ("optim.ema_m0: {choice: []}\n", [], "optim.ema_m0: choice needs a non-empty list"),
         ("views.crop_min: {uniform: [0.5, 0.2]}\n", [], "views.crop_min: uniform [0.5, 0.2]: low must be below high"),
         ("optim.blr: {loguniform: [0, 1.0e-3]}\n", [], "optim.blr: loguniform [0, 0.001]: low must be > 0"),
