@@ -19,11 +19,10 @@ Continue an interrupted grid (finished trials are not redone):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, job_parser, report_error
+from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, trial_flag_values
 
 LAUNCH_TIME = time.time()
 
@@ -70,15 +69,7 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
         help=f"evaluation protocols of every trial, any of jobs/evaluate.py's ({','.join(protocol_names())} "
         "or all; default knn,lin,fewshot,dense)",
     )
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
-    p.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=0.0,
-        help="GPUs per worker, fractions allowed (0.25: four trials share a GPU); default 0 (CPU)",
-    )
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    add_trial_flags(p)
     p.add_argument(
         "--max-retries", type=int, default=1, help="retries of a failed trial before it is FAILED (default 1)"
     )
@@ -89,12 +80,10 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
         "s3://bucket/prefix[?endpoint_override=host:9000&scheme=http] "
         "(default runs/ablation)",
     )
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default="siamim-ablation", help="MLflow experiment (default siamim-ablation)")
     p.add_argument(
         "--name", help="grid name: Tune experiment directory and MLflow parent run (default ablation-<timestamp>)"
     )
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
     p.add_argument(
         "--resume",
         metavar="NAME",
@@ -126,13 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation,
         validate_spec,
     )
-    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
+    from siamim.orchestration.submitted import job_storage
 
-    storage = os.path.abspath(args.storage or "runs/ablation") if "://" not in (args.storage or "") else args.storage
     try:
-        if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
-            check_lasting(storage, f"--storage {args.storage or 'runs/ablation (the default)'}")
-            check_tracking_lasting(args.tracking_uri)
+        storage = job_storage(args.storage, "runs/ablation", args.dry_run, args.tracking_uri)
         if args.resume:
             if args.dry_run:
                 raise AblationInputError("--dry-run and --resume: a resumed grid keeps its trials; drop --dry-run")
@@ -148,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides=list(args.overrides),
                 steps=args.steps,
                 epochs=args.epochs,
-                workers_per_trial=args.workers_per_trial,
-                cpus_per_worker=args.cpus_per_worker,
-                gpus_per_worker=args.gpus_per_worker,
-                max_concurrent=args.max_concurrent,
+                **trial_flag_values(args),
                 max_retries=args.max_retries,
                 storage=storage,
                 tracking_uri=args.tracking_uri,

@@ -20,11 +20,10 @@ Continue an interrupted search (finished and stopped trials are not redone):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, job_parser, report_error
+from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, trial_flag_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,10 +70,7 @@ from <storage>/<name>/<name>.yaml or the MLflow parent run (search/<name>.yaml)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="training steps per trial (train.max_steps)")
     budget.add_argument("--epochs", type=float, help="training epochs per trial (train.epochs; default: preset)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker, fractions allowed (0)")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    add_trial_flags(p)
     p.add_argument(
         "--max-retries",
         type=int,
@@ -83,10 +79,8 @@ from <storage>/<name>/<name>.yaml or the MLflow parent run (search/<name>.yaml)
         "diverging lr)",
     )
     p.add_argument("--storage", help="root of Tune results, checkpoints and the table (default runs/search)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default="siamim-search", help="MLflow experiment (default siamim-search)")
     p.add_argument("--name", help="search name: Tune experiment, MLflow parent run, configs/found/<name>.yaml")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
     p.add_argument("--resume", metavar="NAME", help="continue search NAME under --storage (Tune's restore)")
     p.add_argument("--dry-run", action="store_true", help="print the sampled trials, budget, rungs, packing; stop")
     return p
@@ -96,13 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
     from siamim.orchestration.search_space import SearchInputError, read_space
-    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
+    from siamim.orchestration.submitted import job_storage
 
-    storage = os.path.abspath(args.storage or "runs/search") if "://" not in (args.storage or "") else args.storage
     try:
-        if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
-            check_lasting(storage, f"--storage {args.storage or 'runs/search (the default)'}")
-            check_tracking_lasting(args.tracking_uri)
+        storage = job_storage(args.storage, "runs/search", args.dry_run, args.tracking_uri)
         from siamim.orchestration.search import SearchSpec, run_search
 
         if args.resume:
@@ -127,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 reduction_factor=args.reduction_factor,
                 steps=args.steps,
                 epochs=args.epochs,
-                workers_per_trial=args.workers_per_trial,
-                cpus_per_worker=args.cpus_per_worker,
-                gpus_per_worker=args.gpus_per_worker,
-                max_concurrent=args.max_concurrent,
+                **trial_flag_values(args),
                 max_retries=args.max_retries,
                 storage=storage,
                 tracking_uri=args.tracking_uri,

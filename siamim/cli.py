@@ -23,3 +23,24 @@ def report_error(err: BaseException, code: int = EXIT_BAD_INPUT) -> int:
     """Print ``error: <err>`` on stderr (one line, no traceback) and return the exit ``code``."""
     print(f"error: {err}", file=sys.stderr, flush=True)
     return code
+
+
+def add_trial_flags(p: argparse.ArgumentParser) -> None:
+    """The per-trial resource flags of the jobs that run many trials (jobs/ablate.py, jobs/search.py)."""
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs per worker, fractions allowed (0.25: four trials share a GPU); default 0 (CPU)",
+    )
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS / the job's cluster / local)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+
+
+def trial_flag_values(args: argparse.Namespace) -> dict:
+    """:func:`add_trial_flags`' resource values as the specs' keyword arguments."""
+    keys = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
+    return {k: getattr(args, k) for k in keys}

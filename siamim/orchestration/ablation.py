@@ -28,6 +28,7 @@ from siamim.config import ConfigError, check_run_name
 from siamim.errors import UserError
 from siamim.orchestration import mlflow_ui, tracking
 from siamim.orchestration import storage as st
+from siamim.orchestration import tune_experiment as tx
 from siamim.orchestration.ablation_rows import ROWS, parse_rows, row_source, switches_of
 from siamim.orchestration.ablation_trial import join_uri, run_trial, trial_config, trial_key, trial_run_name
 
@@ -47,8 +48,24 @@ class AblationFailed(UserError, RuntimeError):
     exit_code = 1
 
 
+@dataclass(kw_only=True)
+class TrialResources:
+    """What one trial of a grid or a search holds: Ray Train workers and their CPUs / GPUs; how many run at once."""
+
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent: int | None = None
+
+    def trial_need(self) -> dict[str, float]:
+        return {
+            "CPU": self.workers_per_trial * self.cpus_per_worker,
+            "GPU": self.workers_per_trial * self.gpus_per_worker,
+        }
+
+
 @dataclass
-class GridSpec:
+class GridSpec(TrialResources):
     """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``)."""
 
     name: str
@@ -58,10 +75,6 @@ class GridSpec:
     overrides: list[str] = field(default_factory=list)
     steps: int | None = None
     epochs: float | None = None
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent: int | None = None
     max_retries: int = 1
     storage: str = "runs/ablation"
     tracking_uri: str | None = None
@@ -71,12 +84,6 @@ class GridSpec:
     @property
     def trials(self) -> list[tuple[str, int]]:
         return [(r, s) for r in self.rows for s in range(self.seeds)]
-
-    def trial_need(self) -> dict[str, float]:
-        return {
-            "CPU": self.workers_per_trial * self.cpus_per_worker,
-            "GPU": self.workers_per_trial * self.gpus_per_worker,
-        }
 
 
 @dataclass
@@ -278,7 +285,6 @@ def run_ablation(
     Raises a :class:`~siamim.errors.UserError` (``AblationInputError``, ``ConfigError``, the preflight's) before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
-    from siamim.orchestration.cluster import ensure_ray, job_config
     from siamim.orchestration.preflight import preflight
 
     t0 = time.time()
@@ -304,56 +310,20 @@ def run_ablation(
             f"--name {spec.name}: {root.display(spec.name)} already exists; continue that "
             f"grid with --resume {spec.name}, or pick another --name"
         )
-    if address is None and not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        check_resources(spec, local_resources())  # embedded Ray: fail before starting it
-    ensure_ray(address)
-    have = cluster_resources()
-    check_resources(spec, have)
-    pack = packing(spec, have)
+    pack = tx.start_ray(spec, address)
     log(
         f"[ablate] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, "
         f"{pack['concurrent']} at a time"
     )
-
-    import ray
     from ray import tune
 
-    tags = {
-        "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
-        "mlflow.source.name": "jobs/ablate.py",
-        "siamim.source_digest": tracking.source_digest(REPO_ROOT),
-        "ablation.tune_path": root.display(spec.name),
-        "ablation.kind": "parent",
-        "ray.job_id": ray.get_runtime_context().get_job_id(),
-    }
-    parent = tracking.open_run(
-        spec.tracking_uri,
-        spec.experiment,
-        spec.name,
-        _parent_params(spec),
-        tags,
-        run_id=record["parent_run_id"] if record else None,
-    )
+    parent, tags = tx.open_parent(spec, root, "ablation", _parent_params(spec), GRID_RECORD, record)
     spec_dict = {
         **asdict(spec),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
         "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain"),
     }
-    now = time.time()
-    st.write_json(
-        root,
-        {
-            "name": spec.name,
-            "spec": asdict(spec),
-            "parent_run_id": parent,
-            "tracking_uri": spec.tracking_uri,
-            "created": record["created"] if record else now,
-            "updated": now,
-        },
-        spec.name,
-        GRID_RECORD,
-    )
     log(
         f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
         f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
@@ -371,39 +341,19 @@ def run_ablation(
     for line in ui:
         log(f"[ablate] {line.strip()}")
 
-    # Tune's experiment state: at most 5 s old (its "auto" default waits 10 s or more: ray-project/ray#13736)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    trainable = _trainable(spec_dict)
-    run_config = tune.RunConfig(
-        name=spec.name, failure_config=tune.FailureConfig(max_failures=spec.max_retries), verbose=1, **root.ray_kwargs()
-    )
-    tune_path = root.join(spec.name)
-    try:
-        if record is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=root.filesystem):
-            tuner = tune.Tuner.restore(
-                tune_path,
-                trainable,
-                storage_filesystem=root.filesystem,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"row": tune.grid_search(spec.rows), "seed": tune.grid_search(list(range(spec.seeds)))},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=pack["concurrent"],
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=run_config,
-            )
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        log(f"[ablate] interrupted; continue with --resume {spec.name} --storage '{spec.storage}'")
-        raise
+    def new_tuner(trainable):
+        return tune.Tuner(
+            trainable,
+            param_space={"row": tune.grid_search(spec.rows), "seed": tune.grid_search(list(range(spec.seeds)))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=pack["concurrent"],
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tx.run_config(spec, root),
+        )
+
+    grid = tx.fit(spec, root, _trainable(spec_dict), record is not None, new_tuner, parent, "ablate", log)
     finished, failed, unfinished = [], [], []
     for result in grid:
         cfg = result.config or {}
@@ -418,11 +368,7 @@ def run_ablation(
             unfinished.append(entry)
     missing = len(spec.trials) - len(finished) - len(failed)  # Tune returns early on SIGINT (Ctrl-C), state saved
     if unfinished or missing > 0:
-        tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        log(
-            f"[ablate] interrupted with {missing} trial(s) unfinished; continue with --resume {spec.name} "
-            f"--storage '{spec.storage}'"
-        )
+        tx.interrupted(spec, parent, "ablate", log, f" with {missing} trial(s) unfinished")
         raise KeyboardInterrupt
     summary = _assemble(spec, parent, root, finished, failed, t0, log)
     summary.ui = ui
@@ -438,7 +384,6 @@ def run_ablation(
 def _assemble(
     spec: GridSpec, parent: str, root: st.Storage, finished: list[dict], failed: list[dict], t0: float, log
 ) -> AblationSummary:
-    import tempfile
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -461,24 +406,15 @@ def _assemble(
         )
     )
     client = MlflowClient(spec.tracking_uri)
-    artifacts = {}
-    with tempfile.TemporaryDirectory(prefix="siamim-ablate-") as tmp:
-        files = {
-            "ablation_table.md": table_md,
-            "ablation_table.csv": table_csv,
-            "ablation_paired.md": paired_md,
-            "ablation_paired.csv": paired_csv,
-            "ablation_trials.csv": trials_csv,
-        }
-        for fname, text in files.items():
-            Path(tmp, fname).write_text(text)
-        if finished:
-            tbl.plot(finished, spec.protocols, Path(tmp, "ablation_plot.png"))
-        client.log_artifacts(parent, tmp, "ablation")
-        for fname in sorted(os.listdir(tmp)):
-            with root.fs.open_output_stream(root.join(spec.name, fname)) as out:
-                out.write(Path(tmp, fname).read_bytes())
-            artifacts[fname] = root.display(spec.name, fname)
+    files = {
+        "ablation_table.md": table_md,
+        "ablation_table.csv": table_csv,
+        "ablation_paired.md": paired_md,
+        "ablation_paired.csv": paired_csv,
+        "ablation_trials.csv": trials_csv,
+    }
+    draw = (lambda folder: tbl.plot(finished, spec.protocols, folder / "ablation_plot.png")) if finished else None
+    artifacts = tx.publish(spec, parent, root, "ablation", files, draw)
     ts = int(time.time() * 1000)
     metrics = {
         "ablation.trials_finished": len(finished),
@@ -510,6 +446,7 @@ __all__ = [
     "AblationInputError",
     "AblationSummary",
     "GridSpec",
+    "TrialResources",
     "ROWS",
     "describe",
     "dry_run_resources",

@@ -246,6 +246,13 @@ def plot(
             ax.legend(loc="best", fontsize=8)
         if got:
             ax.set_ylim(*y_limits(got))
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` (parents made), 110 dpi, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

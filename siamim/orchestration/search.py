@@ -29,7 +29,8 @@ from siamim.config import CONFIG_DIR, ConfigError, check_run_name, load_config
 from siamim.orchestration import mlflow_ui, tracking
 from siamim.orchestration import search_report as rep
 from siamim.orchestration import storage as st
-from siamim.orchestration.ablation import check_resources, cluster_resources, local_resources, packing
+from siamim.orchestration import tune_experiment as tx
+from siamim.orchestration.ablation import TrialResources, packing
 from siamim.orchestration.ablation_trial import join_uri
 from siamim.orchestration.search_space import SearchInputError, check_samples, parse_space, sample
 from siamim.orchestration.search_trial import SEARCH_TRIAL_TAG, STOPPED_TAG, search_config, trial_key, trial_name
@@ -48,7 +49,7 @@ class SearchFailed(SearchInputError):
 
 
 @dataclass
-class SearchSpec:
+class SearchSpec(TrialResources):
     """Everything the search needs (JSON-serialisable; stored in the search record for ``--resume``)."""
 
     name: str
@@ -63,10 +64,6 @@ class SearchSpec:
     reduction_factor: float = 2.0
     steps: int | None = None
     epochs: float | None = None
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent: int | None = None
     max_retries: int = 0
     storage: str = "runs/search"
     tracking_uri: str | None = None
@@ -78,12 +75,6 @@ class SearchSpec:
     @property
     def trials(self) -> list[dict]:
         return self.samples
-
-    def trial_need(self) -> dict[str, float]:
-        return {
-            "CPU": self.workers_per_trial * self.cpus_per_worker,
-            "GPU": self.workers_per_trial * self.gpus_per_worker,
-        }
 
 
 @dataclass
@@ -276,7 +267,6 @@ def run_search(
     Raises :class:`SearchInputError` (or the preflight's :class:`~siamim.errors.UserError`) before anything
     starts, :class:`SearchFailed` when no trial ran its budget, ``KeyboardInterrupt`` when interrupted.
     """
-    from siamim.orchestration.cluster import ensure_ray, job_config
     from siamim.orchestration.preflight import preflight
 
     t0 = time.time()
@@ -299,45 +289,8 @@ def run_search(
             )
         if (FOUND_DIR / f"{spec.name}.yaml").exists():
             raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
-    if address is None and not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        check_resources(spec, local_resources())  # embedded Ray: fail before starting it
-    ensure_ray(address)
-    have = cluster_resources()
-    check_resources(spec, have)
-    pack = packing(spec, have)
-
-    import ray
-
-    tags = {
-        "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
-        "mlflow.source.name": "jobs/search.py",
-        "siamim.source_digest": tracking.source_digest(REPO_ROOT),
-        "search.tune_path": root.display(spec.name),
-        "search.kind": "parent",
-        "ray.job_id": ray.get_runtime_context().get_job_id(),
-    }
-    parent = tracking.open_run(
-        spec.tracking_uri,
-        spec.experiment,
-        spec.name,
-        _parent_params(spec),
-        tags,
-        run_id=record["parent_run_id"] if record else None,
-    )
-    now = time.time()
-    st.write_json(
-        root,
-        {
-            "name": spec.name,
-            "spec": asdict(spec),
-            "parent_run_id": parent,
-            "tracking_uri": spec.tracking_uri,
-            "created": record["created"] if record else now,
-            "updated": now,
-        },
-        spec.name,
-        SEARCH_RECORD,
-    )
+    pack = tx.start_ray(spec, address)
+    parent, tags = tx.open_parent(spec, root, "search", _parent_params(spec), SEARCH_RECORD, record)
     experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
     mlflow_ui.share_runs_view(spec.tracking_uri, experiment_id, (spec.metric, "loss"), tuple(spec.samples[0]))
     ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
@@ -370,54 +323,42 @@ def _fit(spec: SearchSpec, spec_dict: dict, root: st.Storage, resuming: bool, pa
     """Tune's fit (a new experiment, or the restored one); ``KeyboardInterrupt`` when it was interrupted."""
     from ray import tune
 
-    # Tune's experiment state: at most 5 s old (as the grid's); the metric appears only at the monitor's
-    # steps, so Tune's check that every result carries the scheduler's metric is off.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # The metric appears only at the monitor's steps: Tune's check that every result carries the
+    # scheduler's metric is off (it would fail the trial at its first report, step 1).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    trainable = _trainable(spec_dict)
-    tune_path = root.join(spec.name)
-    try:
-        if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=root.filesystem):
-            tuner = tune.Tuner.restore(
-                tune_path,
-                trainable,
-                storage_filesystem=root.filesystem,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])},
-                tune_config=tune.TuneConfig(
-                    scheduler=_scheduler(spec, spec.budget),
-                    max_concurrent_trials=pack["concurrent"],
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=spec.name,
-                    failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-                    verbose=1,
-                    **root.ray_kwargs(),
-                ),
-            )
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        raise
+
+    def new_tuner(trainable):
+        return tune.Tuner(
+            trainable,
+            param_space={"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])},
+            tune_config=tune.TuneConfig(
+                scheduler=_scheduler(spec, spec.budget),
+                max_concurrent_trials=pack["concurrent"],
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tx.run_config(spec, root),
+        )
+
+    grid = tx.fit(spec, root, _trainable(spec_dict), resuming, new_tuner, parent, "search")
     if grid.num_terminated + grid.num_errors < len(spec.samples):  # Tune returns early on SIGINT, state saved
-        tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-        print(f"[search] interrupted; continue with --resume {spec.name} --storage '{spec.storage}'", flush=True)
+        tx.interrupted(spec, parent, "search")
         raise KeyboardInterrupt
     return grid
 
 
 def _history(df, metric: str) -> dict[int, float]:
+    """``{step: value}`` of ``metric`` in a trial's Tune results (rows without either are skipped)."""
     if df is None or "step" not in df or metric not in df:
         return {}
-    return {int(s): float(v) for s, v in zip(df["step"], df[metric], strict=True) if not math.isnan(float(v))}
+    rows = df[["step", metric]].dropna()
+    return {int(s): float(v) for s, v in zip(rows["step"], rows[metric], strict=True)}
+
+
+def _steps_run(df, history: dict[int, float]) -> int:
+    """The last step a trial reported to Tune (else the last step MLflow has its metric at)."""
+    steps = df["step"].dropna() if df is not None and "step" in df else []
+    return int(max(steps)) if len(steps) else int(max(history, default=0))
 
 
 def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
@@ -439,8 +380,7 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
         if child is not None:
             history = {int(m.step): m.value for m in client.get_metric_history(child.info.run_id, spec.metric)}
         history.update(_history(result.metrics_dataframe, spec.metric))
-        frame = result.metrics_dataframe
-        steps = int(frame["step"].max()) if frame is not None and "step" in frame else int(max(history, default=0))
+        steps = _steps_run(result.metrics_dataframe, history)
         status = rep.FAILED if result.error else rep.FINISHED if steps >= spec.budget else rep.STOPPED
         points = sorted(history.items())
         trial = {
@@ -465,7 +405,6 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
 
 
 def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict], t0: float, log) -> SearchSummary:
-    import tempfile
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -485,17 +424,9 @@ def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict
         found = FOUND_DIR / f"{spec.name}.yaml"
         found.write_text(files[f"{spec.name}.yaml"])
         preset = str(found)
+    draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
+    artifacts = tx.publish(spec, parent, root, "search", files, draw)
     client = MlflowClient(spec.tracking_uri)
-    artifacts = {}
-    with tempfile.TemporaryDirectory(prefix="siamim-search-") as tmp:
-        for fname, text in files.items():
-            Path(tmp, fname).write_text(text)
-        rep.plot(trials, spec.metric, spec.budget, Path(tmp, "search_plot.png"), best)
-        client.log_artifacts(parent, tmp, "search")
-        for fname in sorted(os.listdir(tmp)):
-            with root.fs.open_output_stream(root.join(spec.name, fname)) as out:
-                out.write(Path(tmp, fname).read_bytes())
-            artifacts[fname] = root.display(spec.name, fname)
     counts = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
     metrics = {
         "search.trials_finished": counts[rep.FINISHED],

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from siamim.orchestration.ablation_table import save_png
+
 FINISHED, STOPPED, FAILED = "finished", "stopped early", "failed"
 
 
@@ -86,12 +88,7 @@ def plot(trials: list[dict], metric: str, budget: int, path: str | Path, best: d
     ax.set_title(f"{metric} per trial (x: stopped early by ASHA; dotted: the budget)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 PRESET_DROPPED = ("name", "storage")  # of the run section: where the trial itself ran, not part of the recipe

@@ -111,7 +111,7 @@ def run_search_trial(config: dict, spec: dict) -> None:
     if previous is not None and previous.info.status == "FINISHED" and spec["metric"] in previous.data.metrics:
         print(f"[search] trial {trial_name(index)} already finished in MLflow run {run_id}; reporting it", flush=True)
         tracking.finish_run(uri, run_id, "FINISHED")
-        tune.report({**previous.data.metrics, "mlflow_run_id": run_id, "reused": 1})
+        tune.report({**previous.data.metrics, "step": spec["budget"], "mlflow_run_id": run_id, "reused": 1})
         return
     starts = int(previous.data.tags.get(STARTS_TAG, "0") if previous else "0") + 1
     tracking.set_tags(uri, run_id, {STARTS_TAG: starts})

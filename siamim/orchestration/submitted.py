@@ -80,3 +80,13 @@ def check_tracking_lasting(explicit: str | None, flag: str = "--tracking-uri") -
     else:
         what = f"the MLflow store (no {flag}, no MLFLOW_TRACKING_URI: the default {uri})"
     check_lasting(str(path), what, TRACKING_FIX)
+
+
+def job_storage(flag: str | None, default: str, dry_run: bool, tracking_uri: str | None) -> str:
+    """The ``--storage`` of a grid or search job (``default`` when not given), absolute unless a URI; outside a
+    dry run it must outlast the job (:func:`check_lasting`), and so must the MLflow store."""
+    storage = flag if "://" in (flag or "") else os.path.abspath(flag or default)
+    if not dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
+        check_lasting(storage, f"--storage {flag or default + ' (the default)'}")
+        check_tracking_lasting(tracking_uri)
+    return storage
