@@ -13,4 +13,8 @@ Imports flow one way: ``jobs/`` -> ``siamim.orchestration`` -> ``siamim`` core
 * :mod:`~siamim.orchestration.tracking` - MLflow runs, params, per-step metrics, artifacts.
 * :mod:`~siamim.orchestration.storage` - storage paths / URIs (local, s3://...?endpoint_override=).
 * :mod:`~siamim.orchestration.preflight` - fail-fast checks before workers start.
+* :mod:`~siamim.orchestration.ablation` - the ablation grid's driver (``jobs/ablate.py``); its trial, rows, table.
+* :mod:`~siamim.orchestration.search` - the hyperparameter search's driver (``jobs/search.py``): space, trial,
+  ASHA with resumable rungs, report (table, plot, found preset).
+* :mod:`~siamim.orchestration.tune_experiment` - what the grid and the search share around a Tune experiment.
 """

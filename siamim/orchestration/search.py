@@ -98,8 +98,8 @@ def _spec_dict(spec: SearchSpec) -> dict:
 
 
 def validate_search(spec: SearchSpec) -> None:
-    """Flags, the space and every sampled config, before anything starts; fills ``spec.samples`` and
-    ``spec.derived``. Raises :class:`SearchInputError` naming the flag or key."""
+    """Flags, the space and every sampled config, before anything starts; fills ``spec.samples`` (unless it holds
+    a resumed search's) and ``spec.derived``. Raises :class:`SearchInputError` naming the flag or key."""
     import yaml
 
     def need(ok: bool, msg: str) -> None:
@@ -133,7 +133,8 @@ def validate_search(spec: SearchSpec) -> None:
         every = base.eval.monitor_every or spec.grace_period  # a value at every rung (grace x factor^k)
         # the loop runs the monitor at its reporting steps only: train.log_every must divide the cadence
         spec.derived = {"eval.monitor_every": every, "train.log_every": math.gcd(every, base.train.log_every)}
-    spec.samples = sample(dims, spec.num_samples, spec.seed)
+    if not spec.samples:  # a resumed search keeps the samples it recorded (what its Tune trials hold)
+        spec.samples = sample(dims, spec.num_samples, spec.seed)
     check_samples(spec.samples, lambda values: search_config(_spec_dict(spec), values))
 
 

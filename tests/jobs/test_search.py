@@ -1,9 +1,11 @@
 """The search end to end: real Ray head (2 CPUs), real Ray Tune (ASHA) + Ray Train, real MLflow store.
 
 A 4-trial search (the blr grid below x 1 draw of crop_min) whose driver is killed (SIGKILL) once a trial has
-finished, then continued with ``--resume``. blr 1e4 makes the loss non-finite at step 2: that trial fails (the
-loop raises). blr 1.0 collapses the features (kNN ~10-25 % against ~40 %): ASHA stops it at a rung, after
-fewer steps than the budget, against the two sane trials that reached the rung first (two at a time: the
+finished, then continued with ``--resume``. blr 1e8 makes the loss non-finite at step 2, which the loop
+raises at that step's flush, before the monitor's first value there: that trial fails (with blr 1e4 the loss
+is still finite at step 2, its kNN is at chance, and ASHA may stop it before step 4's NaN is seen).
+blr 1.0 collapses the features (kNN ~10-25 % against ~40 %): ASHA stops it at a rung, after fewer steps than
+the budget, against the two sane trials that reached the rung first (two at a time: the
 collapsing one starts when a sane one has finished; ASHA's rungs are restored after the kill). The best
 preset is written to configs/found/<name>.yaml, loads with ``--config found/<name>`` and trains.
 
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 SEARCH = REPO / "jobs" / "search.py"
 BUDGET = 8
-SPACE = """optim.blr: {grid: [2.0e-3, 1.0e-3, 1.0, 1.0e4]}
+SPACE = """optim.blr: {grid: [2.0e-3, 1.0e-3, 1.0, 1.0e8]}
 views.crop_min: {uniform: [0.2, 0.3]}
 """
 TINY = [o for o in SMALL if not o.startswith(("train.checkpoint_every", "train.log_every"))] + [
@@ -123,7 +125,7 @@ def test_asha_search_killed_resumed_writes_the_best_preset(
     for key in done_before:  # finished before the kill: not trained again
         assert kids[key].data.tags["search.starts"] == "1", kids[key].data.tags
 
-    diverged = by_blr[1.0e4]
+    diverged = by_blr[1.0e8]
     assert diverged.info.status == "FAILED" and "non-finite loss" in diverged.data.tags["search.error"]
     collapsed = by_blr[1.0]
     assert collapsed.info.status == "KILLED" and collapsed.data.tags["siamim.stopped_early"] == "true"
@@ -144,7 +146,7 @@ def test_asha_search_killed_resumed_writes_the_best_preset(
     # the table: each trial's sampled values, last metric, steps and status
     rows = list(csv.DictReader((storage / name / "search_table.csv").open()))
     status = {float(r["optim.blr"]): r for r in rows}
-    assert status[1.0e4]["status"] == "failed" and status[1.0]["status"] == "stopped early"
+    assert status[1.0e8]["status"] == "failed" and status[1.0]["status"] == "stopped early"
     assert int(status[1.0]["steps"]) < BUDGET and status[1.0]["stopped_early"] == "True"
     assert (storage / name / "search_plot.png").read_bytes()[:4] == b"\x89PNG"
     best_blr = max((r for r in rows if r["status"] == "finished"), key=lambda r: float(r["knn_monitor_last"]))
