@@ -108,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.errors import UserError
     from siamim.orchestration.ablation import (
         DEFAULT_PROTOCOLS,
-        AblationInputError,
         GridSpec,
         describe,
         dry_run_resources,
@@ -118,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.orchestration.submitted import job_storage
 
     try:
-        storage = job_storage(args.storage, "runs/ablation", args.dry_run, args.tracking_uri)
+        storage = job_storage(args, "runs/ablation", "grid")
         if args.resume:
-            if args.dry_run:
-                raise AblationInputError("--dry-run and --resume: a resumed grid keeps its trials; drop --dry-run")
             summary = run_ablation(
                 resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
             )

@@ -5,12 +5,12 @@ child of one parent run; the best trial's config is written as the preset config
 
 Local (starts an embedded Ray instance):
 
-    python jobs/search.py --space configs/search/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --name s1
+    python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --name s1
 
 On a running Ray cluster:
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/search.py --space configs/search/tiny.yaml --num-samples 16 --epochs 1 --storage /shared/search
+        python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 16 --epochs 1 --storage $PWD/runs/search
 
 Continue an interrupted search (finished and stopped trials are not redone):
 
@@ -44,8 +44,8 @@ ASHA: --grace-period and the rungs after it (grace x factor^k) are training step
   at or after each rung. A stopped trial's MLflow child run is KILLED with tag siamim.stopped_early=true.
 
 examples:
-  python jobs/search.py --space configs/search/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --dry-run
-  python jobs/search.py --space configs/search/tiny.yaml --num-samples 8 --epochs 1 --grace-period 40 --name tiny1
+  python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --dry-run
+  python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --epochs 1 --grace-period 40 --name tiny1
   python jobs/pretrain.py --config found/tiny1          # the winner
   python jobs/search.py --resume tiny1                  # after an interruption
 
@@ -93,12 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     from siamim.orchestration.submitted import job_storage
 
     try:
-        storage = job_storage(args.storage, "runs/search", args.dry_run, args.tracking_uri)
-        from siamim.orchestration.search import SearchSpec, run_search
+        storage = job_storage(args, "runs/search", "search")
+        from siamim.orchestration.search import run_search
+        from siamim.orchestration.search_spec import SearchSpec
 
         if args.resume:
-            if args.dry_run:
-                raise SearchInputError("--dry-run and --resume: a resumed search keeps its trials; drop --dry-run")
             summary = run_search(
                 resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
             )
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dry_run(spec, address: str | None) -> int:
     from siamim.orchestration.ablation import dry_run_resources
-    from siamim.orchestration.search import budget_steps, describe, validate_search
+    from siamim.orchestration.search_spec import budget_steps, describe, validate_search
 
     validate_search(spec)
     budget = budget_steps(spec)

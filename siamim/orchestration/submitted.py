@@ -82,11 +82,14 @@ def check_tracking_lasting(explicit: str | None, flag: str = "--tracking-uri") -
     check_lasting(str(path), what, TRACKING_FIX)
 
 
-def job_storage(flag: str | None, default: str, dry_run: bool, tracking_uri: str | None) -> str:
-    """The ``--storage`` of a grid or search job (``default`` when not given), absolute unless a URI; outside a
-    dry run it must outlast the job (:func:`check_lasting`), and so must the MLflow store."""
-    storage = flag if "://" in (flag or "") else os.path.abspath(flag or default)
-    if not dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
-        check_lasting(storage, f"--storage {flag or default + ' (the default)'}")
-        check_tracking_lasting(tracking_uri)
+def job_storage(args, default: str, what: str) -> str:
+    """The ``--storage`` of a grid or search job (``args``: its parsed flags; ``default`` when not given), absolute
+    unless a URI. Outside a dry run it must outlast the job (:func:`check_lasting`), and so must the MLflow
+    store; ``--dry-run`` with ``--resume`` is refused (a resumed ``what``, grid or search, keeps its trials)."""
+    if args.dry_run and args.resume:
+        raise LaunchInputError(f"--dry-run and --resume: a resumed {what} keeps its trials; drop --dry-run")
+    storage = args.storage if "://" in (args.storage or "") else os.path.abspath(args.storage or default)
+    if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
+        check_lasting(storage, f"--storage {args.storage or default + ' (the default)'}")
+        check_tracking_lasting(args.tracking_uri)
     return storage

@@ -67,6 +67,7 @@ def run_search(tmp_path, space_text: str | None, *args: str) -> tuple[int, str, 
         ("optim.blr: {choice: [0.001]}\n", ["--reduction-factor", "1"], "--reduction-factor 1: must be > 1"),
         ("optim.blr: {choice: [0.001]}\n", ["model.deptj=2"], "model.deptj"),
         (None, [], "--space FILE is required"),
+        (None, ["--resume", "old", "--dry-run"], "--dry-run and --resume: a resumed search keeps its trials"),
     ],
 )
 def test_bad_spaces_exit_2_naming_the_key_before_anything_heavy(space, args, named, tmp_path):
@@ -123,7 +124,7 @@ def test_dry_run_prints_the_trials_budget_rungs_and_packing(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_grace_period_must_fit_below_the_budget(tmp_path):
+def test_the_budget_holds_the_grace_period_and_lies_within_the_plan(tmp_path):
     (tmp_path / "space.yaml").write_text("optim.blr: {choice: [0.001]}\n")
     proc = subprocess.run(
         [sys.executable, str(SEARCH), "--space", str(tmp_path / "space.yaml"), "--steps", "10"]
@@ -134,6 +135,14 @@ def test_grace_period_must_fit_below_the_budget(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == EXIT_BAD_INPUT and "--grace-period 10: must be below the budget of 10" in proc.stderr
+    proc = subprocess.run(  # tiny: 1 epoch of 234 steps; a longer --steps would be cut short
+        [sys.executable, str(SEARCH), "--space", str(tmp_path / "space.yaml"), "--steps", "300", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT and "--steps 300: past the end of the plan" in proc.stderr, proc.stderr
 
 
 def trial(index, status, steps, metric, history):
