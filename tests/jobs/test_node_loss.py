@@ -10,6 +10,10 @@ node 2 is stopped (its ``ray start`` process group, by the pid the stack recorde
   command, the run FAILED, its checkpoints kept.
 
 Whenever the run finishes, every step's loss is in MLflow once and the final checkpoint verifies.
+
+The grid on the same cluster: a 2-row x 1-seed grid runs one trial per node, node 2 is stopped mid-trial,
+and the trial it held is retried (from its last checkpoint) once the other has finished: both trials finish
+in exactly 2 child runs, and the concurrency Tune reached equals the dry run's packing estimate.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from siamim.checkpoint import verify_checkpoint
 from siamim.orchestration import tracking
 from tests.helpers import free_port
 from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS
+from tests.jobs.test_ablate_grid import ABLATE, TINY, children, parent_of
 
 pytestmark = pytest.mark.slow
 STACK = REPO / "platform" / "dev_stack.sh"
@@ -166,6 +171,86 @@ def test_a_fixed_size_run_gives_up_after_wait_for_resources_and_keeps_its_checkp
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.info.run_id).info.status == "FAILED"
     first = tmp_path / "runs" / "bounded" / "checkpoint_00000004" / "checkpoint.pt"  # registered before the loss
     assert verify_checkpoint(first) is not None
+
+
+def max_overlap(intervals: list[tuple[int, int]]) -> int:
+    """The most intervals ``(start, end)`` open at one time."""
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_a_node_lost_mid_grid_retries_its_trial_and_the_table_is_complete(cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    up = subprocess.run(
+        ["bash", str(STACK), "up", "--nodes", "2", "ray"], env=cluster["env"], capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    storage, db, name = tmp_path / "abl", tmp_path / "mlflow.db", "grid"
+    cmd = [
+        sys.executable,
+        str(ABLATE),
+        "--address",
+        cluster["address"],
+        "--storage",
+        str(storage),
+        "--tracking-uri",
+        f"sqlite:///{db}",
+        "--rows",
+        "i,k",
+        "--seeds",
+        "1",
+        "--name",
+        name,
+        "--steps",
+        str(STEPS),
+        "--protocols",
+        "knn",
+        "--workers-per-trial",
+        "1",
+        "--max-retries",
+        "2",
+        *[o for o in TINY if not o.startswith("train.checkpoint_every")],
+        "train.checkpoint_every=4",
+        "train.epochs=3",  # 8 steps an epoch (256 images, batch 32)
+    ]
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, env=cluster["env"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "2 trial(s) fit at once; running 2 at a time" in dry.stdout, dry.stdout  # one per 1-CPU node
+    log = (tmp_path / "grid.log").open("w")
+    grid = subprocess.Popen(cmd, cwd=tmp_path, env=cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    runs = storage / name / "pretrain"
+    deadline = time.time() + 500
+    while time.time() < deadline and grid.poll() is None:  # both trials past their first registered checkpoint
+        if all(len(list((runs / t).glob("checkpoint_*"))) >= 2 for t in ("i-s0", "k-s0")):
+            break
+        time.sleep(0.5)
+    assert grid.poll() is None, (tmp_path / "grid.log").read_text()[-4000:]
+    os.killpg(int((cluster["stack"] / "ray-node-2.pid").read_text()), signal.SIGTERM)
+    lost_at = time.time()
+    assert grid.wait(timeout=900) == 0, (tmp_path / "grid.log").read_text()[-6000:]
+    print(f"node lost mid-grid -> grid done in {time.time() - lost_at:.1f} s")
+
+    parent = parent_of(db, name)
+    kids = {r.data.tags["ablation.trial"]: r for r in children(db, parent.info.run_id)}
+    assert len(children(db, parent.info.run_id)) == 2 and set(kids) == {"i/0", "k/0"}  # no duplicate child runs
+    assert all(r.info.status == "FINISHED" and "eval.knn_top1" in r.data.metrics for r in kids.values())
+    starts = sorted(int(r.data.tags["ablation.starts"]) for r in kids.values())
+    assert starts[0] == 1 and starts[1] >= 2, starts  # the trial on the lost node ran again
+    client = MlflowClient(f"sqlite:///{db}")
+    retried = max(kids.values(), key=lambda r: int(r.data.tags["ablation.starts"]))
+    losses = [m.step for m in client.get_metric_history(retried.info.run_id, "loss")]
+    assert losses == list(range(1, STEPS + 1)), losses  # continued from its checkpoint: each step once
+    restored = [m.value for m in client.get_metric_history(retried.info.run_id, "restored_from_step")]
+    assert restored[-1] > 0, restored
+    table = (storage / name / "ablation_table.md").read_text()
+    assert "| i | 1 |" in table and "| k | 1 |" in table, table
+    overlap = max_overlap([(r.info.start_time, r.info.end_time) for r in kids.values()])
+    assert overlap == 2, [(r.info.start_time, r.info.end_time) for r in kids.values()]  # = the dry run's estimate
 
 
 def tracking_runs(db):
