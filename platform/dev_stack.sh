@@ -97,7 +97,20 @@ up_mlflow() {
 }
 
 up_ray() {
-  if [ -f "$STACK_DIR/ray.pid" ] && kill -0 "$(cat "$STACK_DIR/ray.pid")" 2>/dev/null; then echo "ray: already up"; return; fi
+  if [ -f "$STACK_DIR/ray.pid" ] && kill -0 "$(cat "$STACK_DIR/ray.pid")" 2>/dev/null; then
+    echo "ray: already up"   # worker nodes that are gone (`up --nodes N` again) are still started below
+  else
+    up_ray_head || return
+  fi
+  local k
+  for k in $(seq "$RAY_NODES"); do  # one at a time: on a loaded host, raylets started together can time out
+    [ -f "$STACK_DIR/ray-node-$k.pid" ] && kill -0 "$(cat "$STACK_DIR/ray-node-$k.pid")" 2>/dev/null && continue
+    up_ray_node "$k"
+    wait_ray_nodes_up "$k" 90 || { echo "ray-node-$k: did not join; starting it again" >&2; stop_pid "ray-node-$k"; up_ray_node "$k"; wait_ray_nodes_up "$k" 120; }
+  done
+}
+
+up_ray_head() {
   if [ "$RAY_DASHBOARD_PORT" = 52365 ]; then  # Ray's default dashboard-agent port: whichever binds first wins
     echo "ray: RAY_DASHBOARD_PORT=52365 is the port Ray's dashboard agent listens on; choose another (default 8265)" >&2
     return 2
@@ -113,11 +126,14 @@ up_ray() {
   echo $! >"$STACK_DIR/ray.pid"
   wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90 ray
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
-  local k
-  for k in $(seq "$RAY_NODES"); do  # one at a time: on a loaded host, raylets started together can time out
-    up_ray_node "$k"
-    wait_ray_nodes $((k + 1)) 90 || { echo "ray-node-$k: did not join; starting it again" >&2; stop_pid "ray-node-$k"; up_ray_node "$k"; wait_ray_nodes $((k + 1)) 120; }
+}
+
+wait_ray_nodes_up() {  # k seconds: until the head sees every live worker node of this stack up to k, plus itself
+  local alive=1 j
+  for j in $(seq "$1"); do
+    [ -f "$STACK_DIR/ray-node-$j.pid" ] && kill -0 "$(cat "$STACK_DIR/ray-node-$j.pid")" 2>/dev/null && alive=$((alive + 1))
   done
+  wait_ray_nodes "$alive" "$2"
 }
 
 up_ray_node() {  # k: a worker node joining the head, its own raylet and object store (a real multi-node cluster)

@@ -31,6 +31,7 @@ from siamim.orchestration import storage as st
 from siamim.orchestration import tune_experiment as tx
 from siamim.orchestration.ablation_rows import ROWS, parse_rows, row_source, switches_of
 from siamim.orchestration.ablation_trial import join_uri, run_trial, trial_config, trial_key, trial_run_name
+from siamim.orchestration.resume import check_fresh_plan
 
 GRID_RECORD = "siamim_ablation.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -129,9 +130,17 @@ def validate_spec(spec: GridSpec) -> None:
     check_run_name(str(spec.name or ""), "--name")  # ConfigError names --name
     for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
         try:
-            trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
+            cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
         except ConfigError as err:
             raise AblationInputError(f"row {row} ({row_source(row)}): {err}") from err
+        if spec.steps is not None:  # train.max_steps only stops early: past the epochs' plan it would be cut short
+            try:
+                check_fresh_plan(cfg)
+            except ConfigError as err:
+                raise AblationInputError(
+                    f"--steps {spec.steps}: row {row} ({row_source(row)}): {err}; in a grid, add the "
+                    "train.epochs=... override, or give the budget as --epochs"
+                ) from err
 
 
 def local_resources() -> dict[str, float]:

@@ -97,7 +97,8 @@ def _check_flags(resume, more_steps: int | None) -> None:
 
 
 def _connect_ray(cfg: Config, address: str | None, wait_for_resources: float, launch_time: float, log) -> float:
-    """Join or start Ray and check it can fit the workers; returns the seconds to wait for it to grow (-1: none)."""
+    """Join or start Ray and check it can fit the workers; returns how many seconds the run may wait for a
+    cluster too small for them, at the start or after a node loss (-1: no bound; a local instance)."""
     embedded = ensure_ray(address)
     log(f"[siamim] Ray ready {time.time() - launch_time:.1f} s after launch")
     import ray
@@ -112,10 +113,10 @@ def _connect_ray(cfg: Config, address: str | None, wait_for_resources: float, la
     if short:
         bound = f"up to {wait_for_resources:g} s (--wait-for-resources)" if wait_for_resources >= 0 else "for ever"
         log(f"[siamim] warning: {short}; waiting {bound} for the cluster to grow")
-        return wait_for_resources
-    for warning in check_cluster(cfg):
-        log(f"[siamim] warning: {warning}")
-    return -1.0
+    else:
+        for warning in check_cluster(cfg):
+            log(f"[siamim] warning: {warning}")
+    return -1.0 if embedded else wait_for_resources  # a cluster may also shrink mid-run (a node lost)
 
 
 def _open_mlflow_run(target: Target, storage: st.Storage, tracking_uri: str) -> str:
@@ -319,7 +320,8 @@ def closes_run(tracking_uri: str, run_id: str, resume_hint: str, watch: Resource
     except (KeyboardInterrupt, SystemExit) as stop:
         if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
             tracking.finish_run(tracking_uri, run_id, "FAILED")
-            raise LaunchInputError(watch.timed_out) from None
+            hint = f"; once it fits, continue from the last checkpoint with {resume_hint}" if watch.lost_mid_run else ""
+            raise LaunchInputError(watch.timed_out + hint) from None
         tracking.finish_run(tracking_uri, run_id, "KILLED")
         how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {resume_hint}")
@@ -404,7 +406,7 @@ def run_pretraining(
     wait = _connect_ray(target.cfg, address, wait_for_resources, launch_time, log)
     run_id = _open_mlflow_run(target, storage, tracking_uri)
     resume_hint = f"--resume {target.run_name} --storage '{storage.uri}'"
-    watch = ResourceWatch(target.cfg, wait)
+    watch = ResourceWatch(target.cfg, wait, log)
     with closes_run(tracking_uri, run_id, resume_hint, watch, log):  # from here on every exit marks the run
         created = target.record["created"] if target.record else None
         record_run(storage, target.run_name, target.cfg, run_id, tracking_uri, created)

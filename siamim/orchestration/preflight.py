@@ -74,18 +74,22 @@ def check_cluster(cfg: Config) -> list[str]:
 
 
 def resource_shortfall(cfg: Config, total: dict) -> str | None:
-    """What ``total`` (``ray.cluster_resources()``) lacks for the worker group of ``cfg``; None when it fits."""
+    """What ``total`` (``ray.cluster_resources()``) lacks for the smallest worker group ``cfg`` may run
+    (``run.min_workers`` when elastic, else ``run.num_workers``); None when it fits."""
     r = cfg.run
-    need_cpu = r.num_workers * r.cpus_per_worker
+    workers, key = (
+        (r.min_workers, "run.min_workers") if r.min_workers is not None else (r.num_workers, "run.num_workers")
+    )
+    need_cpu = workers * r.cpus_per_worker
     if total.get("CPU", 0.0) < need_cpu:
         return (
-            f"run.num_workers={r.num_workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
+            f"{key}={workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
             f"CPUs; the Ray cluster has {total.get('CPU', 0.0):g}"
         )
-    need_gpu = r.num_workers * r.gpus_per_worker if r.use_gpu else 0.0
+    need_gpu = workers * r.gpus_per_worker if r.use_gpu else 0.0
     if total.get("GPU", 0.0) < need_gpu:
         return (
-            f"run.num_workers={r.num_workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
+            f"{key}={workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
             f"GPUs; the Ray cluster has {total.get('GPU', 0.0):g}"
         )
     return None
@@ -104,18 +108,23 @@ def fit_hint(cfg: Config, total: dict) -> str:
 
 
 class ResourceWatch:
-    """Interrupts ``trainer.fit()`` when the cluster still cannot fit the worker group after ``wait_s`` seconds.
+    """Bounds how long ``trainer.fit()`` waits for a cluster too small for its worker group.
 
-    Ray Train waits for its placement group for ever (an autoscaler may add nodes);
-    this bounds the wait. ``wait_s < 0``: no bound. The interrupt unwinds ``fit()``; the
-    pending Train controller goes when the driver process exits (``jobs/pretrain.py`` does).
+    Ray Train waits for its placement group for ever: at the start (an autoscaler may add nodes) and, with
+    a fixed worker count, after a node is lost mid-run (each restart attempt waits, times out and is
+    retried without limit). The watch polls the cluster's resources every ``poll_s`` seconds for the whole
+    fit; once they cannot fit the smallest allowed group (:func:`resource_shortfall`) for ``wait_s``
+    seconds in a row, it interrupts the driver, and :attr:`timed_out` says why. A shortfall that ends in
+    time is logged when it starts and when it ends. ``wait_s < 0``: no bound, nothing watched.
+    The interrupt unwinds ``fit()``; the pending Train controller goes when the driver process exits.
     """
 
-    def __init__(self, cfg: Config, wait_s: float):
+    def __init__(self, cfg: Config, wait_s: float, log=print, poll_s: float = 2.0):
         import threading
 
-        self.cfg, self.wait_s = cfg, wait_s
+        self.cfg, self.wait_s, self.log, self.poll_s = cfg, wait_s, log, poll_s
         self.timed_out: str | None = None
+        self.lost_mid_run = False  # the group fitted once, then the cluster shrank (the checkpoints are kept)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="siamim-resource-watch", daemon=True)
 
@@ -129,30 +138,43 @@ class ResourceWatch:
         return False
 
     def _run(self) -> None:
-        import _thread
-
         import ray
 
-        deadline = time.time() + self.wait_s
+        fitted, short_since = False, None
         while not self._stop.is_set():
-            total = ray.cluster_resources()
-            short = resource_shortfall(self.cfg, total)
+            short = resource_shortfall(self.cfg, ray.cluster_resources())
+            now = time.time()
             if short is None:
-                return  # it fits: Ray schedules the workers as soon as the resources are free
-            if time.time() >= deadline:
+                if short_since is not None and fitted:
+                    self.log(f"[siamim] the cluster fits the workers again after {now - short_since:.0f} s")
+                fitted, short_since = True, None
+            elif short_since is None:
+                short_since = now
+                if fitted:
+                    self.log(
+                        f"[siamim] warning: the cluster lost resources mid-run: {short}; Ray Train restarts the "
+                        f"workers from the last checkpoint when they fit, waiting up to {self.wait_s:g} s "
+                        "(--wait-for-resources)"
+                    )
+            elif now - short_since >= self.wait_s:
+                self.lost_mid_run = fitted
+                how = "since it lost resources mid-run" if fitted else "at the start"
                 self.timed_out = (
-                    f"{short} after waiting {self.wait_s:g} s (--wait-for-resources); "
-                    f"{fit_hint(self.cfg, total)}, or add nodes"
+                    f"{short} after waiting {self.wait_s:g} s {how} (--wait-for-resources); "
+                    f"{fit_hint(self.cfg, ray.cluster_resources())}, or add nodes"
                 )
-                # As SIGTERM (ray.init's handler: SystemExit in the main thread, out of fit()'s ray.get), not
-                # SIGINT: Ray Train's own SIGINT handler asks the controller to abort and may wait on it
-                # (ray-project/ray#53600).
-                import signal
-
-                sig = signal.SIGTERM if callable(signal.getsignal(signal.SIGTERM)) else signal.SIGINT
-                _thread.interrupt_main(sig)
+                self._interrupt()
                 return
-            self._stop.wait(1.0)
+            self._stop.wait(self.poll_s)
+
+    @staticmethod
+    def _interrupt() -> None:
+        """SIGTERM in the main thread (ray.init's handler: SystemExit, out of fit()'s ray.get), not SIGINT:
+        Ray Train's own SIGINT handler asks the controller to abort and may wait on it (ray-project/ray#53600)."""
+        import _thread
+        import signal
+
+        _thread.interrupt_main(signal.SIGTERM if callable(signal.getsignal(signal.SIGTERM)) else signal.SIGINT)
 
 
 def preflight(cfg: Config, storage: Storage, tracking_uri: str, *, check_dataset: bool = True, log=print) -> None:

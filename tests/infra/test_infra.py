@@ -87,6 +87,32 @@ def test_kuberay_manifests_parse_and_name_the_image_and_real_entrypoints():
             prep_parser().parse_args(argv[2:])
 
 
+def test_worker_groups_match_the_jobs_elastic_sizes():
+    """A RayJob's GPU worker group spans exactly the job's elastic range (``run.min_workers`` ..
+    ``--num-workers``, in pods of ``nvidia.com/gpu`` / ``run.gpus_per_worker`` workers); the long-lived
+    RayCluster and the launcher YAML can grow to the largest job their headers show."""
+    from jobs.pretrain import build_parser, cli_overrides
+    from siamim.config import load_config
+
+    for doc in _manifests():
+        if doc["kind"] != "RayJob" or "jobs/pretrain.py" not in doc["spec"]["entrypoint"]:
+            continue
+        args = build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[2:])
+        run = load_config(args.config, cli_overrides(args)).run
+        (group,) = [g for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+        gpus = float(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        per_pod = gpus / run.gpus_per_worker
+        low = run.min_workers if run.min_workers is not None else run.num_workers
+        assert run.use_gpu and group["minReplicas"] * per_pod == low, (group, run)
+        assert group["maxReplicas"] * per_pod == run.num_workers == group["replicas"] * per_pod, (group, run)
+    (cluster,) = [d for d in _manifests() if d["kind"] == "RayCluster"]
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    launcher = (INFRA / "cluster.yaml").read_text()
+    shown = max(int(n) for n in re.findall(r"--num-workers (\d+)", launcher))  # its header's example job
+    assert yaml.safe_load(launcher)["available_node_types"]["gpu_worker"]["max_workers"] >= shown
+
+
 def test_image_pip_set_equals_pyproject_pins():
     text = _dockerfile()
     project = _pyproject()["project"]

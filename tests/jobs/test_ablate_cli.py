@@ -78,6 +78,7 @@ def test_the_tensorboard_the_help_names_is_installed():
         (["--rows", "i", "--workers-per-trial", "64"], "--workers-per-trial 64"),  # more CPUs than the machine
         (["--rows", "i", "--protocols", "knn,linn"], "--protocols: unknown protocol 'linn'"),
         (["--rows", "i", "--steps", "0"], "--steps 0"),
+        (["--rows", "i", "--steps", "100000"], "--steps 100000: row i"),  # past the epochs' plan: not cut short
         (["--rows", "i", "model.deptj=2"], "model.deptj"),
         (["--rows", "i", "--max-concurrent", "0"], "--max-concurrent 0"),
     ],

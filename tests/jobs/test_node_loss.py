@@ -1,10 +1,19 @@
 """A worker node lost mid-pretraining on a real multi-node Ray cluster (head + 2 worker nodes on this host).
 
 The cluster comes from ``platform/dev_stack.sh up --nodes 2 ray`` (the head schedules nothing; each worker
-node has one CPU). An elastic run (``run.num_workers=2 run.min_workers=1``) trains on both nodes; once its
-first checkpoint is registered, worker node 2 is stopped (its ``ray start`` process group, by the pid the
-stack recorded). Ray Train restarts the group from the last checkpoint on the one node left: the run
-finishes every step, each step's loss is in MLflow once, and the final checkpoint verifies.
+node has one CPU). A run of 2 workers trains on both nodes; once its first checkpoint is registered, worker
+node 2 is stopped (its ``ray start`` process group, by the pid the stack recorded). Then:
+
+- elastic (``run.min_workers=1``): Ray Train restarts the group from the last checkpoint on the one node left;
+- fixed size: the run waits for the node; it is started again, and the run goes on with 2 workers;
+- fixed size, the node never back: the job gives up after ``--wait-for-resources`` with exit 2 and the resume
+  command, the run FAILED, its checkpoints kept.
+
+Whenever the run finishes, every step's loss is in MLflow once and the final checkpoint verifies.
+
+The grid on the same cluster: a 2-row x 1-seed grid runs one trial per node, node 2 is stopped mid-trial,
+and the trial it held is retried (from its last checkpoint) once the other has finished: both trials finish
+in exactly 2 child runs, and the concurrency Tune reached equals the dry run's packing estimate.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from siamim.checkpoint import verify_checkpoint
 from siamim.orchestration import tracking
 from tests.helpers import free_port
 from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS
+from tests.jobs.test_ablate_grid import ABLATE, TINY, children, parent_of
 
 pytestmark = pytest.mark.slow
 STACK = REPO / "platform" / "dev_stack.sh"
@@ -50,48 +60,197 @@ def cluster(tmp_path_factory, session_env):
         subprocess.run(["rm", "-rf", env["RAY_TMPDIR"]], check=False)
 
 
-def test_a_lost_worker_node_shrinks_the_elastic_group_and_the_run_finishes(cluster, tmp_path):
-    storage, db = tmp_path / "runs", tmp_path / "mlflow.db"
+def launch(cluster, tmp_path, name: str, *extra: str) -> subprocess.Popen:
+    """``jobs/pretrain.py`` of 2 workers on the cluster, ``STEPS`` steps, a checkpoint every 4; log in job.log."""
+    (tmp_path / "job.log").unlink(missing_ok=True)
+    up = subprocess.run(
+        ["bash", str(STACK), "up", "--nodes", "2", "ray"], env=cluster["env"], capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stdout + up.stderr  # a node an earlier test stopped is started again
     args = [
+        "--address",
+        cluster["address"],
+        "--storage",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--name",
+        name,
+        *TINY_ARGS,
+        f"train.max_steps={STEPS}",
+        "train.epochs=2",  # 16 steps an epoch (512 images, batch 32)
+        "train.checkpoint_every=4",
+        "run.max_failures=2",
+        *extra,
+    ]
+    log = (tmp_path / "job.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, str(PRETRAIN), *args], cwd=tmp_path, env=cluster["env"], stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def kill_node_2_after_a_checkpoint(cluster, tmp_path, name: str, job: subprocess.Popen) -> float:
+    """Stop worker node 2 once the run's first checkpoint is registered; returns the time it was stopped."""
+    deadline = time.time() + 400
+    # Two checkpoint directories: the first is then registered with Ray Train (a directory appears while
+    # it is being written, before the report that registers it)
+    while (
+        time.time() < deadline and job.poll() is None and len(list((tmp_path / "runs" / name).glob("checkpoint_*"))) < 2
+    ):
+        time.sleep(0.5)
+    assert job.poll() is None, (tmp_path / "job.log").read_text()[-4000:]  # still training
+    node = int((cluster["stack"] / "ray-node-2.pid").read_text())
+    os.killpg(node, signal.SIGTERM)  # worker node 2 goes away: its raylet and its worker
+    return time.time()
+
+
+def wait_for_line(tmp_path, job: subprocess.Popen, text: str, timeout: float) -> float:
+    """Seconds until ``text`` is in job.log (the job still running)."""
+    started = time.time()
+    while text not in (tmp_path / "job.log").read_text():
+        assert job.poll() is None and time.time() - started < timeout, (tmp_path / "job.log").read_text()[-4000:]
+        time.sleep(0.5)
+    return time.time() - started
+
+
+def assert_finished_every_step_once(tmp_path, name: str) -> None:
+    db = tmp_path / "mlflow.db"
+    out = (tmp_path / "job.log").read_text()
+    (run,) = tracking_runs(db)
+    losses = tracking.metric_history(f"sqlite:///{db}", run.info.run_id, "loss")
+    assert [s for s, _ in losses] == list(range(1, STEPS + 1)), out[-3000:]  # every step once
+    starts = [v for _, v in tracking.metric_history(f"sqlite:///{db}", run.info.run_id, "restored_from_step")]
+    assert starts[0] == 0.0 and len(starts) >= 2 and 0 < starts[-1] < STEPS, starts  # restored from a checkpoint
+    assert verify_checkpoint(tmp_path / "runs" / name / f"checkpoint_{STEPS:08d}" / "checkpoint.pt") is not None
+
+
+def test_a_lost_worker_node_shrinks_the_elastic_group_and_the_run_finishes(cluster, tmp_path):
+    job = launch(cluster, tmp_path, "elastic", "run.min_workers=1")
+    lost_at = kill_node_2_after_a_checkpoint(cluster, tmp_path, "elastic", job)
+    assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-6000:]
+    print(f"node lost -> job done in {time.time() - lost_at:.1f} s")
+    out = (tmp_path / "job.log").read_text()
+    assert "rank 0 of 2" in out and "rank 0 of 1" in out, out[-3000:]  # two workers, then the one node left
+    assert_finished_every_step_once(tmp_path, "elastic")
+
+
+def test_a_fixed_size_run_waits_for_the_lost_node_and_goes_on_when_it_is_back(cluster, tmp_path):
+    job = launch(cluster, tmp_path, "fixed", "--wait-for-resources", "400")
+    lost_at = kill_node_2_after_a_checkpoint(cluster, tmp_path, "fixed", job)
+    detected = wait_for_line(tmp_path, job, "lost resources mid-run", timeout=120)
+    time.sleep(20)  # the run waits: nothing trains while the group does not fit
+    assert job.poll() is None, (tmp_path / "job.log").read_text()[-4000:]
+    back_at = time.time()
+    up = subprocess.run(
+        ["bash", str(STACK), "up", "--nodes", "2", "ray"], env=cluster["env"], capture_output=True, text=True
+    )
+    assert up.returncode == 0 and "ray-node-2: joining" in up.stdout, up.stdout + up.stderr
+    refit = wait_for_line(tmp_path, job, "fits the workers again", timeout=120)
+    assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-6000:]
+    print(
+        f"node lost -> shortfall logged {detected:.1f} s; node started again {back_at - lost_at:.1f} s after the "
+        f"loss -> fits again {refit:.1f} s later; job done {time.time() - back_at:.1f} s after the node was back"
+    )
+    out = (tmp_path / "job.log").read_text()
+    assert "rank 0 of 1" not in out, out[-3000:]  # never shrank: it waited for the node
+    assert_finished_every_step_once(tmp_path, "fixed")
+
+
+def test_a_fixed_size_run_gives_up_after_wait_for_resources_and_keeps_its_checkpoints(cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    job = launch(cluster, tmp_path, "bounded", "--wait-for-resources", "15")
+    lost_at = kill_node_2_after_a_checkpoint(cluster, tmp_path, "bounded", job)
+    rc = job.wait(timeout=300)
+    out = (tmp_path / "job.log").read_text()
+    print(f"node lost -> job gave up {time.time() - lost_at:.1f} s later (bound 15 s)")
+    assert rc == 2, out[-4000:]
+    assert "after waiting 15 s since it lost resources mid-run (--wait-for-resources)" in out, out[-3000:]
+    assert "--resume bounded" in out, out[-3000:]
+    (run,) = tracking_runs(tmp_path / "mlflow.db")
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.info.run_id).info.status == "FAILED"
+    first = tmp_path / "runs" / "bounded" / "checkpoint_00000004" / "checkpoint.pt"  # registered before the loss
+    assert verify_checkpoint(first) is not None
+
+
+def max_overlap(intervals: list[tuple[int, int]]) -> int:
+    """The most intervals ``(start, end)`` open at one time."""
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_a_node_lost_mid_grid_retries_its_trial_and_the_table_is_complete(cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    up = subprocess.run(
+        ["bash", str(STACK), "up", "--nodes", "2", "ray"], env=cluster["env"], capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    storage, db, name = tmp_path / "abl", tmp_path / "mlflow.db", "grid"
+    cmd = [
+        sys.executable,
+        str(ABLATE),
         "--address",
         cluster["address"],
         "--storage",
         str(storage),
         "--tracking-uri",
         f"sqlite:///{db}",
+        "--rows",
+        "i,k",
+        "--seeds",
+        "1",
         "--name",
-        "elastic",
-        *TINY_ARGS,
-        f"train.max_steps={STEPS}",
-        "train.epochs=2",  # 16 steps an epoch (512 images, batch 32)
+        name,
+        "--steps",
+        str(STEPS),
+        "--protocols",
+        "knn",
+        "--workers-per-trial",
+        "1",
+        "--max-retries",
+        "2",
+        *[o for o in TINY if not o.startswith("train.checkpoint_every")],
         "train.checkpoint_every=4",
-        "run.min_workers=1",
-        "run.max_failures=2",
+        "train.epochs=3",  # 8 steps an epoch (256 images, batch 32)
     ]
-    log = (tmp_path / "job.log").open("w")
-    job = subprocess.Popen(
-        [sys.executable, str(PRETRAIN), *args], cwd=tmp_path, env=cluster["env"], stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 400
-    # Two checkpoint directories: the first is then registered with Ray Train (a directory appears while
-    # it is being written, before the report that registers it)
-    while time.time() < deadline and job.poll() is None and len(list((storage / "elastic").glob("checkpoint_*"))) < 2:
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, env=cluster["env"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "2 trial(s) fit at once; running 2 at a time" in dry.stdout, dry.stdout  # one per 1-CPU node
+    log = (tmp_path / "grid.log").open("w")
+    grid = subprocess.Popen(cmd, cwd=tmp_path, env=cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    runs = storage / name / "pretrain"
+    deadline = time.time() + 500
+    while time.time() < deadline and grid.poll() is None:  # both trials past their first registered checkpoint
+        if all(len(list((runs / t).glob("checkpoint_*"))) >= 2 for t in ("i-s0", "k-s0")):
+            break
         time.sleep(0.5)
-    assert job.poll() is None, (tmp_path / "job.log").read_text()[-4000:]  # still training
-    node = int((cluster["stack"] / "ray-node-2.pid").read_text())
-    os.killpg(node, signal.SIGTERM)  # worker node 2 goes away: its raylet and its worker
+    assert grid.poll() is None, (tmp_path / "grid.log").read_text()[-4000:]
+    os.killpg(int((cluster["stack"] / "ray-node-2.pid").read_text()), signal.SIGTERM)
     lost_at = time.time()
-    assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-6000:]
-    out = (tmp_path / "job.log").read_text()
-    print(f"node lost -> job done in {time.time() - lost_at:.1f} s")
+    assert grid.wait(timeout=900) == 0, (tmp_path / "grid.log").read_text()[-6000:]
+    print(f"node lost mid-grid -> grid done in {time.time() - lost_at:.1f} s")
 
-    (run,) = tracking_runs(db)
-    losses = tracking.metric_history(f"sqlite:///{db}", run.info.run_id, "loss")
-    assert [s for s, _ in losses] == list(range(1, STEPS + 1)), out[-3000:]  # every step once
-    starts = [v for _, v in tracking.metric_history(f"sqlite:///{db}", run.info.run_id, "restored_from_step")]
-    assert starts[0] == 0.0 and len(starts) >= 2 and 0 < starts[-1] < STEPS, starts  # restored from a checkpoint
-    assert "rank 0 of 2" in out and "rank 0 of 1" in out, out[-3000:]  # two workers, then the one node left
-    assert verify_checkpoint(storage / "elastic" / f"checkpoint_{STEPS:08d}" / "checkpoint.pt") is not None
+    parent = parent_of(db, name)
+    kids = {r.data.tags["ablation.trial"]: r for r in children(db, parent.info.run_id)}
+    assert len(children(db, parent.info.run_id)) == 2 and set(kids) == {"i/0", "k/0"}  # no duplicate child runs
+    assert all(r.info.status == "FINISHED" and "eval.knn_top1" in r.data.metrics for r in kids.values())
+    starts = sorted(int(r.data.tags["ablation.starts"]) for r in kids.values())
+    assert starts[0] == 1 and starts[1] >= 2, starts  # the trial on the lost node ran again
+    client = MlflowClient(f"sqlite:///{db}")
+    retried = max(kids.values(), key=lambda r: int(r.data.tags["ablation.starts"]))
+    losses = [m.step for m in client.get_metric_history(retried.info.run_id, "loss")]
+    assert losses == list(range(1, STEPS + 1)), losses  # continued from its checkpoint: each step once
+    restored = [m.value for m in client.get_metric_history(retried.info.run_id, "restored_from_step")]
+    assert restored[-1] > 0, restored
+    table = (storage / name / "ablation_table.md").read_text()
+    assert "| i | 1 |" in table and "| k | 1 |" in table, table
+    overlap = max_overlap([(r.info.start_time, r.info.end_time) for r in kids.values()])
+    assert overlap == 2, [(r.info.start_time, r.info.end_time) for r in kids.values()]  # = the dry run's estimate
 
 
 def tracking_runs(db):

@@ -63,3 +63,14 @@ def test_resource_shortfall_names_the_numbers_and_the_fix():
         "run.num_workers=4 x run.cpus_per_worker=1 needs 4 CPUs; the Ray cluster has 2"
     )
     assert fit_hint(cfg, {"CPU": 2.0}) == "lower --num-workers to 2 or --cpus-per-worker to 0.5"
+
+
+def test_an_elastic_group_is_short_only_below_its_smallest_size():
+    from siamim.config import load_config
+    from siamim.orchestration.preflight import resource_shortfall
+
+    cfg = load_config("tiny", ["run.num_workers=4", "run.min_workers=2", "train.batch_size=240"])
+    assert resource_shortfall(cfg, {"CPU": 2.0}) is None  # 2 workers may run
+    assert resource_shortfall(cfg, {"CPU": 1.0}) == (
+        "run.min_workers=2 x run.cpus_per_worker=1 needs 2 CPUs; the Ray cluster has 1"
+    )
