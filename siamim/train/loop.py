@@ -198,12 +198,13 @@ def pretrain(
         buffer.add(out, {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "momentum": momentum})
         last = step == stop_step
         save = last or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
-        if last or save or step % cfg.train.log_every == 0 or step == start_step + 1:  # first step: start-up time
+        watch = monitor is not None and step % cfg.eval.monitor_every == 0  # a reporting step of its own
+        if last or save or watch or step % cfg.train.log_every == 0 or step == start_step + 1:  # 1st: start-up time
             # One transfer per interval; raises on a non-finite loss before anything is saved.
             flushed = buffer.flush()
             now = time.perf_counter()
             rate = cfg.train.batch_size * (step - interval_first) / max(now - interval_start, 1e-9)
-            if monitor is not None and (step % cfg.eval.monitor_every == 0 or last):
+            if watch or (monitor is not None and last):
                 flushed[-1][MONITOR_METRIC] = monitor(model.online.encoder)
                 flushed[-1]["knn_monitor_s"] = monitor.seconds  # its cost so far, outside images_per_s
                 now = time.perf_counter()

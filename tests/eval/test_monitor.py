@@ -44,6 +44,9 @@ def test_the_loop_reports_the_monitor_every_n_steps_and_trains_the_same(small_cf
     assert all(0.0 <= watched[s][METRIC] <= 100.0 for s in (2, 4, 5))
     assert not any(METRIC in m for m in plain.values())
     assert [watched[s]["loss"] for s in sorted(watched)] == [plain[s]["loss"] for s in sorted(plain)]  # bit-exact
+    # a monitor interval that is no multiple of the log interval still runs at its own steps
+    offbeat = run("eval.monitor_every=3", "train.log_every=2")
+    assert [s for s, m in offbeat.items() if METRIC in m] == [3, 5], sorted(offbeat)
 
 
 def test_the_progress_line_shows_the_monitor(capsys):
