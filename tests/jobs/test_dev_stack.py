@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -149,16 +148,13 @@ def test_up_refuses_the_dashboard_agent_port_before_starting_anything(tmp_path):
 
 
 def test_a_head_that_dies_at_start_fails_fast_with_its_log(tmp_path):
+    """The wait for the dashboard ends when the head's process is gone (not at the 90 s deadline)."""
     env = ray_stack_env(tmp_path, tempfile.mkdtemp(prefix="rp", dir="/tmp"), head_cpus=1)
-    with socket.socket() as taken:  # the GCS port is held: `ray start --head` exits at once
-        taken.bind(("127.0.0.1", int(env["RAY_PORT"])))
-        taken.listen()
-        started = time.monotonic()
-        proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=120)
-        elapsed = time.monotonic() - started
+    env["RAY_OBJECT_STORE_BYTES"] = "1"  # below Ray's minimum: `ray start --head` raises and exits
+    proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=300)
     try:
         assert proc.returncode != 0
         assert "ray: exited before" in proc.stderr and "ray.log" in proc.stderr, proc.stderr
-        assert elapsed < 80, f"waited {elapsed:.0f} s for a head that was gone (the deadline is 90 s)"
+        assert "not ready after" not in proc.stderr and "minimum allowed" in proc.stderr, proc.stderr
     finally:
         subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=120)

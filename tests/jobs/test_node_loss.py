@@ -18,6 +18,7 @@ in exactly 2 child runs, and the concurrency Tune reached equals the dry run's p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,16 +93,23 @@ def launch(cluster, tmp_path, name: str, *extra: str) -> subprocess.Popen:
 def kill_node_2_after_a_checkpoint(cluster, tmp_path, name: str, job: subprocess.Popen) -> float:
     """Stop worker node 2 once the run's first checkpoint is registered; returns the time it was stopped."""
     deadline = time.time() + 400
-    # Two checkpoint directories: the first is then registered with Ray Train (a directory appears while
-    # it is being written, before the report that registers it)
-    while (
-        time.time() < deadline and job.poll() is None and len(list((tmp_path / "runs" / name).glob("checkpoint_*"))) < 2
-    ):
+    while time.time() < deadline and job.poll() is None and not registered_checkpoints(tmp_path / "runs" / name):
         time.sleep(0.5)
     assert job.poll() is None, (tmp_path / "job.log").read_text()[-4000:]  # still training
     node = int((cluster["stack"] / "ray-node-2.pid").read_text())
     os.killpg(node, signal.SIGTERM)  # worker node 2 goes away: its raylet and its worker
     return time.time()
+
+
+def registered_checkpoints(run_dir) -> int:
+    """How many checkpoints Ray Train has registered for the run in ``run_dir`` (what a restart restores from).
+
+    A checkpoint directory appears while it is written, before the report that registers it; the
+    controller's snapshot lists it only once registered."""
+    try:
+        return len(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
+    except (OSError, ValueError, KeyError):  # not written yet, or mid-write
+        return 0
 
 
 def wait_for_line(tmp_path, job: subprocess.Popen, text: str, timeout: float) -> float:
@@ -226,7 +234,7 @@ def test_a_node_lost_mid_grid_retries_its_trial_and_the_table_is_complete(cluste
     runs = storage / name / "pretrain"
     deadline = time.time() + 500
     while time.time() < deadline and grid.poll() is None:  # both trials past their first registered checkpoint
-        if all(len(list((runs / t).glob("checkpoint_*"))) >= 2 for t in ("i-s0", "k-s0")):
+        if all(registered_checkpoints(runs / t) for t in ("i-s0", "k-s0")):
             break
         time.sleep(0.5)
     assert grid.poll() is None, (tmp_path / "grid.log").read_text()[-4000:]
