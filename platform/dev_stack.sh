@@ -45,7 +45,7 @@ wait_http() {  # url seconds name: until the url answers; on failure, say why wi
   until curl -fsS -o /dev/null "$url" 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "$name: exited before $url answered; the end of $STACK_DIR/$name.log:" >&2
-      tail -n 20 "$STACK_DIR/$name.log" >&2; rm -f "$STACK_DIR/$name.pid"; return 1
+      tail -n 20 "$STACK_DIR/$name.log" >&2; stop_pid "$name" >/dev/null; return 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "$name: not ready after $2 s: $url; the end of $STACK_DIR/$name.log:" >&2
@@ -125,6 +125,11 @@ up_ray_head() {
     --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
   echo $! >"$STACK_DIR/ray.pid"
   wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90 ray
+  # The dashboard can answer before `ray start` fails on the head's raylet: wait for the head node itself.
+  wait_ray_nodes 1 90 "$(cat "$STACK_DIR/ray.pid")" || {
+    echo "ray: the head did not come up; the end of $STACK_DIR/ray.log:" >&2
+    tail -n 20 "$STACK_DIR/ray.log" >&2; stop_pid ray >/dev/null; return 1
+  }
   echo "ray: 127.0.0.1:$RAY_PORT, dashboard / job API http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
 
@@ -146,12 +151,17 @@ up_ray_node() {  # k: a worker node joining the head, its own raylet and object 
   echo "$name: joining 127.0.0.1:$RAY_PORT ($RAY_NODE_CPUS CPU, $RAY_NODE_GPUS logical GPU, resource siamim_node_$1)"
 }
 
-wait_ray_nodes() {  # count seconds: until the head sees this many alive nodes
-  "$VENV_BIN/python" - "$1" "$2" "http://127.0.0.1:$RAY_DASHBOARD_PORT" <<'PY'
-import sys, time
+wait_ray_nodes() {  # count seconds [pid]: until the head sees this many alive nodes (or process pid exits)
+  "$VENV_BIN/python" - "$1" "$2" "http://127.0.0.1:$RAY_DASHBOARD_PORT" "${3:-}" <<'PY'
+import os, sys, time
 from ray.util.state import list_nodes
 want, deadline, address = int(sys.argv[1]), time.time() + float(sys.argv[2]), sys.argv[3]
 while True:
+    if sys.argv[4]:
+        try:
+            os.kill(int(sys.argv[4]), 0)
+        except ProcessLookupError:
+            sys.exit(f"ray: process {sys.argv[4]} exited before {want} node(s) were alive")
     try:
         alive = [n for n in list_nodes(address=address, raise_on_missing_output=False) if n.state == "ALIVE"]
     except Exception:  # the state API is not up yet
@@ -183,9 +193,11 @@ stop_pid() {  # name
   local f="$STACK_DIR/$1.pid"
   [ -f "$f" ] || return 0
   local pid; pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true   # its process group (setsid)
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  # Its process group (setsid), also when the leader is gone: a `ray start` that failed half-way leaves
+  # the processes it had started (GCS, dashboard) in the group.
+  if kill -0 "$pid" 2>/dev/null || kill -0 -- "-$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$f"
