@@ -34,6 +34,7 @@ def best_trial(trials: list[dict], mode: str) -> dict | None:
     done = [t for t in trials if t["status"] == FINISHED and t["metric"] is not None and not math.isnan(t["metric"])]
     if not done:
         return None
+    done.sort(key=lambda t: t["index"])  # a tie goes to the first trial drawn
     return (max if mode == "max" else min)(done, key=lambda t: t["metric"])
 
 
