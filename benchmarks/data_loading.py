@@ -93,8 +93,8 @@ def main() -> int:
     from siamim.config import load_config
     from siamim.data.pipeline import build_loader
     from siamim.data.sources import build_source
-    from siamim.orchestration.data_prep import prepare
-    from siamim.orchestration.ray_data import build_stream, stream_batches
+    from siamim.orchestration.data.prepare import prepare
+    from siamim.orchestration.data.streaming import build_stream, stream_batches
 
     tasks = [int(t) for t in args.tasks.split(",") if t]
     moto = None

@@ -106,7 +106,7 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
-    from siamim.orchestration.ablation import (
+    from siamim.orchestration.ablation.driver import (
         DEFAULT_PROTOCOLS,
         GridSpec,
         describe,
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation,
         validate_spec,
     )
-    from siamim.orchestration.submitted import job_storage
+    from siamim.orchestration.driver.submitted import job_storage
 
     try:
         storage = job_storage(args, "runs/ablation", "grid")

@@ -156,7 +156,7 @@ def writable_out(out_arg: str | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
-    from siamim.orchestration.submitted import check_lasting, check_tracking_lasting
+    from siamim.orchestration.driver.submitted import check_lasting, check_tracking_lasting
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise TrackingError(f"--tracking-uri / MLFLOW_TRACKING_URI: {err}") from err
         resolved = None
         if args.checkpoint:  # a missing file / run / object is named before torch is imported
-            from siamim.orchestration.checkpoint_refs import resolve_checkpoint
+            from siamim.orchestration.runs.refs import resolve_checkpoint
 
             tmp = tempfile.mkdtemp(prefix="siamim-eval-")
             try:
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"pairs {100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)"
             )
     if tracking_uri:
-        from siamim.orchestration.eval_logging import record_evaluation, run_exists
-        from siamim.orchestration.run_report import write_run_report
         from siamim.orchestration.tracking import resolve_tracking_uri
+        from siamim.orchestration.tracking.evaluation import record_evaluation, run_exists
+        from siamim.orchestration.tracking.report import write_run_report
 
         primary = "checkpoint" if args.checkpoint else None
         run_id = args.run_id or ckpt_run_id

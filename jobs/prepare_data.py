@@ -55,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
-    from siamim.orchestration.submitted import check_lasting
+    from siamim.orchestration.driver.submitted import check_lasting
 
     try:
         # under ray job submit: not in Ray's temporary copy of the working directory (before torch is imported)
         check_lasting(args.out, f"--out {args.out}", OUT_FIX)
-        from siamim.orchestration.cluster import ensure_ray, shutdown_embedded_ray
-        from siamim.orchestration.data_prep import prepare
+        from siamim.orchestration.data.prepare import prepare
+        from siamim.orchestration.driver.cluster import ensure_ray, shutdown_embedded_ray
 
         if args.source == "image_folder":  # before Ray starts: the tree, every file's header (seconds)
             from siamim.data.folder_check import check_image_tree

@@ -89,13 +89,13 @@ from <storage>/<name>/<name>.yaml or the MLflow parent run (search/<name>.yaml)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
-    from siamim.orchestration.search_space import SearchInputError, read_space
-    from siamim.orchestration.submitted import job_storage
+    from siamim.orchestration.driver.submitted import job_storage
+    from siamim.orchestration.search.space import SearchInputError, read_space
 
     try:
         storage = job_storage(args, "runs/search", "search")
-        from siamim.orchestration.search import run_search
-        from siamim.orchestration.search_spec import SearchSpec
+        from siamim.orchestration.search.driver import run_search
+        from siamim.orchestration.search.spec import SearchSpec
 
         if args.resume:
             summary = run_search(
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dry_run(spec, address: str | None) -> int:
-    from siamim.orchestration.ablation import dry_run_resources
-    from siamim.orchestration.search_spec import budget_steps, describe, validate_search
+    from siamim.orchestration.ablation.driver import dry_run_resources
+    from siamim.orchestration.search.spec import budget_steps, describe, validate_search
 
     validate_search(spec)
     budget = budget_steps(spec)

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from siamim.orchestration import ablation_table as tbl  # noqa: E402
+from siamim.orchestration.ablation import table as tbl  # noqa: E402
 
 SAME = ("epochs", "steps", "overrides", "protocols", "workers_per_trial")  # what makes two grids' rows comparable
 FLOOR_NAMES = {"pixels": "raw pixels", "random": "random init"}

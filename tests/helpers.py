@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from siamim.orchestration.cluster import free_port  # noqa: F401 (tests import it from here)
+from siamim.orchestration.driver.cluster import free_port  # noqa: F401 (tests import it from here)

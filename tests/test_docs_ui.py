@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import ray
 
-from siamim.orchestration.mlflow_ui import UI_PORT
+from siamim.orchestration.tracking.ui import UI_PORT
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "docs" / "platform.md", REPO / "docs" / "ablation.md"]

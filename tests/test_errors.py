@@ -10,17 +10,17 @@ from siamim.data.folder_check import ImageTreeError
 from siamim.data.parquet import ParquetDataError
 from siamim.errors import UserError
 from siamim.foreign import ForeignCheckpointError
-from siamim.orchestration.ablation import AblationFailed, AblationInputError
-from siamim.orchestration.checkpoint_refs import CheckpointNotFound
-from siamim.orchestration.claims import RunClaimedError
-from siamim.orchestration.errors import LaunchError, LaunchInputError
-from siamim.orchestration.eval_logging import RunNotFound
-from siamim.orchestration.hooks import HookError
-from siamim.orchestration.preflight import PreflightError
-from siamim.orchestration.registry import RegistryError
-from siamim.orchestration.storage import StorageError
-from siamim.orchestration.submitted import TemporaryLocationError
+from siamim.orchestration.ablation.driver import AblationFailed, AblationInputError
+from siamim.orchestration.driver.errors import LaunchError, LaunchInputError
+from siamim.orchestration.driver.hooks import HookError
+from siamim.orchestration.driver.preflight import PreflightError
+from siamim.orchestration.driver.submitted import TemporaryLocationError
+from siamim.orchestration.runs.claims import RunClaimedError
+from siamim.orchestration.runs.refs import CheckpointNotFound
+from siamim.orchestration.runs.storage import StorageError
 from siamim.orchestration.tracking import TrackingError
+from siamim.orchestration.tracking.evaluation import RunNotFound
+from siamim.orchestration.tracking.registry import RegistryError
 from siamim.sections import ConfigError
 
 BAD_INPUT = [

@@ -4,7 +4,7 @@
 a few steps, one evaluation); from the slowest worker's step time, start-up and evaluation time, the grid
 picks the one step count every trial trains so that all waves of trials end inside the budget ("as many
 epochs as fit"), then the workers claim trials until none is left. The results are assembled in
-``jobs/ablate.py``'s format (:mod:`siamim.orchestration.ablation_table`: mean ± std over seeds beside the
+``jobs/ablate.py``'s format (:mod:`siamim.orchestration.ablation.table`: mean ± std over seeds beside the
 paper's columns, the paper's key comparisons as paired differences).
 """
 
@@ -21,8 +21,8 @@ import torch
 from benchmarks.kit.grid_worker import worker_main
 from benchmarks.kit.procs import Child
 from benchmarks.kit.record import Record
-from siamim.orchestration import ablation_table as table
-from siamim.orchestration.ablation_rows import parse_rows
+from siamim.orchestration.ablation import table
+from siamim.orchestration.ablation.rows import parse_rows
 
 MARGIN_S = 8.0  # kept at the end for collecting the results and writing the table
 
@@ -143,6 +143,6 @@ def _plan_and_wait(rec: Record, s: dict, work: Path, procs: list, trials: int, d
 
 
 def _batch_size(s: dict) -> int:
-    from siamim.orchestration.ablation_rows import row_config
+    from siamim.orchestration.ablation.rows import row_config
 
     return row_config("i", s["overrides"]).train.batch_size

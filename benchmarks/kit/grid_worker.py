@@ -24,7 +24,7 @@ from siamim.data.sources import build_source
 from siamim.eval.report import flat_metrics
 from siamim.eval.representation import EncoderRepresentation
 from siamim.eval.runner import Suite, evaluate
-from siamim.orchestration.ablation_rows import row_config
+from siamim.orchestration.ablation.rows import row_config
 from siamim.train import pretrain
 
 

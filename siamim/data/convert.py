@@ -6,7 +6,7 @@ its images, encodes them (PNG for arrays; an ImageFolder's PNG/JPEG file bytes a
 kept as they are, other formats become PNG), writes one Parquet file with row
 groups of ``row_group_rows`` and returns its statistics for the manifest
 (rows, bytes, per-channel pixel sums, a digest of every row). The manifest itself
-is assembled by the caller and written last (``siamim.orchestration.data_prep``).
+is assembled by the caller and written last (``siamim.orchestration.data.prepare``).
 """
 
 from __future__ import annotations

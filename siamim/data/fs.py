@@ -1,7 +1,7 @@
 """Whole-file writes to a pyarrow filesystem (local disk or an object store) that never leave half a file.
 
 Light on purpose (pyarrow only): the dataset shards (``siamim.data.parquet``) and the platform's run
-records (``siamim.orchestration.storage``) write through it.
+records (``siamim.orchestration.runs.storage``) write through it.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ class StepBatchSampler:
 
 
 # Loaders other than the map-style one, by ``data.loader`` name. The platform layer registers them
-# (``ray_data``: siamim/orchestration/ray_data.py, inside Ray Train workers); the core imports no Ray.
+# (``ray_data``: siamim/orchestration/data/streaming.py, inside Ray Train workers); the core imports no Ray.
 LOADERS: dict = {}
 
 

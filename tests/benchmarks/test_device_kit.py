@@ -141,7 +141,7 @@ def test_an_overrunning_section_is_killed_with_its_figures_so_far(tmp_path, budg
 def test_full_sizes_configs_validate():
     """Every config the GPU run builds is valid here, before a scarce GPU call finds a typo."""
     from siamim.config import load_config
-    from siamim.orchestration.ablation_rows import parse_rows, row_config
+    from siamim.orchestration.ablation.rows import parse_rows, row_config
 
     full = sizes(smoke=False)
     step = load_config(full["step"]["config"], ["run.num_workers=1", *full["step"]["overrides"]])

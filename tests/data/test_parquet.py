@@ -44,7 +44,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def fmnist_shards(local_ray, tmp_path_factory):
-    from siamim.orchestration.data_prep import prepare
+    from siamim.orchestration.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("shards") / "fmnist"
     manifest = prepare("fashion_mnist", None, str(out), rows_per_shard=200, row_group_rows=64, limit=N)
@@ -89,7 +89,7 @@ def _write_tree(root: Path) -> None:
 
 
 def test_image_folder_round_trip(local_ray, tmp_path):
-    from siamim.orchestration.data_prep import prepare
+    from siamim.orchestration.data.prepare import prepare
 
     _write_tree(tmp_path / "tree")
     manifest = prepare("image_folder", str(tmp_path / "tree"), str(tmp_path / "out"), rows_per_shard=4)
@@ -103,7 +103,7 @@ def test_image_folder_round_trip(local_ray, tmp_path):
 
 
 def test_rerun_is_a_no_op_and_a_half_written_root_is_not_a_dataset(fmnist_shards, tmp_path):
-    from siamim.orchestration.data_prep import prepare
+    from siamim.orchestration.data.prepare import prepare
 
     out, manifest = fmnist_shards
     shard = out / "train" / "part-00000.parquet"
@@ -142,7 +142,7 @@ def test_map_style_batches_equal_the_original_files(fmnist_shards):
 def test_stream_resume_semantics(fmnist_shards):
     """docs/platform.md "Streaming mode": one pass per epoch; a resume at e*spe+b trains spe-b steps of a
     fresh epoch-e pass, then full passes; each image's views are the map-style ones for its (epoch, id)."""
-    from siamim.orchestration.ray_data import build_stream, stream_batches
+    from siamim.orchestration.data.streaming import build_stream, stream_batches
 
     out, manifest = fmnist_shards
     cfg = load_config(
@@ -205,7 +205,7 @@ def test_unreachable_s3_fails_in_seconds_naming_the_endpoint():
     import time
 
     from siamim.errors import UserError
-    from siamim.orchestration.preflight import check_data
+    from siamim.orchestration.driver.preflight import check_data
     from tests.helpers import free_port
 
     port = free_port()  # nothing listens there

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from siamim.orchestration.hooks import WORKER_HOOK_ENV
+from siamim.orchestration.driver.hooks import WORKER_HOOK_ENV
 
 FAIL_STEP = 3  # the step fail_once_at_step_3 raises after
 FAILING_TRIAL = "j-s1"  # the grid trial (run name) fail_trial_j_s1 fails on every attempt

@@ -12,8 +12,8 @@ import pytest
 
 from siamim.cli import EXIT_BAD_INPUT
 from siamim.eval.protocols import names, protocols
-from siamim.orchestration import ablation_table as tbl
-from siamim.orchestration.ablation_rows import (
+from siamim.orchestration.ablation import table as tbl
+from siamim.orchestration.ablation.rows import (
     BASELINES,
     KEY_COMPARISONS,
     ROWS,
@@ -144,7 +144,7 @@ def test_dry_run_prints_trials_resources_and_packing(capsys, tmp_path, monkeypat
 
 
 def test_packing_counts_cpus_gpus_and_the_cap():
-    from siamim.orchestration.ablation import GridSpec, packing
+    from siamim.orchestration.ablation.driver import GridSpec, packing
 
     spec = GridSpec(
         name="p",

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from siamim.orchestration.ablation_table import mean_std
+from siamim.orchestration.ablation.table import mean_std
 from tests.conftest import SMALL
 from tests.jobs.fault_hooks import FAILING_TRIAL, hook_env
 from tests.jobs.helpers import REPO

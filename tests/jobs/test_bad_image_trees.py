@@ -9,7 +9,7 @@ import time
 import pytest
 
 from siamim.config import load_config
-from siamim.orchestration.preflight import PreflightError, check_data
+from siamim.orchestration.driver.preflight import PreflightError, check_data
 from tests.data.test_folder_check import CASES, png_bytes, write_tree
 from tests.jobs.helpers import REPO
 from tests.jobs.test_pretrain_cli import load_cli

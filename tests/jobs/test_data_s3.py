@@ -27,7 +27,7 @@ import pytest
 
 from siamim.config import load_config
 from siamim.orchestration import tracking
-from siamim.orchestration.launch import LaunchError, run_pretraining
+from siamim.orchestration.driver.launch import LaunchError, run_pretraining
 from tests.jobs.conftest import S3_BUCKET, ray_head_process
 from tests.jobs.helpers import REPO, knn_tolerance, submit_pretrain_cmd
 
@@ -82,7 +82,7 @@ def ray_head(base_env, service_dir):
 
 @pytest.fixture(scope="module")
 def shards(ray_driver, s3_server, fashion_mnist_available):
-    from siamim.orchestration.data_prep import prepare
+    from siamim.orchestration.data.prepare import prepare
 
     root = f"s3://{S3_BUCKET}/fmnist?endpoint_override={s3_server}&scheme=http"
     manifest = prepare("fashion_mnist", None, root, rows_per_shard=256, row_group_rows=64, limit=512)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from siamim.orchestration.registry import RegistryError, register_encoder, resolve_model_uri
+from siamim.orchestration.tracking.registry import RegistryError, register_encoder, resolve_model_uri
 from siamim.timm_export import save_timm_encoder
 from tests.foreign_layouts import mae_checkpoint, official_siamim_checkpoint
 from tests.jobs.test_evaluate import QUICK, _job, _read_csv

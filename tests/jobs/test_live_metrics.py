@@ -15,10 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from siamim.config import load_config
-from siamim.orchestration import mlflow_stream as ms
-from siamim.orchestration import storage as st
 from siamim.orchestration import tracking
-from siamim.orchestration.launch import PENDING_END, run_pretraining
+from siamim.orchestration.driver.launch import PENDING_END, run_pretraining
+from siamim.orchestration.runs import storage as st
+from siamim.orchestration.tracking import stream as ms
 from tests.jobs.conftest import MlflowServer
 from tests.jobs.helpers import TINY
 

@@ -30,7 +30,7 @@ import pytest
 
 from siamim.checkpoint import verify_checkpoint
 from siamim.orchestration import tracking
-from siamim.orchestration.storage import RAY_SNAPSHOT
+from siamim.orchestration.runs.storage import RAY_SNAPSHOT
 from tests.helpers import free_port
 from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS
 from tests.jobs.test_ablate_grid import ABLATE, TINY, children, parent_of

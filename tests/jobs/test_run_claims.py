@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from siamim.orchestration import claims
-from siamim.orchestration import storage as st
+from siamim.orchestration.runs import claims
+from siamim.orchestration.runs import storage as st
 from tests.jobs.helpers import PRETRAIN, TINY_ARGS
 from tests.jobs.test_pretrain_cli import _mlflow_runs, load_cli, run_cli
-from tests.orchestration.test_claims import hold, race_for_claim
+from tests.orchestration.runs.test_claims import hold, race_for_claim
 
 TINY_ONE_WORKER = [o for o in TINY_ARGS if not o.startswith("run.num_workers")] + ["run.num_workers=1"]
 

@@ -11,8 +11,8 @@ import pytest
 
 from siamim.cli import EXIT_BAD_INPUT
 from siamim.config import load_config
-from siamim.orchestration import search_report as rep
-from siamim.orchestration.search_space import SearchInputError, parse_space, sample
+from siamim.orchestration.search import report as rep
+from siamim.orchestration.search.space import SearchInputError, parse_space, sample
 from tests.jobs.helpers import REPO
 
 SEARCH = REPO / "jobs" / "search.py"

@@ -40,7 +40,7 @@ class Headline:
         key: the metric key of the run function's result that the column shows (one of ``columns``).
         title: the column's title.
         paper: the paper column the ablation rows' paired differences compare it with
-            (one of :data:`siamim.orchestration.ablation_table.PAPER_COLUMNS`).
+            (one of :data:`siamim.orchestration.ablation.table.PAPER_COLUMNS`).
     """
 
     key: str

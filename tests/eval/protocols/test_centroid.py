@@ -8,7 +8,7 @@ from siamim.eval.baselines import baseline_representation
 from siamim.eval.protocols.centroid import nearest_centroid_predict
 from siamim.eval.report import flat_metrics
 from siamim.eval.runner import Suite, evaluate
-from siamim.orchestration import ablation_table as tbl
+from siamim.orchestration.ablation import table as tbl
 from tests.eval.helpers import cfg, chance, planted
 
 

@@ -24,7 +24,7 @@ def test_correspondence_runs_from_the_registry_with_its_chance_level():
 
 
 def test_correspondence_is_a_column_of_the_ablation_table():
-    from siamim.orchestration import ablation_table as tbl
+    from siamim.orchestration.ablation import table as tbl
 
     results = [
         {"row": "i", "seed": 0, "eval.correspondence": 40.0},

@@ -1,0 +1,300 @@
+"""One trial of the ablation grid: pretrain a row with Ray Train, evaluate it, report to Tune and MLflow.
+
+:func:`run_trial` is the Ray Tune function trainable (Ray 2.60 Train V2 pattern:
+a function trainable that builds and fits a ``TorchTrainer``, with
+its :class:`~siamim.orchestration.tracking.stream.MlflowStream` writing the child run live and
+forwarding the workers' reports to Tune). Per trial:
+
+1. the row's resolved config (``configs/ablation/<row>.yaml`` or ``tiny`` + switches,
+   then the grid's overrides, the budget, ``train.seed=<seed>`` and the per-trial workers);
+2. its MLflow **child run** under the grid's parent run, found by the tag
+   ``ablation.trial=<row>/<seed>`` so a retried or resumed trial reopens it instead of
+   making a duplicate (params: the resolved config's flat keys + ``ablation.row``/``seed``);
+3. pretraining through :func:`siamim.orchestration.driver.trainer.build_trainer`, the adapter
+   ``jobs/pretrain.py`` uses; its run directory ``<storage>/<grid>/pretrain/<row>-s<seed>``
+   is stable, so a retried trial continues from its last Train checkpoint;
+4. the evaluation protocols on the final checkpoint, as a Ray task holding the trial's
+   CPUs/GPUs (the trial actor itself reserves none);
+5. ``tune.report`` of pretraining + evaluation metrics; the child run is FINISHED (or
+   FAILED when anything raised; Tune then retries the trial up to ``--max-retries`` times).
+
+A trial whose child run already finished with its metrics (a resumed grid whose
+last Tune state predates that finish) reports the stored metrics instead of training again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+STARTS_TAG = "ablation.starts"  # how many times this trial (re)started real work
+TRIAL_TAG = "ablation.trial"
+GRID_TAG = "ablation.grid"
+
+
+def trial_key(row: str, seed: int) -> str:
+    return f"{row}/{seed}"
+
+
+def trial_run_name(row: str, seed: int) -> str:
+    return f"{row}-s{seed}"
+
+
+def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
+    """The dotted overrides of one trial, after the row's preset (the grid's flags win over ``spec['overrides']``)."""
+    return [*spec["overrides"], f"train.seed={seed}", *budget_overrides(spec, trial_run_name(row, seed))]
+
+
+def budget_overrides(spec: dict, run_name: str) -> list[str]:
+    """What a trial's flags set: the budget (``spec['steps']`` / ``['epochs']``), its workers and resources
+    (``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``), ``run.experiment`` and ``run.name``;
+    the grid's and the search's trials alike."""
+    out = []
+    if spec.get("steps") is not None:
+        out.append(f"train.max_steps={spec['steps']}")
+    if spec.get("epochs") is not None:
+        out.append(f"train.epochs={spec['epochs']}")
+    gpus = float(spec.get("gpus_per_worker") or 0.0)
+    out += [
+        f"run.num_workers={spec['workers_per_trial']}",
+        f"run.cpus_per_worker={spec['cpus_per_worker']}",
+        f"run.use_gpu={'true' if gpus > 0 else 'false'}",
+        f"run.experiment={spec['experiment']}",
+        f"run.name={run_name}",
+        f"run.max_failures={spec.get('train_max_failures', 0)}",
+    ]
+    if gpus > 0:
+        out.append(f"run.gpus_per_worker={gpus}")
+    return out
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """A local path or storage URI with ``parts`` appended to its path (the query string kept)."""
+    import posixpath
+    from pathlib import Path
+
+    if "://" not in uri:
+        return str(Path(uri, *parts))
+    base, _, query = uri.partition("?")
+    return posixpath.join(base, *parts) + (f"?{query}" if query else "")
+
+
+def trial_config(spec: dict, row: str, seed: int):
+    from siamim.orchestration.ablation.rows import row_config
+
+    cfg = row_config(row, trial_overrides(spec, row, seed))
+    cfg.run.storage = spec["pretrain_storage"]
+    return cfg
+
+
+def eval_resources(spec: dict) -> dict:
+    """Resources of a trial's evaluation task: the CPUs of its workers and one worker's GPU share."""
+    return {
+        "num_cpus": float(spec["workers_per_trial"] * spec["cpus_per_worker"]),
+        "num_gpus": float(spec.get("gpus_per_worker") or 0.0),
+    }
+
+
+# --------------------------------------------------------------------------- MLflow child runs
+def find_child(client, experiment_id: str, parent_id: str, key: str, tag: str = TRIAL_TAG):
+    """The child run of ``parent_id`` whose tag ``tag`` is ``key`` (a grid's or a search's trial), else None."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    return runs[0] if runs else None
+
+
+def open_child(spec: dict, cfg, row: str, seed: int, trial_tags: dict) -> tuple[str, Any]:
+    """Create or reopen the trial's child run; returns ``(run_id, previous run or None)``."""
+    from mlflow.tracking import MlflowClient
+
+    from siamim.config import flatten
+    from siamim.orchestration import tracking
+
+    uri, parent = spec["tracking_uri"], spec["parent_run_id"]
+    client = MlflowClient(uri)
+    exp_id = client.get_run(parent).info.experiment_id
+    key = trial_key(row, seed)
+    previous = find_child(client, exp_id, parent, key)
+    params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
+    tags = {
+        "mlflow.parentRunId": parent,
+        TRIAL_TAG: key,
+        GRID_TAG: spec["name"],
+        "ablation.row": row,
+        "ablation.seed": seed,
+        "ablation.source": trial_tags.get("source"),
+        "siamim.run_name": trial_run_name(row, seed),
+        "mlflow.source.name": "jobs/ablate.py",
+        "mlflow.source.git.commit": spec.get("git_commit"),
+        **trial_tags,
+    }
+    run_id = tracking.open_run(
+        uri,
+        spec["experiment"],
+        trial_run_name(row, seed),
+        params,
+        tags,
+        run_id=previous.info.run_id if previous else None,
+    )
+    return run_id, previous
+
+
+def _finished_metrics(previous, spec: dict) -> dict | None:
+    """The stored results of a child run that already finished this trial completely, else None."""
+    if previous is None or previous.info.status != "FINISHED":
+        return None
+    metrics = previous.data.metrics
+    from siamim.orchestration.ablation.table import headline_keys
+
+    needed = [key for key, _, _ in headline_keys(spec["protocols"])]
+    if not all(k in metrics for k in needed):
+        return None
+    return dict(metrics)
+
+
+# --------------------------------------------------------------------------- evaluation task
+def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -> tuple[dict, str, str]:
+    """Evaluate a Train checkpoint (directory path or storage URI); returns ``(metrics, markdown, csv)``."""
+    import shutil
+    import tempfile
+
+    from siamim.checkpoint import load_checkpoint, load_encoder
+    from siamim.config import from_dict
+    from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
+    from siamim.eval.representation import EncoderRepresentation
+    from siamim.eval.runner import Suite, evaluate
+    from siamim.orchestration.runs.refs import resolve_checkpoint
+
+    cfg = from_dict(cfg_dict)
+    tmp = tempfile.mkdtemp(prefix="siamim-ablate-eval-")
+    try:
+        state = load_checkpoint(resolve_checkpoint(checkpoint, tmp).path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    encoder, _ = load_encoder(state)
+    rep = EncoderRepresentation(encoder, name="checkpoint")
+    results = {"checkpoint": evaluate(rep, cfg, protocols, Suite(cfg, print), print)}
+    rows = table_rows(results)
+    return flat_metrics(results, "checkpoint"), to_markdown(rows, ["checkpoint"]), to_csv(rows, ["checkpoint"])
+
+
+# --------------------------------------------------------------------------- the trainable
+def run_trial(config: dict, spec: dict) -> None:
+    """Tune function trainable: ``config = {"row", "seed"}``; ``spec`` is the grid (``tune.with_parameters``)."""
+    from ray import tune
+
+    from siamim.orchestration import tracking
+    from siamim.orchestration.ablation.rows import row_source, switches_of
+
+    row, seed = config["row"], int(config["seed"])
+    started = time.time()
+    cfg = trial_config(spec, row, seed)
+    ctx = tune.get_context()
+    trial_tags = {
+        "tune.trial_id": ctx.get_trial_id(),
+        "tune.trial_name": ctx.get_trial_name(),
+        "source": row_source(row),
+    }
+    uri = spec["tracking_uri"]
+    run_id, previous = open_child(spec, cfg, row, seed, trial_tags)
+    done = _finished_metrics(previous, spec)
+    if done is not None:  # finished before the driver was stopped: report, do not redo
+        print(
+            f"[ablate] trial {trial_key(row, seed)} already finished in MLflow run {run_id}; reporting its "
+            "stored metrics",
+            flush=True,
+        )
+        tracking.finish_run(uri, run_id, "FINISHED")
+        tune.report({**done, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 1})
+        return
+    starts = int(previous.data.tags.get(STARTS_TAG, "0") if previous else "0") + 1
+    tracking.set_tags(
+        uri, run_id, {STARTS_TAG: starts, **{f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}}
+    )
+    print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}", flush=True)
+    try:
+        metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
+    except BaseException as err:
+        tracking.set_tags(uri, run_id, {"ablation.error": f"{type(err).__name__}: {err}"[:5000]})
+        tracking.finish_run(uri, run_id, "FAILED")
+        raise
+    if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
+        tracking.set_tags(
+            uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags["ablation.error"]}
+        )
+    tracking.finish_run(uri, run_id, "FINISHED")
+    tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
+
+
+def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str = "", seed: int = 0) -> dict:
+    import ray
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from siamim.config import to_dict
+    from siamim.orchestration import tracking
+    from siamim.orchestration.driver.launch import record_run
+    from siamim.orchestration.driver.trainer import build_trainer, log_run_artifacts
+    from siamim.orchestration.runs import storage as st
+    from siamim.orchestration.runs.checkpoints import checkpoint_location
+    from siamim.orchestration.tracking.evaluation import log_evaluation
+
+    uri = spec["tracking_uri"]
+    storage = st.resolve_storage(cfg.run.storage)
+    name = cfg.run.name
+    record_run(storage, name, cfg, run_id, uri, ablation_grid=spec["name"])
+    register = spec.get("register")
+    # kNN once per trial: the evaluation computes it when the protocols include it. Its stream
+    # writes the child run live and forwards every report to Tune.
+    trainer = build_trainer(
+        cfg, storage, name, uri, run_id, started, final_knn="knn" not in spec["protocols"], tune=True
+    )
+    result = trainer.fit()
+    if getattr(result, "error", None) is not None:
+        raise RuntimeError(f"pretraining failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("pretraining finished without a checkpoint")
+    log_run_artifacts(uri, run_id, result.checkpoint, cfg)  # encoder/ and pictures, as a pretraining run has
+    checkpoint = checkpoint_location(storage, result.checkpoint)  # with the endpoint (?endpoint_override=...)
+    train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})
+    if register:
+        from siamim.orchestration.tracking.registry import register_encoder
+
+        model = f"{register}-{row}"
+        version = register_encoder(uri, run_id, model, tags={"row": row, "seed": seed, "grid": spec["name"]})
+        tracking.set_tags(uri, run_id, {"siamim.registered_model": f"models:/{model}/{version}"})
+    pretrain_s = time.time() - started
+
+    t0 = time.time()
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    # Outside the trial actor's placement group (which holds no CPU): the task takes the trial's own resources.
+    task = ray.remote(evaluate_checkpoint).options(
+        **eval_resources(spec),
+        max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    )
+    metrics, markdown, csv_text = ray.get(task.remote(checkpoint, to_dict(cfg), list(spec["protocols"])))
+    eval_s = time.time() - t0
+    step = int(train_metrics.get("step", 0))
+    log_evaluation(
+        uri,
+        metrics,
+        markdown,
+        csv_text,
+        run_id=run_id,
+        step=step,
+        tags={"eval.protocols": ",".join(spec["protocols"]), "eval.checkpoint": checkpoint},
+    )
+    timings = {"ablation.pretrain_s": pretrain_s, "ablation.eval_s": eval_s}
+    ts = int(time.time() * 1000)
+    MlflowClient(uri).log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in timings.items()])
+    return {
+        **{f"train.{k}": v for k, v in train_metrics.items()},
+        **metrics,
+        **timings,
+        "step": step,
+        "checkpoint": checkpoint,
+    }

@@ -1,0 +1,419 @@
+"""Ray Train adapter: a TorchTrainer whose workers run the core loop.
+
+:func:`build_trainer` maps ``cfg.run`` onto Ray Train V2's ``ScalingConfig``,
+``RunConfig``, ``CheckpointConfig`` and ``FailureConfig``.
+:func:`train_loop_per_worker` is what each worker runs: it restores the latest
+Ray checkpoint (after a worker-group restart or a ``--resume``), calls
+:func:`siamim.train.loop.pretrain` under the process group Ray set up (the loop
+wraps DDP and shards every epoch across ranks itself, so the adapter does not
+call ``prepare_model`` / ``prepare_data_loader``) and reports once per log interval
+(:class:`WorkerReports`: the interval's metrics, and the checkpoint on checkpoint steps).
+The driver-side :class:`~siamim.orchestration.tracking.stream.MlflowStream` writes them to
+MLflow; rank 0 runs only MLflow's system-metrics monitor. After ``fit()`` the driver logs
+the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) and the feature pictures
+(:func:`log_run_artifacts`).
+
+A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
+:mod:`siamim.checkpoint`) and Ray's checkpoint metadata
+(``ray.train.Checkpoint.get_metadata()``): ``mlflow_run_id``, the MLflow run it belongs to.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from siamim.checkpoint import CHECKPOINT_FILE
+from siamim.config import Config, from_dict, to_dict
+from siamim.orchestration.driver.hooks import forwarded_env, load_hook, with_hook
+from siamim.orchestration.runs.storage import Storage, resolve_storage
+from siamim.orchestration.tracking.registry import ENCODER_ARTIFACT
+from siamim.orchestration.tracking.stream import MlflowStream, report_metrics, step_row
+
+logger = logging.getLogger(__name__)
+
+ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
+# Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries
+# (7 with exponential backoff by default since mlflow/mlflow#14247).
+WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def scaling_config(cfg: Config) -> ScalingConfig:
+    """``ScalingConfig`` from ``cfg.run`` (num_workers, use_gpu, CPUs/GPUs per worker)."""
+    r = cfg.run
+    resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
+    if r.use_gpu:
+        resources["GPU"] = float(r.gpus_per_worker)
+    elastic = r.min_workers is not None and r.min_workers < r.num_workers
+    workers = (r.min_workers, r.num_workers) if elastic else r.num_workers  # Ray Train's elastic range
+    return ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources)
+
+
+def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
+    """``RunConfig`` under ``<storage>/<run_name>``: keep the last ``run.keep_checkpoints``, retry ``run.max_failures``."""
+    return RunConfig(
+        name=run_name,
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        # Train V2 patches print() into its logger and tees it to Ray's redirected stdout: every line twice
+        # (the redirected-stdout branch of ray-project/ray#61075, which in Ray 2.60 also logs the line).
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **WORKER_MLFLOW_ENV, **forwarded_env()}},
+        # Ray Train's INFO lines repeat every report's metrics; the loop prints its own progress.
+        logging_config=LoggingConfig(log_level=_train_log_level()),
+        **storage.ray_kwargs(),
+    )
+
+
+def _train_log_level() -> str:
+    return os.environ.get("SIAMIM_RAY_TRAIN_LOG_LEVEL", "WARNING").upper()
+
+
+class InterruptAwareTrainer(TorchTrainer):
+    """A ``TorchTrainer`` that remembers a Ctrl-C (:attr:`interrupted`).
+
+    Ray Train V2's driver installs its own SIGINT handler for the run
+    (``DataParallelTrainer._register_sigint_handler``, ray-project/ray#53600 and #54188): it aborts the
+    controller and may leave ``fit()`` through ``sys.exit``, so the launcher saw a SystemExit and reported
+    "terminated" with exit 1. The handler is wrapped here, so the launcher can report the interrupt as one
+    (exit 130).
+    """
+
+    interrupted = False
+
+    def _register_sigint_handler(self, controller) -> None:
+        super()._register_sigint_handler(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            self.interrupted = True
+            if callable(ray_handler):
+                ray_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def build_trainer(
+    cfg: Config,
+    storage: Storage,
+    run_name: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    launch_time: float | None = None,
+    restore_from: str | None = None,
+    skip_checkpoints: list[str] | None = None,
+    start_step: int = 0,
+    checkpoint_pictures: bool = False,
+    final_knn: bool = True,
+    tune: bool = False,
+) -> InterruptAwareTrainer:
+    """The TorchTrainer of one pretraining run (call ``.fit()`` on it), tracked by one :class:`MlflowStream`.
+
+    ``restore_from`` / ``skip_checkpoints``: on a resume whose newest checkpoints
+    are damaged, the storage path of the newest intact checkpoint directory and
+    the directory names of the damaged ones; a worker that Ray hands one of those
+    restores ``restore_from`` instead, and new checkpoints avoid their names.
+    ``checkpoint_pictures``: the stream logs the feature pictures of every checkpoint (MLflow's image slider).
+    ``final_knn``: rank 0 computes the kNN top-1 at the end (a grid trial whose protocols include
+    ``knn`` turns it off: its evaluation computes the same number once).
+    ``tune``: inside a Tune trial, the stream forwards every report to Tune as well.
+    """
+    loop_config = {
+        "cfg": to_dict(cfg),
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+        "launch_time": launch_time or time.time(),
+        "ray_train_log_level": _train_log_level(),
+        "storage": storage.uri,
+        "restore_from": restore_from,
+        "skip_checkpoints": list(skip_checkpoints or []),
+        "final_knn": final_knn,
+    }
+    from siamim.orchestration.data.streaming import trainer_datasets
+
+    stream = MlflowStream(
+        tracking_uri,
+        mlflow_run_id,
+        storage.uri,
+        run_name,
+        cfg.run.tracking_deadline_s,
+        tune=tune,
+        pictures=functools.partial(pictures_job, tracking_uri, mlflow_run_id, to_dict(cfg))
+        if checkpoint_pictures
+        else None,
+    )
+    config = run_config(cfg, storage, run_name)
+    config.callbacks = [stream]
+    return InterruptAwareTrainer(
+        train_loop_per_worker,
+        datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(cfg),
+        run_config=config,
+    )
+
+
+def _restore_state(config: dict | None = None) -> dict | None:
+    """The training state of Ray's latest checkpoint for this run (or of the intact one the driver chose);
+    None when there is none."""
+    config = config or {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    if os.path.basename(checkpoint.path.rstrip("/")) in config.get("skip_checkpoints", ()):
+        storage = resolve_storage(config["storage"])
+        checkpoint = ray.train.Checkpoint(config["restore_from"], filesystem=storage.fs)
+    state = _load_state(checkpoint)
+    state.pop("mlflow_run_id", None)  # checkpoints written before Ray's metadata carried it
+    state.pop("pending_metrics", None)
+    return state
+
+
+def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
+    """``checkpoint.pt`` of ``checkpoint``: read in place from local storage, else from this worker's own download.
+
+    Not ``Checkpoint.as_directory()``: its download directory is shared by the workers of a
+    node, and a worker that arrives after another's download has finished downloads again,
+    in place, over the file the other one is reading (a "corrupted" checkpoint on resume).
+    """
+    import pyarrow.fs
+
+    from siamim.checkpoint import load_checkpoint
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return load_checkpoint(Path(checkpoint.path) / CHECKPOINT_FILE)
+    with tempfile.TemporaryDirectory(prefix="siamim-restore-") as tmp:
+        return load_checkpoint(Path(checkpoint.to_directory(tmp)) / CHECKPOINT_FILE)
+
+
+class WorkerReports:
+    """One worker's side of the metric stream: the loop's ``reporter``, ``on_interval`` and ``checkpoint_saver``.
+
+    Every rank calls ``ray.train.report`` once per log interval (Ray Train gathers a report from
+    every rank): rank 0 with the interval's per-step rows and pending one-off points
+    (:func:`siamim.orchestration.tracking.stream.report_metrics`), the other ranks with nothing. On a
+    checkpoint step the report carries the checkpoint. A step already checkpointed (a resume
+    that has nothing left to train) is not reported twice.
+    """
+
+    def __init__(self, rank: int, mlflow_run_id: str, last_step: int = -1, taken_names: list[str] | None = None):
+        self.rank = rank
+        self.taken_names = set(taken_names or [])  # damaged checkpoint dirs still in Ray's list: never reuse
+        self.mlflow_run_id = mlflow_run_id
+        self.last_step = last_step
+        self.rows: list[dict] = []
+        self.points: dict[str, tuple[float, int]] = {}  # key -> (value, the step it belongs to)
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        """The loop's ``reporter`` (rank 0): one step's metrics."""
+        self.rows.append(step_row(metrics))
+
+    def interval(self, step: int, checkpoint_follows: bool) -> None:
+        """The loop's ``on_interval``: report now, unless the checkpoint report follows at this step."""
+        if not checkpoint_follows:
+            self.report(step)
+
+    def __call__(self, state: dict | None, step: int) -> None:
+        """The loop's ``checkpoint_saver``: ``checkpoint.pt`` (rank 0) reported as this step's checkpoint."""
+        if step <= self.last_step:
+            return
+        self.last_step = step
+        with tempfile.TemporaryDirectory(prefix="siamim-ckpt-") as tmp:
+            checkpoint = None
+            if state is not None:
+                from siamim.checkpoint import save_checkpoint
+
+                save_checkpoint(Path(tmp) / CHECKPOINT_FILE, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                checkpoint.set_metadata({"mlflow_run_id": self.mlflow_run_id})
+            name = f"checkpoint_{step:08d}"
+            while name in self.taken_names:
+                name += "_r"  # same step as a damaged checkpoint that Ray still lists: a new directory
+                # (checkpoint_dir_name must be unique per report: ray-project/ray#54391)
+            self.report(step, checkpoint, name)
+
+    def report(self, step: int, checkpoint=None, name: str | None = None, final: bool = False) -> None:
+        metrics = report_metrics(self.rows, self.points, step, final) if self.rank == 0 else {}
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.rows, self.points = [], {}
+
+
+def _quiet_worker_logs(level: str) -> None:
+    """Apply the Ray Train log level (``SIAMIM_RAY_TRAIN_LOG_LEVEL``) to the worker's root logger.
+
+    Ray Train's "Reporting training result ..." INFO line, one per report, comes from a
+    logger named by its source file path (``logging.getLogger(__file__)`` in Ray 2.60's
+    ``ray/train/v2/_internal/execution/context.py``), outside ``ray.train``: neither
+    ``ray.train.LoggingConfig`` (which filters ``ray.train.*`` records, ray-project/ray#61550) nor
+    ``ray.LoggingConfig`` (Ray Train reconfigures the workers' root logger to INFO after
+    it) reaches it, and Ray has no public name for it (no upstream issue as of Ray 2.60). It
+    propagates to the root logger, so the root level (plain ``logging``) decides; siamim's own
+    loggers keep INFO.
+    """
+    logging.getLogger().setLevel(level)
+    logging.getLogger("siamim").setLevel(logging.INFO)
+
+
+def _system_metrics(tracking_uri: str, run_id: str):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU) on the run; ``.finish()`` it.
+
+    What ``mlflow.start_run(log_system_metrics=True)`` starts, without the fluent run: the
+    driver owns the run's status, which ``mlflow.end_run`` would set. Sampling follows MLflow's
+    ``MLFLOW_SYSTEM_METRICS_*`` variables (forwarded from the driver). None if it cannot start.
+    ``SystemMetricsMonitor`` is MLflow's internal class behind the fluent API (mlflow/mlflow#9557;
+    ``resume_logging`` from mlflow/mlflow#10312); MLflow 3.17 has no public client-side equivalent.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop INFO lines
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
+        monitor.start()
+    except Exception as err:  # psutil missing, store hiccup: training goes on without system metrics
+        logger.warning("MLflow system metrics are off for run %s: %s: %s", run_id, type(err).__name__, err)
+        return None
+    return monitor
+
+
+def log_run_artifacts(tracking_uri: str, run_id: str, checkpoint, cfg: Config, pictures: bool = True) -> None:
+    """The driver's end of a run: the exported encoder (``encoder/``, timm's folder) and, with ``pictures``,
+    the final feature pictures (on the CPU) of the Ray ``checkpoint``, logged to the MLflow run."""
+    from siamim.checkpoint import load_encoder
+    from siamim.orchestration import tracking
+    from siamim.timm_export import save_timm_encoder
+
+    state = _load_state(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
+        folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
+        tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
+    if pictures:
+        encoder, _ = load_encoder(state)
+        log_pictures(tracking_uri, run_id, encoder, int(state["step"]), cfg)
+
+
+def pictures_job(tracking_uri: str, run_id: str, cfg_dict: dict, checkpoint, step: int):
+    """The :class:`MlflowStream` job that logs a checkpoint's feature pictures (``--checkpoint-pictures``)."""
+
+    def job(client) -> None:
+        from siamim.checkpoint import load_encoder
+
+        encoder, _ = load_encoder(_load_state(checkpoint))
+        log_pictures(tracking_uri, run_id, encoder, step, from_dict(cfg_dict))
+
+    return job
+
+
+def log_pictures(tracking_uri: str, run_id: str, encoder, step: int, cfg: Config, device="cpu") -> float:
+    """An encoder's feature pictures (:mod:`siamim.eval.pictures`) as MLflow images at ``step``; returns seconds.
+
+    A failure (e.g. a dataset without a test split) is a warning: the trained run stays good.
+    """
+    start = time.time()
+    try:
+        from siamim.data.sources import build_source
+        from siamim.eval.pictures import make_pictures
+        from siamim.eval.representation import EncoderRepresentation
+        from siamim.orchestration import tracking
+
+        rep = EncoderRepresentation(encoder.eval().to(device), name="checkpoint")
+        source = build_source(cfg.data.dataset, cfg.data.root, "test")
+        pictures, numbers = make_pictures(rep, cfg, source, seed=cfg.eval.seed)
+        tracking.log_pictures(tracking_uri, run_id, pictures, step)
+        print(
+            f"[siamim] feature pictures logged (correspondence of the pictured pairs "
+            f"{100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)",
+            flush=True,
+        )
+    except Exception as err:
+        logger.warning("feature pictures not logged: %s: %s", type(err).__name__, err)
+    return time.time() - start
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Per-worker entry point of the TorchTrainer (``train_loop_config`` from :func:`build_trainer`)."""
+    started = time.time()
+    _quiet_worker_logs(config.get("ray_train_log_level", "WARNING"))
+    cfg = from_dict(config["cfg"])
+    if cfg.data.loader == "ray_data":
+        from siamim.orchestration.data.streaming import install_worker_loader
+
+        install_worker_loader(cfg)
+    rank = ray.train.get_context().get_world_rank()
+    resume_state = _restore_state(config)
+    monitor = _system_metrics(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else None
+    try:
+        _train(config, cfg, rank, started, resume_state)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: dict | None) -> None:
+    """Train (continuing ``resume_state``), reporting every log interval; then rank 0's kNN top-1 in the last report."""
+    from siamim.eval.knn import evaluate_knn
+    from siamim.train.loop import pretrain
+
+    device = ray.train.torch.get_device()
+    resumed_at = int(resume_state["step"]) if resume_state is not None else 0
+    reports = WorkerReports(
+        rank,
+        config["mlflow_run_id"],
+        last_step=resumed_at if resume_state else -1,
+        taken_names=config.get("skip_checkpoints"),
+    )
+    reports.points["restored_from_step"] = (resumed_at, resumed_at)  # one point per worker-group start
+    first_step: list[float] = []
+
+    def reporter(metrics: dict) -> None:
+        if not first_step:
+            first_step.append(time.time())
+            print(
+                f"[siamim] first step done {first_step[0] - config['launch_time']:.1f} s after launch "
+                f"(worker group up after {started - config['launch_time']:.1f} s)",
+                flush=True,
+            )
+        reports.record(metrics)
+
+    if rank == 0:
+        print(
+            f"[siamim] rank 0 of {ray.train.get_context().get_world_size()} on {device}; "
+            + (f"resuming at step {resumed_at}" if resume_state else "starting at step 0"),
+            flush=True,
+        )
+    out = pretrain(
+        cfg,
+        device=device,
+        reporter=with_hook(reporter, load_hook(), cfg=cfg, rank=rank, fresh=resume_state is None),
+        checkpoint_saver=reports,
+        on_interval=reports.interval,
+        resume_state=resume_state,
+    )
+    if rank == 0:
+        end = out["step"]
+        reports.points["time_to_worker_s"] = (started - config["launch_time"], end)
+        if first_step:
+            reports.points["time_to_first_step_s"] = (first_step[0] - config["launch_time"], end)
+        if config.get("final_knn", True):
+            knn_start = time.time()
+            threads = torch.get_num_threads()
+            # The other local ranks idle in the final report while rank 0 evaluates: use their CPUs too.
+            local_cpus = int(cfg.run.cpus_per_worker * ray.train.get_context().get_local_world_size())
+            torch.set_num_threads(max(threads, local_cpus))
+            try:
+                knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
+            finally:
+                torch.set_num_threads(threads)
+            reports.points["knn_eval_s"] = (time.time() - knn_start, end)
+            reports.points["knn_top1"] = (knn, end)
+            print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
+    reports.report(out["step"], final=True)  # every rank: the final metrics (kNN) for MLflow, Result and Tune

@@ -1,0 +1,327 @@
+"""The driver of ``jobs/search.py``: a hyperparameter search as a Ray Tune experiment with ASHA, tracked in MLflow.
+
+Order (fail fast): flags -> space -> every sampled config -> tracking store, storage, data, budget ->
+cluster resources -> MLflow parent run + search record -> ``Tuner.fit`` with the ASHA scheduler (or
+``Tuner.restore(...).fit`` with ``--resume``) -> each trial's status on its child run -> table, plot, the
+best config as a preset.
+
+The resources, packing and the embedded-or-cluster Ray are the grid's (:mod:`siamim.orchestration.ablation`); a trial is
+:func:`siamim.orchestration.search.trial.run_search_trial`. Layout under ``<storage>/<search name>/``::
+
+    experiment_state-*.json, tuner.pkl, ...   Ray Tune's experiment state (what --resume restores)
+    t<index>_<id>/                            one Tune trial: result.json, progress.csv, events.out.tfevents.*
+    pretrain/t<index>/checkpoint_*/           the trial's Ray Train run
+    siamim_search.json                        search record: flags, samples, MLflow parent run, tracking URI
+    search_table.md/.csv, search_plot.png, <name>.yaml   the results (also in the parent run, search/)
+
+The best config also goes to ``configs/found/<name>.yaml`` of this checkout (``--config found/<name>``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from siamim.orchestration import tracking
+from siamim.orchestration.ablation.trial import join_uri
+from siamim.orchestration.driver import tune as tx
+from siamim.orchestration.runs import storage as st
+from siamim.orchestration.search import report as rep
+from siamim.orchestration.search.space import SearchInputError
+from siamim.orchestration.search.spec import FOUND_DIR, SearchSpec, budget_steps, trial_spec, validate_search
+from siamim.orchestration.search.trial import SEARCH_TRIAL_TAG, STOPPED_TAG, search_config, trial_key, trial_name
+from siamim.orchestration.tracking import ui as mlflow_ui
+
+SEARCH_RECORD = "siamim_search.json"
+TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives (as the grid's)
+
+
+class SearchFailed(SearchInputError):
+    """No trial ran its whole budget: no best config (the table of the trials is still written). Exit 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class SearchSummary:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    tune_path: str
+    trials: list[dict]
+    best: dict | None
+    preset: str | None
+    table_md: str
+    artifacts: dict[str, str]
+    wall_s: float
+    ui: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the search
+def _trainable(spec_dict: dict):
+    from ray import tune
+
+    from siamim.orchestration.search.trial import run_search_trial
+
+    return tune.with_resources(tune.with_parameters(run_search_trial, spec=spec_dict), TRIAL_ACTOR_RESOURCES)
+
+
+def _trial_name(trial) -> str:
+    return trial_name(int(trial.config["sample"]["index"]))
+
+
+def _trial_dirname(trial) -> str:
+    return f"{_trial_name(trial)}_{trial.trial_id}"
+
+
+def _scheduler(spec: SearchSpec, budget: int):
+    from siamim.orchestration.search.scheduler import ResumableASHA
+
+    # Rungs strictly below the budget (max_t = budget - 1) and no stop at max_t: a trial's last report is
+    # never a reason to kill it while it finishes (its MLflow run and checkpoint are written after it).
+    return ResumableASHA(
+        spec.storage,
+        spec.name,
+        time_attr="step",
+        metric=spec.metric,
+        mode=spec.mode,
+        max_t=budget - 1,
+        grace_period=spec.grace_period,
+        reduction_factor=spec.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def _parent_params(spec: SearchSpec) -> dict:
+    keys = ("config", "num_samples", "seed", "metric", "mode", "grace_period", "reduction_factor", "steps", "epochs")
+    keys += ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "max_retries", "budget")
+    return {
+        **{f"search.{k}": getattr(spec, k) for k in keys},
+        "search.name": spec.name,
+        "search.overrides": " ".join(spec.overrides) or "-",
+        "search.storage": spec.storage,
+        "search.trials": len(spec.samples),
+        "search.space": spec.space_text[:6000],
+    }
+
+
+def _load(resume: str, storage: str | None) -> tuple[SearchSpec, dict]:
+    root = st.resolve_storage(storage or "runs/search")
+    if not st.exists(root, resume, SEARCH_RECORD):
+        raise SearchInputError(f"--resume {resume}: no search of that name under {root.display()}")
+    record = st.read_json(root, resume, SEARCH_RECORD)
+    return SearchSpec(**record["spec"]), record
+
+
+def run_search(
+    spec: SearchSpec | None = None,
+    *,
+    resume: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    log=print,
+) -> SearchSummary:
+    """Run the search ``spec`` (or resume the search named ``resume`` under ``storage``); returns the summary.
+
+    Raises :class:`SearchInputError` (or the preflight's :class:`~siamim.errors.UserError`) before anything
+    starts, :class:`SearchFailed` when no trial ran its budget, ``KeyboardInterrupt`` when interrupted.
+    """
+    from siamim.orchestration.driver.preflight import preflight
+
+    t0 = time.time()
+    record = None
+    if resume is not None:
+        spec, record = _load(resume, storage)
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"]
+    assert spec is not None
+    root = st.resolve_storage(spec.storage)
+    spec.storage = root.uri
+    validate_search(spec)
+    spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    preflight(search_config(trial_spec(spec), spec.samples[0]), root, spec.tracking_uri)
+    spec.budget = budget_steps(spec)
+    if record is None:
+        if st.exists(root, spec.name):
+            raise SearchInputError(
+                f"--name {spec.name}: {root.display(spec.name)} already exists; continue that search with "
+                f"--resume {spec.name}, or pick another --name"
+            )
+        if (FOUND_DIR / f"{spec.name}.yaml").exists():
+            raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
+    pack = tx.start_ray(spec, address)
+    parent, tags = tx.open_parent(spec, root, "search", _parent_params(spec), SEARCH_RECORD, record)
+    experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
+    mlflow_ui.share_runs_view(spec.tracking_uri, experiment_id, (spec.metric, "loss"), tuple(spec.samples[0]))
+    ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
+    log(
+        f"[search] {'resuming' if record else 'starting'} search {spec.name!r}: {len(spec.samples)} trials, "
+        f"{pack['concurrent']} at a time, {spec.budget} steps each; MLflow parent run {parent} at "
+        f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
+    )
+    for line in ui:
+        log(f"[search] {line.strip()}")
+    spec_dict = {
+        **asdict(spec),
+        "parent_run_id": parent,
+        "git_commit": tags["mlflow.source.git.commit"],
+        "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain"),
+    }
+    grid = _fit(spec, spec_dict, root, record is not None, pack, parent)
+    trials = _collect(spec, grid, parent)
+    summary = _assemble(spec, parent, root, trials, t0, log)
+    summary.ui = ui
+    if summary.best is None:
+        raise SearchFailed(
+            f"no trial of search {spec.name!r} ran its whole budget ({spec.budget} steps): no best config; "
+            f"the table is in MLflow run {parent}"
+        )
+    return summary
+
+
+def _fit(spec: SearchSpec, spec_dict: dict, root: st.Storage, resuming: bool, pack: dict, parent: str):
+    """Tune's fit (a new experiment, or the restored one); ``KeyboardInterrupt`` when it was interrupted."""
+    from ray import tune
+
+    # The metric appears only at the monitor's steps: Tune's check that every result carries the
+    # scheduler's metric is off (it would fail the trial at its first report, step 1).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    def new_tuner(trainable):
+        return tune.Tuner(
+            trainable,
+            param_space={"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])},
+            tune_config=tune.TuneConfig(
+                scheduler=_scheduler(spec, spec.budget),
+                max_concurrent_trials=pack["concurrent"],
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tx.run_config(spec, root),
+        )
+
+    grid = tx.fit(spec, root, _trainable(spec_dict), resuming, new_tuner, parent, "search")
+    if grid.num_terminated + grid.num_errors < len(spec.samples):  # Tune returns early on SIGINT, state saved
+        tx.interrupted(spec, parent, "search")
+        raise KeyboardInterrupt
+    return grid
+
+
+def _history(df, metric: str) -> dict[int, float]:
+    """``{step: value}`` of ``metric`` in a trial's Tune results (rows without either are skipped)."""
+    if df is None or "step" not in df or metric not in df:
+        return {}
+    rows = df[["step", metric]].dropna()
+    return {int(s): float(v) for s, v in zip(rows["step"], rows[metric], strict=True)}
+
+
+def _steps_run(df, history: dict[int, float]) -> int:
+    """The last step a trial reported to Tune (else the last step MLflow has its metric at)."""
+    steps = df["step"].dropna() if df is not None and "step" in df else []
+    return int(max(steps)) if len(steps) else int(max(history, default=0))
+
+
+def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
+    """Each trial's status, steps, last metric and history; its child run marked (stopped early, failed)."""
+    from mlflow.tracking import MlflowClient
+
+    from siamim.orchestration.ablation.trial import find_child
+
+    client = MlflowClient(spec.tracking_uri)
+    exp_id = client.get_run(parent).info.experiment_id
+    trials = []
+    for result in grid:
+        sample = (result.config or {}).get("sample")
+        if not sample:
+            continue
+        index = int(sample["index"])
+        child = find_child(client, exp_id, parent, trial_key(asdict(spec), index), tag=SEARCH_TRIAL_TAG)
+        history = {}  # MLflow's (all of a resumed trial's steps) with what Tune (and ASHA) saw over it
+        if child is not None:
+            history = {int(m.step): m.value for m in client.get_metric_history(child.info.run_id, spec.metric)}
+        history.update(_history(result.metrics_dataframe, spec.metric))
+        steps = _steps_run(result.metrics_dataframe, history)
+        status = rep.FAILED if result.error else rep.FINISHED if steps >= spec.budget else rep.STOPPED
+        points = sorted(history.items())
+        trial = {
+            "index": index,
+            "name": trial_name(index),
+            "values": spec.samples[index],
+            "status": status,
+            "steps": steps,
+            "metric": points[-1][1] if points else None,
+            "history": points,
+            "run_id": child.info.run_id if child else None,
+            "error": f"{type(result.error).__name__}: {result.error}"[:500] if result.error else None,
+        }
+        trials.append(trial)
+        if child is not None:
+            run_id = child.info.run_id
+            tracking.set_tags(spec.tracking_uri, run_id, {STOPPED_TAG: str(status == rep.STOPPED).lower()})
+            tracking.set_tags(spec.tracking_uri, run_id, {"search.steps_run": steps, "search.status": status})
+            if status != rep.FINISHED:
+                tracking.finish_run(spec.tracking_uri, run_id, "KILLED" if status == rep.STOPPED else "FAILED")
+    return trials
+
+
+def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict], t0: float, log) -> SearchSummary:
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    keys = list(spec.samples[0])
+    best = rep.best_trial(trials, spec.mode)
+    table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
+    files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
+    preset = None
+    if best is not None:
+        cfg = search_config(asdict(spec), best["values"], best["index"])
+        from siamim.config import to_dict
+
+        header = rep.preset_header({**asdict(spec), "parent_run_id": parent}, best, trials, spec.budget)
+        files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
+        FOUND_DIR.mkdir(parents=True, exist_ok=True)
+        found = FOUND_DIR / f"{spec.name}.yaml"
+        found.write_text(files[f"{spec.name}.yaml"])
+        preset = str(found)
+    draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
+    artifacts = tx.publish(spec, parent, root, "search", files, draw)
+    client = MlflowClient(spec.tracking_uri)
+    counts = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
+    metrics = {
+        "search.trials_finished": counts[rep.FINISHED],
+        "search.trials_stopped_early": counts[rep.STOPPED],
+        "search.trials_failed": counts[rep.FAILED],
+        "search.wall_s": time.time() - t0,
+    }
+    if best is not None:
+        metrics[f"search.best_{spec.metric}"] = best["metric"]
+    ts = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    client.set_tag(parent, "search.best_trial", best["name"] if best else "-")
+    if preset:
+        client.set_tag(parent, "search.preset", f"found/{spec.name}")
+    tracking.finish_run(spec.tracking_uri, parent, "FINISHED" if best else "FAILED")
+    log("\n" + table_md)
+    return SearchSummary(
+        spec.name,
+        parent,
+        spec.tracking_uri,
+        root.display(spec.name),
+        trials,
+        best,
+        preset,
+        table_md,
+        artifacts,
+        time.time() - t0,
+    )
+
+
+__all__ = [
+    "SearchFailed",
+    "SearchInputError",
+    "SearchSpec",
+    "SearchSummary",
+    "run_search",
+]

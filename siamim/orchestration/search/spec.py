@@ -1,0 +1,165 @@
+"""A search's spec and its checks before anything starts (``jobs/search.py --dry-run`` stops after them).
+
+:class:`SearchSpec` holds the flags, the space's text and the drawn samples (JSON-serialisable: the search
+record keeps it for ``--resume``). :func:`validate_search` checks the flags, the space and every drawn config;
+:func:`budget_steps` the budget against the data and ``--grace-period``; :func:`describe` is the dry run's text.
+Imports neither Ray nor MLflow (torch only in :func:`budget_steps`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from siamim.config import CONFIG_DIR, ConfigError, check_run_name, load_config
+from siamim.orchestration.ablation.driver import TrialResources, packing
+from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
+from siamim.orchestration.search.trial import search_config, trial_name
+
+FOUND_DIR = CONFIG_DIR / "found"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MONITOR_METRIC = "knn_monitor"
+
+
+@dataclass
+class SearchSpec(TrialResources):
+    """Everything the search needs (JSON-serialisable; stored in the search record for ``--resume``)."""
+
+    name: str
+    space_text: str  # the space file's YAML (a resumed search needs no file)
+    config: str = "tiny"
+    overrides: list[str] = field(default_factory=list)
+    num_samples: int = 8
+    seed: int = 0
+    metric: str = MONITOR_METRIC
+    mode: str = "max"
+    grace_period: int = 100  # steps (Tune's time_attr is the trainer's global step)
+    reduction_factor: float = 2.0
+    steps: int | None = None
+    epochs: float | None = None
+    max_retries: int = 0
+    storage: str = "runs/search"
+    tracking_uri: str | None = None
+    experiment: str = "siamim-search"
+    samples: list[dict] = field(default_factory=list)  # filled by validate_search
+    derived: dict = field(default_factory=dict)  # keys the search sets (the monitor's cadence)
+    budget: int | None = None  # steps per trial, known once the data is (budget_steps)
+
+    @property
+    def trials(self) -> list[dict]:
+        return self.samples
+
+
+def trial_spec(spec: SearchSpec) -> dict:
+    """``spec`` as a trial's config builder takes it (before the search has a pretraining storage)."""
+    return {**asdict(spec), "pretrain_storage": None}
+
+
+def validate_search(spec: SearchSpec) -> None:
+    """Flags, the space and every sampled config, before anything starts; fills ``spec.samples`` (unless it holds
+    a resumed search's) and ``spec.derived``. Raises :class:`SearchInputError` naming the flag or key."""
+    import yaml
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise SearchInputError(msg)
+
+    check_run_name(str(spec.name or ""), "--name")
+    need(spec.num_samples >= 1, f"--num-samples {spec.num_samples}: must be >= 1")
+    need(spec.mode in ("max", "min"), f"--mode {spec.mode}: must be max or min")
+    need(spec.grace_period >= 1, f"--grace-period {spec.grace_period}: must be >= 1 (steps)")
+    need(spec.reduction_factor > 1, f"--reduction-factor {spec.reduction_factor:g}: must be > 1")
+    need(spec.steps is None or spec.steps >= 2, f"--steps {spec.steps}: must be >= 2")
+    need(spec.epochs is None or spec.epochs > 0, f"--epochs {spec.epochs}: must be positive")
+    need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
+    need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
+    need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
+    need(spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: >= 1")
+    need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
+    try:
+        base = load_config(spec.config, list(spec.overrides))
+    except ConfigError as err:
+        raise SearchInputError(f"--config {spec.config} with the overrides: {err}") from err
+    dims = parse_space(yaml.safe_load(spec.space_text), base)
+    if spec.metric == MONITOR_METRIC:  # the metric exists only with the monitor on, at the steps it runs
+        for dim in dims:
+            need(
+                dim.key not in ("eval.monitor_every", "train.log_every"),
+                f"--space: {dim.key}: the monitor's cadence is the search's (ASHA reads {MONITOR_METRIC} at its "
+                f"steps); set it as an override ({dim.key}=N), not in the space",
+            )
+        every = base.eval.monitor_every or spec.grace_period  # a value at every rung (grace x factor^k)
+        # the loop runs the monitor at its reporting steps only: train.log_every must divide the cadence
+        spec.derived = {"eval.monitor_every": every, "train.log_every": math.gcd(every, base.train.log_every)}
+    if not spec.samples:  # a resumed search keeps the samples it recorded (what its Tune trials hold)
+        spec.samples = sample(dims, spec.num_samples, spec.seed)
+    check_samples(spec.samples, lambda values: search_config(trial_spec(spec), values))
+
+
+def budget_steps(spec: SearchSpec) -> int:
+    """Training steps per trial (ASHA's ``max_t``): ``train.max_steps`` or the epochs' steps over the data.
+
+    Reads the training set's size (imports torch); raises :class:`SearchInputError` when ``--grace-period``
+    does not fit below it.
+    """
+    from siamim.data.sources import build_source
+    from siamim.train.loop import step_plan
+
+    cfg = search_config(trial_spec(spec), spec.samples[0])
+    size = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
+    _, total, _ = step_plan(cfg, min(size, cfg.data.train_subset or size))
+    if cfg.train.max_steps is not None and cfg.train.max_steps > total:  # it would be cut short (as the grid)
+        raise SearchInputError(
+            f"--steps {cfg.train.max_steps}: past the end of the plan (train.epochs={cfg.train.epochs:g} of "
+            f"{total} steps); add the train.epochs=... override, or give the budget as --epochs"
+        )
+    budget = cfg.train.max_steps or total
+    if spec.grace_period >= budget:
+        raise SearchInputError(
+            f"--grace-period {spec.grace_period}: must be below the budget of {budget} steps per trial "
+            "(ASHA stops trials at rungs grace x factor^k before the end); lower it or raise --steps"
+        )
+    return budget
+
+
+def rungs(spec: SearchSpec, budget: int) -> list[int]:
+    """The steps where ASHA compares trials: grace x factor^k below the budget."""
+    out, step = [], float(spec.grace_period)
+    while step < budget:
+        out.append(int(step))
+        step *= spec.reduction_factor
+    return out
+
+
+def describe(spec: SearchSpec, have: dict[str, float], where: str, budget: int) -> list[str]:
+    """The dry-run text: the sampled trials, the budget and ASHA's rungs, per-trial resources, packing."""
+    pack = packing(spec, have)
+    need = spec.trial_need()
+    keys = list(spec.samples[0]) if spec.samples else []
+    lines = [
+        f"search {spec.name!r}: {len(spec.samples)} trials (--num-samples {spec.num_samples}, --seed {spec.seed}) "
+        f"of --config {spec.config}" + (f" {' '.join(spec.overrides)}" if spec.overrides else ""),
+        f"budget {budget} steps per trial; ASHA on {spec.metric} ({spec.mode}) compares trials at steps "
+        f"{', '.join(map(str, rungs(spec, budget)))} (--grace-period {spec.grace_period}, --reduction-factor "
+        f"{spec.reduction_factor:g})"
+        + (f"; set by the search: {', '.join(f'{k}={v}' for k, v in spec.derived.items())}" if spec.derived else ""),
+        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
+        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
+        + f") = {need['CPU']:g} CPU"
+        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
+        + "; trial actor: 0 CPU",
+        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
+        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'})",
+        f"best config -> {FOUND_DIR.relative_to(REPO_ROOT)}/{spec.name}.yaml (--config found/{spec.name})",
+        "",
+        "| trial | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    lines += [
+        f"| {trial_name(i)} | " + " | ".join(str(v) for v in s.values()) + " |" for i, s in enumerate(spec.samples)
+    ]
+    return lines
+
+
+__all__ = ["FOUND_DIR", "SearchSpec", "budget_steps", "describe", "rungs", "trial_spec", "validate_search"]

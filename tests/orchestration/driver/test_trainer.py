@@ -1,0 +1,44 @@
+"""The config -> Ray Train V2 objects mapping, and preflight checks (no cluster needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from siamim.config import load_config
+from siamim.errors import UserError
+from siamim.orchestration.driver import preflight, trainer
+from siamim.orchestration.runs import storage
+
+
+def test_scaling_config_from_run_section():
+    cfg = load_config("tiny", {"run.num_workers": 4, "run.cpus_per_worker": 2, "train.batch_size": 64})
+    sc = trainer.scaling_config(cfg)
+    assert sc.num_workers == 4 and not sc.use_gpu and sc.resources_per_worker == {"CPU": 2.0}
+    gpu = trainer.scaling_config(load_config("tiny", {"run.use_gpu": True, "run.gpus_per_worker": 0.5}))
+    assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 1.0, "GPU": 0.5}
+
+
+def test_run_config_checkpoints_failures_and_storage(tmp_path):
+    cfg = load_config("tiny", {"run.keep_checkpoints": 3, "run.max_failures": 2})
+    rc = trainer.run_config(cfg, storage.resolve_storage(str(tmp_path)), "run-a")
+    assert rc.name == "run-a" and rc.storage_path == str(tmp_path)
+    assert rc.checkpoint_config.num_to_keep == 3 and rc.failure_config.max_failures == 2
+    s3 = storage.resolve_storage("s3://bucket/p?endpoint_override=127.0.0.1:9&scheme=http")
+    rc = trainer.run_config(cfg, s3, "run-b")
+    assert rc.storage_path == "bucket/p" and rc.storage_filesystem is s3.filesystem
+
+
+def test_preflight_reports_missing_dataset(tmp_path):
+    cfg = load_config("tiny", {"data.root": str(tmp_path / "nowhere")})
+    with pytest.raises(UserError, match="Fashion-MNIST"):  # the dataset's own error: it names the fix
+        preflight.check_data(cfg)
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(preflight.PreflightError, match="train-labels-idx1-ubyte"):
+        preflight.check_data(load_config("tiny", {"data.root": str(tmp_path / "partial")}))
+
+
+def test_min_workers_makes_the_group_elastic():
+    assert trainer.scaling_config(load_config("tiny")).num_workers == 2  # fixed, as before
+    assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 1})).num_workers == (1, 2)
+    assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 2})).num_workers == 2
