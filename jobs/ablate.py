@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_PROTOCOLS,
         GridSpec,
         describe,
-        dry_run_resources,
         run_ablation,
         validate_spec,
     )
+    from siamim.orchestration.driver.resources import dry_run_resources
     from siamim.orchestration.driver.submitted import job_storage
 
     try:

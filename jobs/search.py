@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dry_run(spec, address: str | None) -> int:
-    from siamim.orchestration.ablation.driver import dry_run_resources
+    from siamim.orchestration.driver.resources import dry_run_resources
     from siamim.orchestration.search.spec import budget_steps, describe, validate_search
 
     validate_search(spec)

@@ -16,3 +16,7 @@ ray, mlflow or boto3). Inside, the drivers (``driver``, ``ablation``, ``search``
 * :mod:`.search` - the hyperparameter search (``jobs/search.py``): space, spec, trial, resumable
   ASHA, report.
 """
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install (pip install -e .)

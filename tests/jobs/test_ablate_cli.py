@@ -143,26 +143,6 @@ def test_dry_run_prints_trials_resources_and_packing(capsys, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # no grid directory, no MLflow store
 
 
-def test_packing_counts_cpus_gpus_and_the_cap():
-    from siamim.orchestration.ablation.driver import GridSpec, packing
-
-    spec = GridSpec(
-        name="p",
-        rows=["i", "j"],
-        seeds=3,
-        protocols=["knn"],
-        workers_per_trial=2,
-        cpus_per_worker=2,
-        gpus_per_worker=0.25,
-    )
-    have = {"CPU": 16.0, "GPU": 1.0, "max_node_GPU": 1.0}
-    assert packing(spec, have) == {"by_resources": 2, "concurrent": 2, "waves": 3, "trials": 6}  # GPU-bound: 1/0.5
-    spec.gpus_per_worker = 0.0
-    assert packing(spec, have)["by_resources"] == 4  # CPU-bound: 16/4
-    spec.max_concurrent = 3
-    assert packing(spec, have)["concurrent"] == 3
-
-
 def test_rows_parse_and_resolve_to_their_switches():
     assert parse_rows("all") == list(ROWS)
     assert parse_rows("k,a-c") == ["a", "b", "c", "k"]

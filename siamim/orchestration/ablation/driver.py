@@ -18,11 +18,9 @@ The trial itself is :func:`siamim.orchestration.ablation.trial.run_trial`.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from siamim.config import ConfigError, check_run_name
 from siamim.errors import UserError
@@ -30,12 +28,12 @@ from siamim.orchestration import tracking
 from siamim.orchestration.ablation.rows import ROWS, parse_rows, row_source, switches_of
 from siamim.orchestration.ablation.trial import join_uri, run_trial, trial_config, trial_key, trial_run_name
 from siamim.orchestration.driver import tune as tx
+from siamim.orchestration.driver.resources import TrialResources, packing
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.resume import check_fresh_plan
 from siamim.orchestration.tracking import ui as mlflow_ui
 
 GRID_RECORD = "siamim_ablation.json"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives; see docs/ablation.md
 DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
 
@@ -48,22 +46,6 @@ class AblationFailed(UserError, RuntimeError):
     """Some trials failed after their retries (the table of the others is still written). Exit 1."""
 
     exit_code = 1
-
-
-@dataclass(kw_only=True)
-class TrialResources:
-    """What one trial of a grid or a search holds: Ray Train workers and their CPUs / GPUs; how many run at once."""
-
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent: int | None = None
-
-    def trial_need(self) -> dict[str, float]:
-        return {
-            "CPU": self.workers_per_trial * self.cpus_per_worker,
-            "GPU": self.workers_per_trial * self.gpus_per_worker,
-        }
 
 
 @dataclass
@@ -142,81 +124,6 @@ def validate_spec(spec: GridSpec) -> None:
                     f"--steps {spec.steps}: row {row} ({row_source(row)}): {err}; in a grid, add the "
                     "train.epochs=... override, or give the budget as --epochs"
                 ) from err
-
-
-def local_resources() -> dict[str, float]:
-    """CPUs and GPUs an embedded Ray instance on this machine would have (no Ray started)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except Exception:
-        gpus = 0
-    return {"CPU": float(cpus), "GPU": float(gpus), "max_node_GPU": float(gpus)}
-
-
-def cluster_resources() -> dict[str, float]:
-    """Totals of the connected Ray cluster (and the most GPUs on one node)."""
-    import ray
-
-    total = ray.cluster_resources()
-    node_gpus = [n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-    return {
-        "CPU": float(total.get("CPU", 0.0)),
-        "GPU": float(total.get("GPU", 0.0)),
-        "max_node_GPU": float(max(node_gpus, default=0.0)),
-    }
-
-
-def dry_run_resources(address: str | None) -> tuple[dict[str, float], str]:
-    """``(resources, where)`` a dry run plans with: the cluster's at ``address`` / ``$RAY_ADDRESS`` (joined to
-    read its size, nothing started), else this machine's as an embedded Ray instance would see them."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        return local_resources(), "this machine, embedded Ray"
-    import ray
-
-    ray.init(address=address)
-    try:
-        return cluster_resources(), f"Ray cluster {address or os.environ['RAY_ADDRESS']}"
-    finally:
-        ray.shutdown()
-
-
-def check_resources(spec: GridSpec, have: dict[str, float]) -> None:
-    """One trial must fit the cluster; raises :class:`AblationInputError` naming the flag."""
-    need = spec.trial_need()
-    if need["CPU"] > have["CPU"] + 1e-9:
-        raise AblationInputError(
-            f"--workers-per-trial {spec.workers_per_trial} x --cpus-per-worker {spec.cpus_per_worker:g} = "
-            f"{need['CPU']:g} CPUs per trial, but the Ray cluster has {have['CPU']:g}"
-        )
-    if need["GPU"] > have["GPU"] + 1e-9:
-        raise AblationInputError(
-            f"--gpus-per-worker {spec.gpus_per_worker:g} x --workers-per-trial {spec.workers_per_trial} = "
-            f"{need['GPU']:g} GPUs per trial, but the Ray cluster has {have['GPU']:g}"
-        )
-    if spec.gpus_per_worker > max(have.get("max_node_GPU", have["GPU"]), 0) + 1e-9:
-        raise AblationInputError(
-            f"--gpus-per-worker {spec.gpus_per_worker:g}: no node has that many GPUs "
-            f"(largest: {have.get('max_node_GPU', 0):g})"
-        )
-
-
-def packing(spec: GridSpec, have: dict[str, float]) -> dict:
-    """How many trials run at once (resources, then ``--max-concurrent``) and in how many waves."""
-    need = spec.trial_need()
-    fits = [math.floor(have["CPU"] / need["CPU"] + 1e-9)]
-    if need["GPU"] > 0:
-        fits.append(math.floor(have["GPU"] / need["GPU"] + 1e-9))
-    by_resources = max(1, min(fits))
-    concurrent = min(by_resources, spec.max_concurrent or by_resources, len(spec.trials))
-    return {
-        "by_resources": by_resources,
-        "concurrent": concurrent,
-        "waves": math.ceil(len(spec.trials) / concurrent),
-        "trials": len(spec.trials),
-    }
 
 
 def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
@@ -456,12 +363,8 @@ __all__ = [
     "AblationInputError",
     "AblationSummary",
     "GridSpec",
-    "TrialResources",
     "ROWS",
     "describe",
-    "dry_run_resources",
-    "local_resources",
-    "packing",
     "run_ablation",
     "validate_spec",
 ]

@@ -16,13 +16,12 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 
+from siamim.orchestration import REPO_ROOT
 from siamim.orchestration.driver.hooks import forwarded_env
 
 logger = logging.getLogger(__name__)
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root of an editable install
 
 _STARTED_LOCAL = False  # ensure_ray started a local instance in this process
 
@@ -110,8 +109,8 @@ def ensure_ray(address: str | None = None) -> bool:
         address = "local"
     if address == "local":
         runtime_env, kwargs = _local_runtime_env()
-    elif (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "configs").is_dir():
-        runtime_env, kwargs = {"working_dir": str(CHECKOUT)}, {}  # the cluster's other nodes lack this checkout
+    elif (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "configs").is_dir():
+        runtime_env, kwargs = {"working_dir": str(REPO_ROOT)}, {}  # the cluster's other nodes lack this checkout
     else:  # an installed (non-editable) package: the cluster's nodes have their own installation
         runtime_env, kwargs = {}, {}
     forwarded = forwarded_env()  # the worker hook reaches a grid's trials (their workers get it from the trainer)

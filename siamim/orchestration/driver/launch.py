@@ -13,20 +13,13 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from siamim.config import Config, ConfigError, dump_yaml, flatten, to_dict
-from siamim.orchestration import tracking
+from siamim.orchestration import REPO_ROOT, tracking
 from siamim.orchestration.driver.cluster import ensure_ray, job_config, shutdown_embedded_ray, submission_id
 from siamim.orchestration.driver.errors import LaunchError, LaunchInputError
-from siamim.orchestration.driver.preflight import (
-    PreflightError,
-    ResourceWatch,
-    check_cluster,
-    fit_hint,
-    preflight,
-    resource_shortfall,
-)
+from siamim.orchestration.driver.preflight import PreflightError, ResourceWatch, preflight
+from siamim.orchestration.driver.resources import fit_hint, full_size_warning, resource_shortfall
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.checkpoints import ResumePoint, checkpoint_location
 from siamim.orchestration.runs.claims import releases_claims, take_claim
@@ -44,7 +37,6 @@ from siamim.orchestration.runs.resume import (
 from siamim.orchestration.tracking import ui as mlflow_ui
 from siamim.orchestration.tracking.stream import FINAL, POINTS, ROWS, flush_pending
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNS_TABLE_METRICS = ("knn_top1", "loss")  # the runs table's columns behind the printed link (mlflow_ui)
 PENDING_END = "mlflow_pending_end.json"  # in <storage>/<run>/: the run's end, kept while MLflow was unreachable
 
@@ -114,9 +106,8 @@ def _connect_ray(cfg: Config, address: str | None, wait_for_resources: float, la
     if short:
         bound = f"up to {wait_for_resources:g} s (--wait-for-resources)" if wait_for_resources >= 0 else "for ever"
         log(f"[siamim] warning: {short}; waiting {bound} for the cluster to grow")
-    else:
-        for warning in check_cluster(cfg):
-            log(f"[siamim] warning: {warning}")
+    elif warning := full_size_warning(cfg, ray.cluster_resources()):
+        log(f"[siamim] warning: {warning}")
     return -1.0 if embedded else wait_for_resources  # a cluster may also shrink mid-run (a node lost)
 
 

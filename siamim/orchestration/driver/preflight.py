@@ -15,6 +15,7 @@ from siamim.config import Config
 from siamim.data.folder_check import ImageTreeError, check_image_tree
 from siamim.errors import UserError
 from siamim.orchestration.driver.hooks import load_hook
+from siamim.orchestration.driver.resources import fit_hint, resource_shortfall
 from siamim.orchestration.runs.storage import Storage, check_writable
 from siamim.orchestration.tracking import check_tracking
 
@@ -49,62 +50,6 @@ def check_data(cfg: Config, log=print) -> None:
         from siamim.data.parquet import read_manifest
 
         read_manifest(cfg.data.root)  # ParquetDataError names the endpoint
-
-
-def check_cluster(cfg: Config) -> list[str]:
-    """Warnings (not errors: an autoscaler may add nodes) when the cluster lacks the requested resources."""
-    import ray
-
-    total = ray.cluster_resources()
-    r = cfg.run
-    warnings = []
-    need_cpu = r.num_workers * r.cpus_per_worker
-    if total.get("CPU", 0.0) < need_cpu:
-        warnings.append(
-            f"the Ray cluster has {total.get('CPU', 0.0):g} CPUs; run.num_workers={r.num_workers} x "
-            f"run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g}. Training waits until an "
-            "autoscaler adds nodes (lower --num-workers otherwise)"
-        )
-    if r.use_gpu and total.get("GPU", 0.0) < r.num_workers * r.gpus_per_worker:
-        warnings.append(
-            f"the Ray cluster has {total.get('GPU', 0.0):g} GPUs; {r.num_workers} workers x "
-            f"{r.gpus_per_worker:g} GPUs requested. Training waits until GPU nodes join"
-        )
-    return warnings
-
-
-def resource_shortfall(cfg: Config, total: dict) -> str | None:
-    """What ``total`` (``ray.cluster_resources()``) lacks for the smallest worker group ``cfg`` may run
-    (``run.min_workers`` when elastic, else ``run.num_workers``); None when it fits."""
-    r = cfg.run
-    workers, key = (
-        (r.min_workers, "run.min_workers") if r.min_workers is not None else (r.num_workers, "run.num_workers")
-    )
-    need_cpu = workers * r.cpus_per_worker
-    if total.get("CPU", 0.0) < need_cpu:
-        return (
-            f"{key}={workers} x run.cpus_per_worker={r.cpus_per_worker:g} needs {need_cpu:g} "
-            f"CPUs; the Ray cluster has {total.get('CPU', 0.0):g}"
-        )
-    need_gpu = workers * r.gpus_per_worker if r.use_gpu else 0.0
-    if total.get("GPU", 0.0) < need_gpu:
-        return (
-            f"{key}={workers} x run.gpus_per_worker={r.gpus_per_worker:g} needs {need_gpu:g} "
-            f"GPUs; the Ray cluster has {total.get('GPU', 0.0):g}"
-        )
-    return None
-
-
-def fit_hint(cfg: Config, total: dict) -> str:
-    """How to make the request fit ``total``."""
-    if cfg.run.use_gpu:
-        gpus = total.get("GPU", 0.0)
-        return f"lower --num-workers to {int(gpus // cfg.run.gpus_per_worker)}" if gpus else "use a cluster with GPUs"
-    cpus = total.get("CPU", 0.0)
-    return (
-        f"lower --num-workers to {max(1, int(cpus // cfg.run.cpus_per_worker))} or --cpus-per-worker to "
-        f"{cpus / cfg.run.num_workers:g}"
-    )
 
 
 class ResourceWatch:

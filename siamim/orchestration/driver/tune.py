@@ -18,23 +18,21 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from siamim.orchestration import tracking
+from siamim.orchestration import REPO_ROOT, tracking
+from siamim.orchestration.driver.resources import check_trial_fits, cluster_resources, local_resources, packing
 from siamim.orchestration.runs import storage as st
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_ray(spec, address: str | None) -> dict:
     """Check that one trial fits (this machine before an embedded Ray starts, then the cluster), connect;
-    returns :func:`~siamim.orchestration.ablation.driver.packing`'s plan. Raises ``AblationInputError`` naming the flag."""
-    from siamim.orchestration.ablation.driver import check_resources, cluster_resources, local_resources, packing
+    returns :func:`~siamim.orchestration.driver.resources.packing`'s plan. Raises ``UserError`` naming the flags."""
     from siamim.orchestration.driver.cluster import ensure_ray
 
     if address is None and not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        check_resources(spec, local_resources())  # embedded Ray: fail before starting it
+        check_trial_fits(spec, local_resources())  # embedded Ray: fail before starting it
     ensure_ray(address)
     have = cluster_resources()
-    check_resources(spec, have)
+    check_trial_fits(spec, have)
     return packing(spec, have)
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from siamim.config import CONFIG_DIR, ConfigError, check_run_name, load_config
-from siamim.orchestration.ablation.driver import TrialResources, packing
+from siamim.orchestration import REPO_ROOT
+from siamim.orchestration.driver.resources import TrialResources, packing
 from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
 from siamim.orchestration.search.trial import search_config, trial_name
 
 FOUND_DIR = CONFIG_DIR / "found"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MONITOR_METRIC = "knn_monitor"
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from siamim.errors import UserError
+from siamim.orchestration import REPO_ROOT
 
 DEFAULT_DB = "mlflow.db"
 PARAM_VALUE_MAX = 6000
@@ -131,7 +132,7 @@ def git_commit(repo: str | os.PathLike | None = None, job_metadata: dict | None 
         return os.environ["SIAMIM_GIT_COMMIT"]
     if job_metadata and job_metadata.get("git_commit"):
         return str(job_metadata["git_commit"])
-    repo = Path(repo or Path(__file__).resolve().parents[2])
+    repo = Path(repo or REPO_ROOT)
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
@@ -146,7 +147,7 @@ def source_digest(repo: str | os.PathLike | None = None) -> str:
     """
     import hashlib
 
-    repo = Path(repo or Path(__file__).resolve().parents[2])
+    repo = Path(repo or REPO_ROOT)
     digest = hashlib.sha256()
     files = sorted([*repo.glob("siamim/**/*.py"), *repo.glob("jobs/*.py"), *repo.glob("configs/*.yaml")])
     for path in files:

@@ -51,26 +51,3 @@ def test_more_steps_moves_the_stop_inside_the_plan_and_grows_it_past_the_end():
         plan_resume(load_config("tiny"), "r", 234, 234, None, cmd)
     with pytest.raises(LaunchInputError, match=r"train.max_steps=400 lies past.*234 steps.*--more-steps 166"):
         plan_resume(load_config("tiny", ["train.max_steps=400"]), "r", 234, 234, None, cmd)
-
-
-def test_resource_shortfall_names_the_numbers_and_the_fix():
-    from siamim.config import load_config
-    from siamim.orchestration.driver.preflight import fit_hint, resource_shortfall
-
-    cfg = load_config("tiny", ["run.num_workers=4"])
-    assert resource_shortfall(cfg, {"CPU": 4.0}) is None
-    assert resource_shortfall(cfg, {"CPU": 2.0}) == (
-        "run.num_workers=4 x run.cpus_per_worker=1 needs 4 CPUs; the Ray cluster has 2"
-    )
-    assert fit_hint(cfg, {"CPU": 2.0}) == "lower --num-workers to 2 or --cpus-per-worker to 0.5"
-
-
-def test_an_elastic_group_is_short_only_below_its_smallest_size():
-    from siamim.config import load_config
-    from siamim.orchestration.driver.preflight import resource_shortfall
-
-    cfg = load_config("tiny", ["run.num_workers=4", "run.min_workers=2", "train.batch_size=240"])
-    assert resource_shortfall(cfg, {"CPU": 2.0}) is None  # 2 workers may run
-    assert resource_shortfall(cfg, {"CPU": 1.0}) == (
-        "run.min_workers=2 x run.cpus_per_worker=1 needs 2 CPUs; the Ray cluster has 1"
-    )
