@@ -106,19 +106,15 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from siamim.errors import UserError
-    from siamim.orchestration.ablation.driver import (
-        DEFAULT_PROTOCOLS,
-        GridSpec,
-        describe,
-        run_ablation,
-        validate_spec,
-    )
+    from siamim.orchestration.ablation.spec import DEFAULT_PROTOCOLS, GridSpec, describe, validate_spec
     from siamim.orchestration.driver.resources import dry_run_resources
     from siamim.orchestration.driver.submitted import job_storage
 
     try:
         storage = job_storage(args, "runs/ablation", "grid")
         if args.resume:
+            from siamim.orchestration.ablation.driver import run_ablation
+
             summary = run_ablation(
                 resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
             )
@@ -138,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                 experiment=args.experiment,
                 register=args.register,
             )
+            validate_spec(spec)  # bad flags exit 2 before Ray, MLflow and torch are imported
             if args.dry_run:
-                validate_spec(spec)
                 print("\n".join(describe(spec, *dry_run_resources(args.address))), flush=True)
                 return 0
+            from siamim.orchestration.ablation.driver import run_ablation
+
             summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
     except UserError as err:  # bad input: 2; trials failed after their retries: 1 (AblationFailed)
         return report_error(err, err.exit_code)

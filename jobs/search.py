@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         storage = job_storage(args, "runs/search", "search")
-        from siamim.orchestration.search.driver import run_search
-        from siamim.orchestration.search.spec import SearchSpec
+        from siamim.orchestration.search.spec import SearchSpec, validate_search
 
         if args.resume:
+            from siamim.orchestration.search.driver import run_search
+
             summary = run_search(
                 resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
             )
@@ -123,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                 tracking_uri=args.tracking_uri,
                 experiment=args.experiment,
             )
+            validate_search(spec)  # a bad space exits 2 before Ray, MLflow and torch are imported
             if args.dry_run:
                 return _dry_run(spec, args.address)
+            from siamim.orchestration.search.driver import run_search
+
             summary = run_search(spec, tracking_uri=args.tracking_uri, address=args.address)
     except UserError as err:  # bad input: 2; no trial ran its budget: 1 (SearchFailed)
         return report_error(err, err.exit_code)
@@ -149,9 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dry_run(spec, address: str | None) -> int:
     from siamim.orchestration.driver.resources import dry_run_resources
-    from siamim.orchestration.search.spec import budget_steps, describe, validate_search
+    from siamim.orchestration.search.spec import budget_steps, describe
 
-    validate_search(spec)
     budget = budget_steps(spec)
     print("\n".join(describe(spec, *dry_run_resources(address), budget)), flush=True)
     return 0

@@ -10,7 +10,8 @@ from siamim.data.folder_check import ImageTreeError
 from siamim.data.parquet import ParquetDataError
 from siamim.errors import UserError
 from siamim.foreign import ForeignCheckpointError
-from siamim.orchestration.ablation.driver import AblationFailed, AblationInputError
+from siamim.orchestration.ablation.driver import AblationFailed
+from siamim.orchestration.ablation.spec import AblationInputError
 from siamim.orchestration.driver.errors import LaunchError, LaunchInputError
 from siamim.orchestration.driver.hooks import HookError
 from siamim.orchestration.driver.preflight import PreflightError

@@ -22,52 +22,36 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from siamim.config import ConfigError, check_run_name
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray import tune
+
 from siamim.errors import UserError
 from siamim.orchestration import tracking
-from siamim.orchestration.ablation.rows import ROWS, parse_rows, row_source, switches_of
-from siamim.orchestration.ablation.trial import join_uri, run_trial, trial_config, trial_key, trial_run_name
+from siamim.orchestration.ablation import table as tbl
+from siamim.orchestration.ablation.spec import (
+    AblationInputError,
+    GridSpec,
+    trial_config,
+    trial_key,
+    trial_run_name,
+    validate_spec,
+)
+from siamim.orchestration.ablation.table import headline_keys
+from siamim.orchestration.ablation.trial import run_trial
 from siamim.orchestration.driver import tune as tx
-from siamim.orchestration.driver.resources import TrialResources, packing
+from siamim.orchestration.driver.preflight import preflight
 from siamim.orchestration.runs import storage as st
-from siamim.orchestration.runs.resume import check_fresh_plan
 from siamim.orchestration.tracking import ui as mlflow_ui
 
 GRID_RECORD = "siamim_ablation.json"
 TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives; see docs/ablation.md
-DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
-
-
-class AblationInputError(UserError, ValueError):
-    """A flag or the cluster cannot run the grid; the message names the flag."""
 
 
 class AblationFailed(UserError, RuntimeError):
     """Some trials failed after their retries (the table of the others is still written). Exit 1."""
 
     exit_code = 1
-
-
-@dataclass
-class GridSpec(TrialResources):
-    """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``)."""
-
-    name: str
-    rows: list[str]
-    seeds: int
-    protocols: list[str]
-    overrides: list[str] = field(default_factory=list)
-    steps: int | None = None
-    epochs: float | None = None
-    max_retries: int = 1
-    storage: str = "runs/ablation"
-    tracking_uri: str | None = None
-    experiment: str = "siamim-ablation"
-    register: str | None = None  # --register: each trial's encoder, a version of MLflow model <register>-<row>
-
-    @property
-    def trials(self) -> list[tuple[str, int]]:
-        return [(r, s) for r in self.rows for s in range(self.seeds)]
 
 
 @dataclass
@@ -85,75 +69,6 @@ class AblationSummary:
     ui: list[str] = field(default_factory=list)  # the MLflow UI's links (mlflow_ui.ui_lines)
 
 
-# --------------------------------------------------------------------------- validation and packing
-def validate_spec(spec: GridSpec) -> None:
-    """Flag checks that need no cluster; raises :class:`AblationInputError` naming the flag."""
-    from siamim.eval.protocols import parse_protocols
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise AblationInputError(msg)
-
-    try:
-        spec.rows = parse_rows(",".join(spec.rows) if isinstance(spec.rows, list) else spec.rows)
-        spec.protocols = parse_protocols(spec.protocols)
-    except ValueError as err:
-        raise AblationInputError(str(err) if str(err).startswith("--") else f"--protocols: {err}") from err
-    need(isinstance(spec.seeds, int) and spec.seeds >= 1, f"--seeds {spec.seeds}: must be a whole number >= 1")
-    need(spec.steps is None or spec.steps >= 1, f"--steps {spec.steps}: must be >= 1")
-    need(spec.epochs is None or spec.epochs > 0, f"--epochs {spec.epochs}: must be positive")
-    need(spec.steps is None or spec.epochs is None, "--steps and --epochs: give one budget, not both")
-    need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
-    need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
-    need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
-    need(
-        spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
-    )
-    need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
-    check_run_name(str(spec.name or ""), "--name")  # ConfigError names --name
-    for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
-        try:
-            cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
-        except ConfigError as err:
-            raise AblationInputError(f"row {row} ({row_source(row)}): {err}") from err
-        if spec.steps is not None:  # train.max_steps only stops early: past the epochs' plan it would be cut short
-            try:
-                check_fresh_plan(cfg)
-            except ConfigError as err:
-                raise AblationInputError(
-                    f"--steps {spec.steps}: row {row} ({row_source(row)}): {err}; in a grid, add the "
-                    "train.epochs=... override, or give the budget as --epochs"
-                ) from err
-
-
-def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
-    """The dry-run text: trials, per-trial resources, estimated packing."""
-    pack = packing(spec, have)
-    need = spec.trial_need()
-    budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"
-    lines = [
-        f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {pack['trials']} trials, "
-        f"budget {budget}, protocols {','.join(spec.protocols)}",
-        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
-        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
-        + f") = {need['CPU']:g} CPU"
-        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
-        + "; evaluation task: the same; "
-        "trial actor: 0 CPU",
-        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
-        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'}), "
-        f"about {pack['waves']} wave(s)",
-        "",
-        "| trial | row source | switches (resolved config) |",
-        "|---|---|---|",
-    ]
-    for row, seed in spec.trials:
-        cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, seed)
-        sw = ", ".join(f"{k}={v}" for k, v in switches_of(cfg).items())
-        lines.append(f"| {trial_key(row, seed)} | {row_source(row)} | {sw} |")
-    return lines
-
-
 # --------------------------------------------------------------------------- the grid
 def _trial_name(trial) -> str:
     return trial_run_name(trial.config["row"], trial.config["seed"])
@@ -164,8 +79,6 @@ def _trial_dirname(trial) -> str:
 
 
 def _trainable(spec_dict: dict):
-    from ray import tune
-
     return tune.with_resources(tune.with_parameters(run_trial, spec=spec_dict), TRIAL_ACTOR_RESOURCES)
 
 
@@ -202,7 +115,6 @@ def run_ablation(
     Raises a :class:`~siamim.errors.UserError` (``AblationInputError``, ``ConfigError``, the preflight's) before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
-    from siamim.orchestration.driver.preflight import preflight
 
     t0 = time.time()
     record = None
@@ -232,20 +144,18 @@ def run_ablation(
         f"[ablate] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, "
         f"{pack['concurrent']} at a time"
     )
-    from ray import tune
 
     parent, tags = tx.open_parent(spec, root, "ablation", _parent_params(spec), GRID_RECORD, record)
     spec_dict = {
         **asdict(spec),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
-        "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain"),
+        "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
     }
     log(
         f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
         f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
     )
-    from siamim.orchestration.ablation.table import headline_keys
 
     experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
     mlflow_ui.share_runs_view(  # the runs table behind the printed link: a trial's row, seed and headlines
@@ -302,11 +212,6 @@ def _assemble(
     spec: GridSpec, parent: str, root: st.Storage, finished: list[dict], failed: list[dict], t0: float, log
 ) -> AblationSummary:
 
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from siamim.orchestration.ablation import table as tbl
-
     table = tbl.assemble(finished, spec.protocols, failed)
     table_md, table_csv = tbl.to_markdown(table, spec.protocols), tbl.to_csv(table, spec.protocols)
     diffs = tbl.paired_differences(finished, spec.protocols)
@@ -358,13 +263,4 @@ def _assemble(
     )
 
 
-__all__ = [
-    "AblationFailed",
-    "AblationInputError",
-    "AblationSummary",
-    "GridSpec",
-    "ROWS",
-    "describe",
-    "run_ablation",
-    "validate_spec",
-]
+__all__ = ["AblationFailed", "AblationSummary", "run_ablation"]

@@ -24,67 +24,37 @@ last Tune state predates that finish) reports the stored metrics instead of trai
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from typing import Any
+
+import ray
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from siamim.checkpoint import load_checkpoint, load_encoder
+from siamim.config import flatten, from_dict, to_dict
+from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
+from siamim.eval.representation import EncoderRepresentation
+from siamim.eval.runner import Suite, evaluate
+from siamim.orchestration import tracking
+from siamim.orchestration.ablation.rows import row_source, switches_of
+from siamim.orchestration.ablation.spec import trial_config, trial_key, trial_run_name
+from siamim.orchestration.ablation.table import headline_keys
+from siamim.orchestration.driver.launch import record_run
+from siamim.orchestration.driver.trainer import build_trainer, log_run_artifacts
+from siamim.orchestration.runs import storage as st
+from siamim.orchestration.runs.checkpoints import checkpoint_location
+from siamim.orchestration.runs.refs import resolve_checkpoint
+from siamim.orchestration.tracking.evaluation import log_evaluation
+from siamim.orchestration.tracking.registry import register_encoder
 
 STARTS_TAG = "ablation.starts"  # how many times this trial (re)started real work
 TRIAL_TAG = "ablation.trial"
 GRID_TAG = "ablation.grid"
-
-
-def trial_key(row: str, seed: int) -> str:
-    return f"{row}/{seed}"
-
-
-def trial_run_name(row: str, seed: int) -> str:
-    return f"{row}-s{seed}"
-
-
-def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
-    """The dotted overrides of one trial, after the row's preset (the grid's flags win over ``spec['overrides']``)."""
-    return [*spec["overrides"], f"train.seed={seed}", *budget_overrides(spec, trial_run_name(row, seed))]
-
-
-def budget_overrides(spec: dict, run_name: str) -> list[str]:
-    """What a trial's flags set: the budget (``spec['steps']`` / ``['epochs']``), its workers and resources
-    (``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``), ``run.experiment`` and ``run.name``;
-    the grid's and the search's trials alike."""
-    out = []
-    if spec.get("steps") is not None:
-        out.append(f"train.max_steps={spec['steps']}")
-    if spec.get("epochs") is not None:
-        out.append(f"train.epochs={spec['epochs']}")
-    gpus = float(spec.get("gpus_per_worker") or 0.0)
-    out += [
-        f"run.num_workers={spec['workers_per_trial']}",
-        f"run.cpus_per_worker={spec['cpus_per_worker']}",
-        f"run.use_gpu={'true' if gpus > 0 else 'false'}",
-        f"run.experiment={spec['experiment']}",
-        f"run.name={run_name}",
-        f"run.max_failures={spec.get('train_max_failures', 0)}",
-    ]
-    if gpus > 0:
-        out.append(f"run.gpus_per_worker={gpus}")
-    return out
-
-
-def join_uri(uri: str, *parts: str) -> str:
-    """A local path or storage URI with ``parts`` appended to its path (the query string kept)."""
-    import posixpath
-    from pathlib import Path
-
-    if "://" not in uri:
-        return str(Path(uri, *parts))
-    base, _, query = uri.partition("?")
-    return posixpath.join(base, *parts) + (f"?{query}" if query else "")
-
-
-def trial_config(spec: dict, row: str, seed: int):
-    from siamim.orchestration.ablation.rows import row_config
-
-    cfg = row_config(row, trial_overrides(spec, row, seed))
-    cfg.run.storage = spec["pretrain_storage"]
-    return cfg
 
 
 def eval_resources(spec: dict) -> dict:
@@ -95,27 +65,14 @@ def eval_resources(spec: dict) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- MLflow child runs
-def find_child(client, experiment_id: str, parent_id: str, key: str, tag: str = TRIAL_TAG):
-    """The child run of ``parent_id`` whose tag ``tag`` is ``key`` (a grid's or a search's trial), else None."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{tag}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
-    )
-    return runs[0] if runs else None
-
-
 def open_child(spec: dict, cfg, row: str, seed: int, trial_tags: dict) -> tuple[str, Any]:
     """Create or reopen the trial's child run; returns ``(run_id, previous run or None)``."""
-    from mlflow.tracking import MlflowClient
-
-    from siamim.config import flatten
-    from siamim.orchestration import tracking
 
     uri, parent = spec["tracking_uri"], spec["parent_run_id"]
     client = MlflowClient(uri)
     exp_id = client.get_run(parent).info.experiment_id
     key = trial_key(row, seed)
-    previous = find_child(client, exp_id, parent, key)
+    previous = tracking.find_child(client, exp_id, parent, TRIAL_TAG, key)
     params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
     tags = {
         "mlflow.parentRunId": parent,
@@ -145,7 +102,6 @@ def _finished_metrics(previous, spec: dict) -> dict | None:
     if previous is None or previous.info.status != "FINISHED":
         return None
     metrics = previous.data.metrics
-    from siamim.orchestration.ablation.table import headline_keys
 
     needed = [key for key, _, _ in headline_keys(spec["protocols"])]
     if not all(k in metrics for k in needed):
@@ -156,15 +112,6 @@ def _finished_metrics(previous, spec: dict) -> dict | None:
 # --------------------------------------------------------------------------- evaluation task
 def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -> tuple[dict, str, str]:
     """Evaluate a Train checkpoint (directory path or storage URI); returns ``(metrics, markdown, csv)``."""
-    import shutil
-    import tempfile
-
-    from siamim.checkpoint import load_checkpoint, load_encoder
-    from siamim.config import from_dict
-    from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
-    from siamim.eval.representation import EncoderRepresentation
-    from siamim.eval.runner import Suite, evaluate
-    from siamim.orchestration.runs.refs import resolve_checkpoint
 
     cfg = from_dict(cfg_dict)
     tmp = tempfile.mkdtemp(prefix="siamim-ablate-eval-")
@@ -182,10 +129,6 @@ def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -
 # --------------------------------------------------------------------------- the trainable
 def run_trial(config: dict, spec: dict) -> None:
     """Tune function trainable: ``config = {"row", "seed"}``; ``spec`` is the grid (``tune.with_parameters``)."""
-    from ray import tune
-
-    from siamim.orchestration import tracking
-    from siamim.orchestration.ablation.rows import row_source, switches_of
 
     row, seed = config["row"], int(config["seed"])
     started = time.time()
@@ -228,17 +171,6 @@ def run_trial(config: dict, spec: dict) -> None:
 
 
 def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str = "", seed: int = 0) -> dict:
-    import ray
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from siamim.config import to_dict
-    from siamim.orchestration import tracking
-    from siamim.orchestration.driver.launch import record_run
-    from siamim.orchestration.driver.trainer import build_trainer, log_run_artifacts
-    from siamim.orchestration.runs import storage as st
-    from siamim.orchestration.runs.checkpoints import checkpoint_location
-    from siamim.orchestration.tracking.evaluation import log_evaluation
 
     uri = spec["tracking_uri"]
     storage = st.resolve_storage(cfg.run.storage)
@@ -260,15 +192,12 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})
     if register:
-        from siamim.orchestration.tracking.registry import register_encoder
-
         model = f"{register}-{row}"
         version = register_encoder(uri, run_id, model, tags={"row": row, "seed": seed, "grid": spec["name"]})
         tracking.set_tags(uri, run_id, {"siamim.registered_model": f"models:/{model}/{version}"})
     pretrain_s = time.time() - started
 
     t0 = time.time()
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     # Outside the trial actor's placement group (which holds no CPU): the task takes the trial's own resources.
     task = ray.remote(evaluate_checkpoint).options(

@@ -110,6 +110,29 @@ class TrialResources:
         }
 
 
+def flag_overrides(spec: dict, run_name: str) -> list[str]:
+    """What a trial's flags set: the budget (``spec['steps']`` / ``['epochs']``), its workers and resources
+    (``workers_per_trial``, ``cpus_per_worker``, ``gpus_per_worker``), ``run.experiment`` and ``run.name``;
+    the grid's and the search's trials alike."""
+    out = []
+    if spec.get("steps") is not None:
+        out.append(f"train.max_steps={spec['steps']}")
+    if spec.get("epochs") is not None:
+        out.append(f"train.epochs={spec['epochs']}")
+    gpus = float(spec.get("gpus_per_worker") or 0.0)
+    out += [
+        f"run.num_workers={spec['workers_per_trial']}",
+        f"run.cpus_per_worker={spec['cpus_per_worker']}",
+        f"run.use_gpu={'true' if gpus > 0 else 'false'}",
+        f"run.experiment={spec['experiment']}",
+        f"run.name={run_name}",
+        f"run.max_failures={spec.get('train_max_failures', 0)}",
+    ]
+    if gpus > 0:
+        out.append(f"run.gpus_per_worker={gpus}")
+    return out
+
+
 def check_trial_fits(spec: TrialResources, have: dict[str, float], error: type[UserError] = UserError) -> None:
     """One trial must fit the cluster; raises ``error`` naming the flags."""
     short = shortfall(spec.trial_group(), have)

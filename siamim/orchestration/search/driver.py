@@ -23,14 +23,31 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from siamim.config import to_dict
 from siamim.orchestration import tracking
-from siamim.orchestration.ablation.trial import join_uri
 from siamim.orchestration.driver import tune as tx
+from siamim.orchestration.driver.preflight import preflight
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.search import report as rep
+from siamim.orchestration.search.scheduler import ResumableASHA
 from siamim.orchestration.search.space import SearchInputError
-from siamim.orchestration.search.spec import FOUND_DIR, SearchSpec, budget_steps, trial_spec, validate_search
-from siamim.orchestration.search.trial import SEARCH_TRIAL_TAG, STOPPED_TAG, search_config, trial_key, trial_name
+from siamim.orchestration.search.spec import (
+    FOUND_DIR,
+    SEARCH_TRIAL_TAG,
+    STOPPED_TAG,
+    SearchSpec,
+    budget_steps,
+    search_config,
+    trial_key,
+    trial_name,
+    trial_spec,
+    validate_search,
+)
+from siamim.orchestration.search.trial import run_search_trial
 from siamim.orchestration.tracking import ui as mlflow_ui
 
 SEARCH_RECORD = "siamim_search.json"
@@ -60,9 +77,6 @@ class SearchSummary:
 
 # --------------------------------------------------------------------------- the search
 def _trainable(spec_dict: dict):
-    from ray import tune
-
-    from siamim.orchestration.search.trial import run_search_trial
 
     return tune.with_resources(tune.with_parameters(run_search_trial, spec=spec_dict), TRIAL_ACTOR_RESOURCES)
 
@@ -76,8 +90,6 @@ def _trial_dirname(trial) -> str:
 
 
 def _scheduler(spec: SearchSpec, budget: int):
-    from siamim.orchestration.search.scheduler import ResumableASHA
-
     # Rungs strictly below the budget (max_t = budget - 1) and no stop at max_t: a trial's last report is
     # never a reason to kill it while it finishes (its MLflow run and checkpoint are written after it).
     return ResumableASHA(
@@ -128,7 +140,6 @@ def run_search(
     Raises :class:`SearchInputError` (or the preflight's :class:`~siamim.errors.UserError`) before anything
     starts, :class:`SearchFailed` when no trial ran its budget, ``KeyboardInterrupt`` when interrupted.
     """
-    from siamim.orchestration.driver.preflight import preflight
 
     t0 = time.time()
     record = None
@@ -166,7 +177,7 @@ def run_search(
         **asdict(spec),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
-        "pretrain_storage": join_uri(spec.storage, spec.name, "pretrain"),
+        "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
     }
     grid = _fit(spec, spec_dict, root, record is not None, pack, parent)
     trials = _collect(spec, grid, parent)
@@ -182,8 +193,6 @@ def run_search(
 
 def _fit(spec: SearchSpec, spec_dict: dict, root: st.Storage, resuming: bool, pack: dict, parent: str):
     """Tune's fit (a new experiment, or the restored one); ``KeyboardInterrupt`` when it was interrupted."""
-    from ray import tune
-
     # The metric appears only at the monitor's steps: Tune's check that every result carries the
     # scheduler's metric is off (it would fail the trial at its first report, step 1).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -224,9 +233,6 @@ def _steps_run(df, history: dict[int, float]) -> int:
 
 def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
     """Each trial's status, steps, last metric and history; its child run marked (stopped early, failed)."""
-    from mlflow.tracking import MlflowClient
-
-    from siamim.orchestration.ablation.trial import find_child
 
     client = MlflowClient(spec.tracking_uri)
     exp_id = client.get_run(parent).info.experiment_id
@@ -236,7 +242,7 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
         if not sample:
             continue
         index = int(sample["index"])
-        child = find_child(client, exp_id, parent, trial_key(asdict(spec), index), tag=SEARCH_TRIAL_TAG)
+        child = tracking.find_child(client, exp_id, parent, SEARCH_TRIAL_TAG, trial_key(asdict(spec), index))
         history = {}  # MLflow's (all of a resumed trial's steps) with what Tune (and ASHA) saw over it
         if child is not None:
             history = {int(m.step): m.value for m in client.get_metric_history(child.info.run_id, spec.metric)}
@@ -267,9 +273,6 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
 
 def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict], t0: float, log) -> SearchSummary:
 
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     keys = list(spec.samples[0])
     best = rep.best_trial(trials, spec.mode)
     table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
@@ -277,7 +280,6 @@ def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict
     preset = None
     if best is not None:
         cfg = search_config(asdict(spec), best["values"], best["index"])
-        from siamim.config import to_dict
 
         header = rep.preset_header({**asdict(spec), "parent_run_id": parent}, best, trials, spec.budget)
         files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)

@@ -10,12 +10,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from siamim.config import CONFIG_DIR, ConfigError, check_run_name, load_config
+from siamim.config import CONFIG_DIR, Config, ConfigError, check_run_name, load_config, parse_override
 from siamim.orchestration import REPO_ROOT
-from siamim.orchestration.driver.resources import TrialResources, packing
+from siamim.orchestration.driver.resources import TrialResources, flag_overrides, packing
 from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
-from siamim.orchestration.search.trial import search_config, trial_name
+
+SEARCH_TRIAL_TAG = "search.trial"
+SEARCH_TAG = "search.name"
+STARTS_TAG = "search.starts"
+STOPPED_TAG = "siamim.stopped_early"
+
+
+def trial_name(index: int) -> str:
+    """``t003``: a trial's Tune name, Ray Train run and MLflow child run name."""
+    return f"t{index:03d}"
+
+
+def search_config(spec: dict, values: dict[str, Any], index: int = 0) -> Config:
+    """The config of the trial with sampled ``values``: ``spec['config']`` preset <- ``spec['overrides']`` <-
+    ``values`` <- ``spec['derived']`` (monitor cadence) <- the flags (budget, resources, names).
+
+    Raises :class:`~siamim.config.ConfigError` naming the key.
+    """
+    merged: dict[str, Any] = dict(parse_override(o) for o in spec["overrides"])
+    merged.update(values)
+    merged.update(spec.get("derived") or {})
+    merged.update(parse_override(o) for o in flag_overrides(spec, trial_name(index)))
+    cfg = load_config(spec["config"], merged)
+    if spec.get("pretrain_storage"):
+        cfg.run.storage = spec["pretrain_storage"]
+    return cfg
+
+
+def trial_key(spec: dict, index: int) -> str:
+    return f"{spec['name']}/{index}"
+
 
 FOUND_DIR = CONFIG_DIR / "found"
 MONITOR_METRIC = "knn_monitor"

@@ -23,53 +23,31 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from siamim.config import Config, load_config, parse_override
+from mlflow.tracking import MlflowClient
+from ray import tune
 
-SEARCH_TRIAL_TAG = "search.trial"
-SEARCH_TAG = "search.name"
-STARTS_TAG = "search.starts"
-STOPPED_TAG = "siamim.stopped_early"
-
-
-def trial_name(index: int) -> str:
-    """``t003``: a trial's Tune name, Ray Train run and MLflow child run name."""
-    return f"t{index:03d}"
-
-
-def search_config(spec: dict, values: dict[str, Any], index: int = 0) -> Config:
-    """The config of the trial with sampled ``values``: ``spec['config']`` preset <- ``spec['overrides']`` <-
-    ``values`` <- ``spec['derived']`` (monitor cadence) <- the flags (budget, resources, names).
-
-    Raises :class:`~siamim.config.ConfigError` naming the key.
-    """
-    from siamim.orchestration.ablation.trial import budget_overrides
-
-    merged: dict[str, Any] = dict(parse_override(o) for o in spec["overrides"])
-    merged.update(values)
-    merged.update(spec.get("derived") or {})
-    merged.update(parse_override(o) for o in budget_overrides(spec, trial_name(index)))
-    cfg = load_config(spec["config"], merged)
-    if spec.get("pretrain_storage"):
-        cfg.run.storage = spec["pretrain_storage"]
-    return cfg
-
-
-def trial_key(spec: dict, index: int) -> str:
-    return f"{spec['name']}/{index}"
+from siamim.config import Config, flatten
+from siamim.orchestration import tracking
+from siamim.orchestration.driver.launch import record_run
+from siamim.orchestration.driver.trainer import build_trainer
+from siamim.orchestration.runs import storage as st
+from siamim.orchestration.search.spec import (
+    SEARCH_TAG,
+    SEARCH_TRIAL_TAG,
+    STARTS_TAG,
+    search_config,
+    trial_key,
+    trial_name,
+)
 
 
 def open_search_child(spec: dict, cfg: Config, index: int, tags: dict) -> tuple[str, Any]:
     """Create or reopen the trial's MLflow child run; returns ``(run_id, previous run or None)``."""
-    from mlflow.tracking import MlflowClient
-
-    from siamim.config import flatten
-    from siamim.orchestration import tracking
-    from siamim.orchestration.ablation.trial import find_child
 
     uri, parent = spec["tracking_uri"], spec["parent_run_id"]
     client = MlflowClient(uri)
     exp_id = client.get_run(parent).info.experiment_id
-    previous = find_child(client, exp_id, parent, trial_key(spec, index), tag=SEARCH_TRIAL_TAG)
+    previous = tracking.find_child(client, exp_id, parent, SEARCH_TRIAL_TAG, trial_key(spec, index))
     values = spec["samples"][index]
     params = {**flatten(cfg), **{f"search.sample.{k}": v for k, v in values.items()}, "search.index": index}
     run_id = tracking.open_run(
@@ -93,12 +71,6 @@ def open_search_child(spec: dict, cfg: Config, index: int, tags: dict) -> tuple[
 
 def run_search_trial(config: dict, spec: dict) -> None:
     """Tune function trainable: ``config = {"sample": {"index": i, <key>: value, ...}}``; ``spec``: the search."""
-    from ray import tune
-
-    from siamim.orchestration import tracking
-    from siamim.orchestration.driver.launch import record_run
-    from siamim.orchestration.driver.trainer import build_trainer
-    from siamim.orchestration.runs import storage as st
 
     index = int(config["sample"]["index"])
     started = time.time()

@@ -291,3 +291,11 @@ def latest_metric(tracking_uri: str, run_id: str, key: str) -> float | None:
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list:
     """``[(step, value), ...]`` in logging order."""
     return [(m.step, m.value) for m in _client(tracking_uri).get_metric_history(run_id, key)]
+
+
+def find_child(client, experiment_id: str, parent_id: str, tag: str, key: str):
+    """The child run of ``parent_id`` whose tag ``tag`` is ``key`` (a grid's or a search's trial), else None."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{key}' and tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    return runs[0] if runs else None

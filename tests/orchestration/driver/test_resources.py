@@ -6,7 +6,7 @@ import pytest
 
 from siamim.config import load_config
 from siamim.errors import UserError
-from siamim.orchestration.ablation.driver import GridSpec
+from siamim.orchestration.ablation.spec import GridSpec
 from siamim.orchestration.driver.resources import (
     Group,
     check_trial_fits,

@@ -1,0 +1,135 @@
+"""A grid's spec and its checks before anything starts (``jobs/ablate.py --dry-run`` stops after them).
+
+:class:`GridSpec` holds the flags (JSON-serialisable: the grid record keeps it for ``--resume``);
+:func:`validate_spec` checks them and every trial's resolved config; :func:`describe` is the dry
+run's text. A trial's config is :func:`trial_config`: the row's preset, the grid's overrides, the
+seed, the budget and the trial's resources. Imports neither Ray nor MLflow nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from siamim.config import ConfigError, check_run_name
+from siamim.errors import UserError
+from siamim.eval.protocols import parse_protocols
+from siamim.orchestration.ablation.rows import parse_rows, row_config, row_source, switches_of
+from siamim.orchestration.driver.resources import TrialResources, flag_overrides, packing
+from siamim.orchestration.runs.resume import check_fresh_plan
+
+DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
+
+
+class AblationInputError(UserError, ValueError):
+    """A flag or the cluster cannot run the grid; the message names the flag."""
+
+
+@dataclass
+class GridSpec(TrialResources):
+    """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``)."""
+
+    name: str
+    rows: list[str]
+    seeds: int
+    protocols: list[str]
+    overrides: list[str] = field(default_factory=list)
+    steps: int | None = None
+    epochs: float | None = None
+    max_retries: int = 1
+    storage: str = "runs/ablation"
+    tracking_uri: str | None = None
+    experiment: str = "siamim-ablation"
+    register: str | None = None  # --register: each trial's encoder, a version of MLflow model <register>-<row>
+
+    @property
+    def trials(self) -> list[tuple[str, int]]:
+        return [(r, s) for r in self.rows for s in range(self.seeds)]
+
+
+def trial_key(row: str, seed: int) -> str:
+    return f"{row}/{seed}"
+
+
+def trial_run_name(row: str, seed: int) -> str:
+    return f"{row}-s{seed}"
+
+
+def trial_overrides(spec: dict, row: str, seed: int) -> list[str]:
+    """The dotted overrides of one trial, after the row's preset (the grid's flags win over ``spec['overrides']``)."""
+    return [*spec["overrides"], f"train.seed={seed}", *flag_overrides(spec, trial_run_name(row, seed))]
+
+
+def trial_config(spec: dict, row: str, seed: int):
+    cfg = row_config(row, trial_overrides(spec, row, seed))
+    cfg.run.storage = spec["pretrain_storage"]
+    return cfg
+
+
+def validate_spec(spec: GridSpec) -> None:
+    """Flag checks that need no cluster; raises :class:`AblationInputError` naming the flag."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise AblationInputError(msg)
+
+    try:
+        spec.rows = parse_rows(",".join(spec.rows) if isinstance(spec.rows, list) else spec.rows)
+        spec.protocols = parse_protocols(spec.protocols)
+    except ValueError as err:
+        raise AblationInputError(str(err) if str(err).startswith("--") else f"--protocols: {err}") from err
+    need(isinstance(spec.seeds, int) and spec.seeds >= 1, f"--seeds {spec.seeds}: must be a whole number >= 1")
+    need(spec.steps is None or spec.steps >= 1, f"--steps {spec.steps}: must be >= 1")
+    need(spec.epochs is None or spec.epochs > 0, f"--epochs {spec.epochs}: must be positive")
+    need(spec.steps is None or spec.epochs is None, "--steps and --epochs: give one budget, not both")
+    need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
+    need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
+    need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
+    need(
+        spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
+    )
+    need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
+    check_run_name(str(spec.name or ""), "--name")  # ConfigError names --name
+    for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
+        try:
+            cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
+        except ConfigError as err:
+            raise AblationInputError(f"row {row} ({row_source(row)}): {err}") from err
+        if spec.steps is not None:  # train.max_steps only stops early: past the epochs' plan it would be cut short
+            try:
+                check_fresh_plan(cfg)
+            except ConfigError as err:
+                raise AblationInputError(
+                    f"--steps {spec.steps}: row {row} ({row_source(row)}): {err}; in a grid, add the "
+                    "train.epochs=... override, or give the budget as --epochs"
+                ) from err
+
+
+def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
+    """The dry-run text: trials, per-trial resources, estimated packing."""
+    pack = packing(spec, have)
+    need = spec.trial_need()
+    budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"
+    lines = [
+        f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {pack['trials']} trials, "
+        f"budget {budget}, protocols {','.join(spec.protocols)}",
+        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
+        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
+        + f") = {need['CPU']:g} CPU"
+        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
+        + "; evaluation task: the same; "
+        "trial actor: 0 CPU",
+        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
+        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'}), "
+        f"about {pack['waves']} wave(s)",
+        "",
+        "| trial | row source | switches (resolved config) |",
+        "|---|---|---|",
+    ]
+    for row, seed in spec.trials:
+        cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, seed)
+        sw = ", ".join(f"{k}={v}" for k, v in switches_of(cfg).items())
+        lines.append(f"| {trial_key(row, seed)} | {row_source(row)} | {sw} |")
+    return lines
+
+
+__all__ = ["DEFAULT_PROTOCOLS", "AblationInputError", "GridSpec", "describe", "trial_config", "validate_spec"]
