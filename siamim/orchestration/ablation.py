@@ -219,7 +219,9 @@ def packing(spec: GridSpec, have: dict[str, float]) -> dict:
 
 
 def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
-    """The dry-run text: trials, per-trial resources, estimated packing."""
+    """The dry-run text: trials, per-trial resources, estimated packing. A trial that cannot fit raises
+    :class:`AblationInputError` as the run would (no "1 trial fits" for a worker larger than any node)."""
+    check_resources(spec, have)
     pack = packing(spec, have)
     need = spec.trial_need()
     budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"

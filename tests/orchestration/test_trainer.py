@@ -41,3 +41,11 @@ def test_min_workers_makes_the_group_elastic():
     assert trainer.scaling_config(load_config("tiny")).num_workers == 2  # fixed, as before
     assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 1})).num_workers == (1, 2)
     assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 2})).num_workers == 2
+
+
+def test_workers_that_train_on_the_cpu_use_gloo_even_when_they_hold_gpus():
+    """``train.device=cpu``: gloo (NCCL refuses a node without CUDA); otherwise Ray's default (NCCL with GPUs)."""
+    cpu = load_config("tiny", {"run.use_gpu": True, "run.gpus_per_worker": 1, "train.device": "cpu"})
+    assert trainer.torch_config(cpu).backend == "gloo"
+    assert trainer.scaling_config(cpu).resources_per_worker == {"CPU": 1.0, "GPU": 1.0}  # the GPUs still reserved
+    assert trainer.torch_config(load_config("tiny", {"run.use_gpu": True})) is None  # the CUDA path as before
