@@ -57,7 +57,12 @@ def scaling_config(cfg: Config) -> ScalingConfig:
         resources["GPU"] = float(r.gpus_per_worker)
     elastic = r.min_workers is not None and r.min_workers < r.num_workers
     workers = (r.min_workers, r.num_workers) if elastic else r.num_workers  # Ray Train's elastic range
-    return ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(
+        num_workers=workers,
+        use_gpu=r.use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=r.elastic_resize_s,
+    )
 
 
 def torch_config(cfg: Config) -> TorchConfig | None:
