@@ -153,7 +153,7 @@ def test_a_lost_worker_node_shrinks_the_elastic_group_it_grows_back_and_the_run_
     again -> Ray Train's resize check grows the group back to 2. The run equals one uninterrupted process.
 
     The 1-worker group is held at step 17 (a test hook) until Ray replaces it, so the grow-back cannot be
-    outrun by the steps left. The reference is the plain loop in this process on the run's resolved config:
+    outrun by the steps left (under less load the resize comes earlier, before the hold). The reference is the plain loop in this process on the run's resolved config:
     the data contract says 2 workers, 1 worker and one process see the same global batches.
     """
     from tests.jobs.fault_hooks import HOLD_STEP, hook_env
@@ -182,14 +182,13 @@ def test_a_lost_worker_node_shrinks_the_elastic_group_it_grows_back_and_the_run_
         f"-> group of 2 again {grown:.1f} s after it joined; job done {time.time() - back_at:.1f} s after the "
         "node was started again"
     )
-    out = (tmp_path / "job.log").read_text()
-    assert "1-worker group held at step" in out, out[-3000:]
     assert_finished_every_step_once(tmp_path, "elastic")
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (run,) = tracking_runs(tmp_path / "mlflow.db")
     starts = [int(v) for _, v in tracking.metric_history(db, run.info.run_id, "restored_from_step")]
-    # 2 workers from 0, 1 from the last checkpoint before the loss, 2 again from the 1-worker group's last one
-    assert len(starts) == 3 and 0 < starts[1] < starts[2] == HOLD_STEP - 1, starts
+    # 2 workers from 0, 1 from the last checkpoint before the loss, 2 again from one of the 1-worker group's
+    # (at the latest the one before the hold: the grown group must not wait for the 1-worker run to end)
+    assert len(starts) == 3 and 0 < starts[1] < starts[2] <= HOLD_STEP - 1, starts
     compare_with_one_process(tmp_path, db, run.info.run_id, lost_at, starts[2])
 
 
