@@ -68,8 +68,9 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 def torch_config(cfg: Config) -> TorchConfig | None:
     """``TorchConfig(backend="gloo")`` when the workers train on the CPU (``train.device=cpu``), else Ray's default.
 
-    Ray Train picks NCCL whenever the workers hold GPUs (``use_gpu``), and NCCL refuses a node without CUDA
-    ("ProcessGroupNCCL is only supported with GPUs, no GPUs found!"). With ``train.device=cpu`` the workers
+    Ray Train picks NCCL whenever the workers hold GPUs (``use_gpu``; ``TorchConfig(backend=None)``, see
+    https://docs.ray.io/en/latest/train/api/doc/ray.train.torch.TorchConfig.html), and NCCL refuses a node
+    without CUDA ("ProcessGroupNCCL is only supported with GPUs, no GPUs found!", seen with Ray 2.60). With ``train.device=cpu`` the workers
     still reserve their GPUs (the packing is a GPU cluster's) and train on the CPU over gloo: what the tests
     do on nodes that declare logical GPUs (``ray start --num-gpus``). The CUDA path (``auto``) is unchanged.
     """
