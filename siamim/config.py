@@ -161,6 +161,10 @@ class PlatformConfig(Section):
     # elastic training: Ray Train runs between min_workers and num_workers workers, as the cluster allows
     # (a lost node shrinks the group, a joining one grows it back); None: a fixed group of num_workers
     min_workers: PositiveInt | None = None
+    # elastic: how often Ray Train checks whether the cluster fits a larger group (ScalingConfig's
+    # elastic_resize_monitor_interval_s; a joining node grows the group at the next check:
+    # https://docs.ray.io/en/latest/train/user-guides/elastic-training.html)
+    elastic_resize_s: float = Field(60.0, ge=0.0)
     use_gpu: bool = False
     gpus_per_worker: float = Field(1.0, gt=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)

@@ -33,3 +33,24 @@ def fail_trial_j_s1(metrics: dict, *, cfg, rank: int, fresh: bool) -> None:
     """Grid trial ``j/1`` (its run name ``j-s1``) raises at its first report, on every attempt."""
     if cfg.run.name == FAILING_TRIAL:
         raise InjectedFault(f"injected failure of trial {FAILING_TRIAL}")
+
+
+HOLD_STEP = 17  # the step hold_a_one_worker_group stops a 1-worker group at
+HOLD_S = 300.0  # at most this long: a group that is never replaced then finishes (and the test fails)
+
+
+def hold_a_one_worker_group(metrics: dict, *, cfg, rank: int, fresh: bool) -> None:
+    """A group of one worker (an elastic group shrunk by a lost node) stops at step 17 until Ray replaces it.
+
+    Keeps a shrunk run from finishing before Ray Train's next resize check has seen the node that joined
+    again (on a loaded 2-core box the few steps left may take less than a node's start-up). The hold
+    changes no number: it only sleeps, after step 17's metrics and before its report (so the 1-worker
+    group's last logged step is 16, its checkpoint the one the grown group restores).
+    """
+    import time
+
+    import ray.train
+
+    if int(metrics["step"]) == HOLD_STEP and ray.train.get_context().get_world_size() == 1:
+        print(f"[test hook] 1-worker group held at step {HOLD_STEP}", flush=True)
+        time.sleep(HOLD_S)

@@ -124,6 +124,21 @@ def test_dry_run_prints_the_trials_budget_rungs_and_packing(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_dry_run_refuses_a_trial_this_machine_cannot_fit(tmp_path):
+    (tmp_path / "space.yaml").write_text("optim.blr: {choice: [0.001]}\n")
+    proc = subprocess.run(
+        [sys.executable, str(SEARCH), "--space", str(tmp_path / "space.yaml"), "--steps", "40", "--grace-period", "5"]
+        + ["--workers-per-trial", "64", "--dry-run", "--name", "big", "--storage", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr  # as the search itself would refuse it
+    assert "one trial does not fit: --workers-per-trial 64 x --cpus-per-worker 1 needs 64 CPUs" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_budget_holds_the_grace_period_and_lies_within_the_plan(tmp_path):
     (tmp_path / "space.yaml").write_text("optim.blr: {choice: [0.001]}\n")
     proc = subprocess.run(

@@ -14,7 +14,7 @@ from siamim.config import ConfigError, check_run_name
 from siamim.errors import UserError
 from siamim.eval.protocols import parse_protocols
 from siamim.orchestration.ablation.rows import parse_rows, row_config, row_source, switches_of
-from siamim.orchestration.driver.resources import TrialResources, flag_overrides, packing
+from siamim.orchestration.driver.resources import TrialResources, check_trial_fits, flag_overrides, packing
 from siamim.orchestration.runs.resume import check_fresh_plan
 
 DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
@@ -105,7 +105,9 @@ def validate_spec(spec: GridSpec) -> None:
 
 
 def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
-    """The dry-run text: trials, per-trial resources, estimated packing."""
+    """The dry-run text: trials, per-trial resources, estimated packing. A trial that cannot fit raises
+    :class:`AblationInputError` as the run would (no "1 trial fits" for a worker larger than any node)."""
+    check_trial_fits(spec, have, AblationInputError)
     pack = packing(spec, have)
     need = spec.trial_need()
     budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"

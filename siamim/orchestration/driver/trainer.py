@@ -32,7 +32,7 @@ from typing import Any
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
@@ -57,7 +57,24 @@ def scaling_config(cfg: Config) -> ScalingConfig:
         resources["GPU"] = float(r.gpus_per_worker)
     elastic = r.min_workers is not None and r.min_workers < r.num_workers
     workers = (r.min_workers, r.num_workers) if elastic else r.num_workers  # Ray Train's elastic range
-    return ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(
+        num_workers=workers,
+        use_gpu=r.use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=r.elastic_resize_s,
+    )
+
+
+def torch_config(cfg: Config) -> TorchConfig | None:
+    """``TorchConfig(backend="gloo")`` when the workers train on the CPU (``train.device=cpu``), else Ray's default.
+
+    Ray Train picks NCCL whenever the workers hold GPUs (``use_gpu``; ``TorchConfig(backend=None)``, see
+    https://docs.ray.io/en/latest/train/api/doc/ray.train.torch.TorchConfig.html), and NCCL refuses a node
+    without CUDA ("ProcessGroupNCCL is only supported with GPUs, no GPUs found!", seen with Ray 2.60). With ``train.device=cpu`` the workers
+    still reserve their GPUs (the packing is a GPU cluster's) and train on the CPU over gloo: what the tests
+    do on nodes that declare logical GPUs (``ray start --num-gpus``). The CUDA path (``auto``) is unchanged.
+    """
+    return TorchConfig(backend="gloo") if cfg.train.device == "cpu" else None
 
 
 def run_config(cfg: Config, storage: Storage, run_name: str) -> RunConfig:
@@ -158,6 +175,7 @@ def build_trainer(
         train_loop_per_worker,
         datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
         train_loop_config=loop_config,
+        torch_config=torch_config(cfg),
         scaling_config=scaling_config(cfg),
         run_config=config,
     )
@@ -363,7 +381,8 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
     from siamim.eval.knn import evaluate_knn
     from siamim.train.loop import pretrain
 
-    device = ray.train.torch.get_device()
+    # train.device=cpu trains on the CPU even when the worker holds (logical) GPUs; else the GPU Ray assigned.
+    device = torch.device("cpu") if cfg.train.device == "cpu" else ray.train.torch.get_device()
     resumed_at = int(resume_state["step"]) if resume_state is not None else 0
     reports = WorkerReports(
         rank,

@@ -14,7 +14,7 @@ from typing import Any
 
 from siamim.config import CONFIG_DIR, Config, ConfigError, check_run_name, load_config, parse_override
 from siamim.orchestration import REPO_ROOT
-from siamim.orchestration.driver.resources import TrialResources, flag_overrides, packing
+from siamim.orchestration.driver.resources import TrialResources, check_trial_fits, flag_overrides, packing
 from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
 
 SEARCH_TRIAL_TAG = "search.trial"
@@ -163,7 +163,9 @@ def rungs(spec: SearchSpec, budget: int) -> list[int]:
 
 
 def describe(spec: SearchSpec, have: dict[str, float], where: str, budget: int) -> list[str]:
-    """The dry-run text: the sampled trials, the budget and ASHA's rungs, per-trial resources, packing."""
+    """The dry-run text: the sampled trials, the budget and ASHA's rungs, per-trial resources, packing. A trial
+    that cannot fit raises :class:`SearchInputError`, as the search itself would."""
+    check_trial_fits(spec, have, SearchInputError)
     pack = packing(spec, have)
     need = spec.trial_need()
     keys = list(spec.samples[0]) if spec.samples else []

@@ -42,3 +42,17 @@ def test_min_workers_makes_the_group_elastic():
     assert trainer.scaling_config(load_config("tiny")).num_workers == 2  # fixed, as before
     assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 1})).num_workers == (1, 2)
     assert trainer.scaling_config(load_config("tiny", {"run.min_workers": 2})).num_workers == 2
+
+
+def test_workers_that_train_on_the_cpu_use_gloo_even_when_they_hold_gpus():
+    """``train.device=cpu``: gloo (NCCL refuses a node without CUDA); otherwise Ray's default (NCCL with GPUs)."""
+    cpu = load_config("tiny", {"run.use_gpu": True, "run.gpus_per_worker": 1, "train.device": "cpu"})
+    assert trainer.torch_config(cpu).backend == "gloo"
+    assert trainer.scaling_config(cpu).resources_per_worker == {"CPU": 1.0, "GPU": 1.0}  # the GPUs still reserved
+    assert trainer.torch_config(load_config("tiny", {"run.use_gpu": True})) is None  # the CUDA path as before
+
+
+def test_the_elastic_resize_check_interval_reaches_ray():
+    assert trainer.scaling_config(load_config("tiny")).elastic_resize_monitor_interval_s == 60.0  # Ray's default
+    cfg = load_config("tiny", {"run.min_workers": 1, "run.elastic_resize_s": 5})
+    assert trainer.scaling_config(cfg).elastic_resize_monitor_interval_s == 5.0
