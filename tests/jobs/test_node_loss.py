@@ -336,13 +336,15 @@ def test_a_node_lost_mid_grid_retries_its_trial_and_the_table_is_complete(cluste
     assert len(children(db, parent.info.run_id)) == 2 and set(kids) == {"i/0", "k/0"}  # no duplicate child runs
     assert all(r.info.status == "FINISHED" and "eval.knn_top1" in r.data.metrics for r in kids.values())
     starts = sorted(int(r.data.tags["ablation.starts"]) for r in kids.values())
-    assert starts[0] == 1 and starts[1] >= 2, starts  # the trial on the lost node ran again
+    # The trial whose worker ran on the lost node ran again. A trial's own actor (0 CPUs) may sit on any node,
+    # so the other trial restarts too when Ray had placed its actor there: both counts are then 2.
+    assert starts[1] >= 2, starts
     client = MlflowClient(f"sqlite:///{db}")
-    retried = max(kids.values(), key=lambda r: int(r.data.tags["ablation.starts"]))
-    losses = [m.step for m in client.get_metric_history(retried.info.run_id, "loss")]
-    assert losses == list(range(1, STEPS + 1)), losses  # continued from its checkpoint: each step once
-    restored = [m.value for m in client.get_metric_history(retried.info.run_id, "restored_from_step")]
-    assert restored[-1] > 0, restored
+    for retried in (r for r in kids.values() if int(r.data.tags["ablation.starts"]) >= 2):
+        losses = [m.step for m in client.get_metric_history(retried.info.run_id, "loss")]
+        assert losses == list(range(1, STEPS + 1)), losses  # continued from its checkpoint: each step once
+        restored = [m.value for m in client.get_metric_history(retried.info.run_id, "restored_from_step")]
+        assert restored[-1] > 0, restored
     table = (storage / name / "ablation_table.md").read_text()
     assert "| i | 1 |" in table and "| k | 1 |" in table, table
     overlap = max_overlap([(r.info.start_time, r.info.end_time) for r in kids.values()])
