@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from siamim.config import parse_override
@@ -56,3 +60,30 @@ def submit_pretrain_cmd(dashboard: str, submission_id: str, *args: str, wait: bo
         "tiny",
         *args,
     ]
+
+
+@contextlib.contextmanager
+def stack_cluster(stack_dir: Path, base_env: dict, node_cpus: int, node_gpus: int = 0) -> Iterator[dict]:
+    """``{"address", "env", "stack"}`` of ``platform/dev_stack.sh up --nodes 2 ray``: a head with 0 CPUs plus two
+    worker nodes of ``node_cpus`` CPUs (and ``node_gpus`` logical GPUs) on this host; all stopped afterwards."""
+    from tests.helpers import free_port
+
+    stack = REPO / "platform" / "dev_stack.sh"
+    env = {
+        **base_env,
+        "SIAMIM_STACK_DIR": str(stack_dir),
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rn", dir="/tmp"),
+        "RAY_PORT": str(free_port()),
+        "RAY_DASHBOARD_PORT": str(free_port()),
+        "RAY_NUM_CPUS": "0",
+        "RAY_NODE_CPUS": str(node_cpus),
+        "RAY_NODE_GPUS": str(node_gpus),
+    }
+    up = subprocess.run(["bash", str(stack), "up", "--nodes", "2", "ray"], env=env, capture_output=True, text=True)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"({node_cpus} CPU, {node_gpus} logical GPU" in up.stdout, up.stdout
+    try:
+        yield {"address": f"127.0.0.1:{env['RAY_PORT']}", "env": env, "stack": stack_dir}
+    finally:
+        subprocess.run(["bash", str(stack), "down"], env=env, capture_output=True, timeout=180)
+        subprocess.run(["rm", "-rf", env["RAY_TMPDIR"]], check=False)

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
 from siamim.cli import EXIT_BAD_INPUT
-from tests.helpers import free_port
+from tests.jobs.helpers import stack_cluster
 from tests.jobs.test_ablate_grid import ABLATE, TINY, children, parent_of
-from tests.jobs.test_node_loss import STACK, max_overlap
+from tests.jobs.test_node_loss import max_overlap
 
 pytestmark = pytest.mark.slow
 GPUS_PER_NODE = 4
@@ -41,25 +40,9 @@ TRIALS = 3  # one more than fit at once: the third waits for a free set of 4 GPU
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory, base_env):
     """``{"address", "env"}`` of a head (0 CPUs) plus two worker nodes of 8 CPUs and 4 logical GPUs; stopped after."""
-    stack_dir = tmp_path_factory.mktemp("gpu-stack")
-    env = {
-        **base_env,  # base_env: this process's own Ray driver (the polling) runs without token auth too
-        "SIAMIM_STACK_DIR": str(stack_dir),
-        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rg", dir="/tmp"),
-        "RAY_PORT": str(free_port()),
-        "RAY_DASHBOARD_PORT": str(free_port()),
-        "RAY_NUM_CPUS": "0",
-        "RAY_NODE_CPUS": str(CPUS_PER_NODE),
-        "RAY_NODE_GPUS": str(GPUS_PER_NODE),
-    }
-    up = subprocess.run(["bash", str(STACK), "up", "--nodes", "2", "ray"], env=env, capture_output=True, text=True)
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert f"({CPUS_PER_NODE} CPU, {GPUS_PER_NODE} logical GPU" in up.stdout, up.stdout
-    try:
-        yield {"address": f"127.0.0.1:{env['RAY_PORT']}", "env": env}
-    finally:
-        subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=180)
-        subprocess.run(["rm", "-rf", env["RAY_TMPDIR"]], check=False)
+    # base_env: this process's own Ray driver (the polling) runs without token auth too
+    with stack_cluster(tmp_path_factory.mktemp("gpu-stack"), base_env, CPUS_PER_NODE, GPUS_PER_NODE) as cluster:
+        yield cluster
 
 
 def grid_cmd(cluster, tmp_path, name: str, *flags: str) -> list[str]:

@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -35,8 +34,7 @@ import torch
 from siamim.checkpoint import verify_checkpoint
 from siamim.orchestration import tracking
 from siamim.orchestration.runs.storage import RAY_SNAPSHOT
-from tests.helpers import free_port
-from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS
+from tests.jobs.helpers import PRETRAIN, REPO, TINY_ARGS, stack_cluster
 from tests.jobs.test_ablate_grid import ABLATE, TINY, children, parent_of
 
 pytestmark = pytest.mark.slow
@@ -53,23 +51,8 @@ LOSS_TOL, GRAD_TOL, WEIGHT_TOL = 1e-5, 1e-5, 1e-4
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, session_env):
     """``{"address", "env", "stack"}`` of a head (0 CPUs) plus two 1-CPU worker nodes; stopped afterwards."""
-    stack_dir = tmp_path_factory.mktemp("stack")
-    env = {
-        **session_env,
-        "SIAMIM_STACK_DIR": str(stack_dir),
-        "RAY_TMPDIR": tempfile.mkdtemp(prefix="rn", dir="/tmp"),
-        "RAY_PORT": str(free_port()),
-        "RAY_DASHBOARD_PORT": str(free_port()),
-        "RAY_NUM_CPUS": "0",
-        "RAY_NODE_CPUS": "1",
-    }
-    up = subprocess.run(["bash", str(STACK), "up", "--nodes", "2", "ray"], env=env, capture_output=True, text=True)
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield {"address": f"127.0.0.1:{env['RAY_PORT']}", "env": env, "stack": stack_dir}
-    finally:
-        subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, timeout=180)
-        subprocess.run(["rm", "-rf", env["RAY_TMPDIR"]], check=False)
+    with stack_cluster(tmp_path_factory.mktemp("stack"), session_env, node_cpus=1) as cluster:
+        yield cluster
 
 
 def launch(cluster, tmp_path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
