@@ -11,7 +11,8 @@
 #   eval "$(platform/dev_stack.sh env)"             export MLFLOW_TRACKING_URI, AWS_*, RAY_API_SERVER_ADDRESS ...
 #
 # State (pid files, logs, the MLflow db) lives in $SIAMIM_STACK_DIR (default runs/stack, git-ignored).
-# Ports: RAY_PORT (6380), RAY_DASHBOARD_PORT (8265), MLFLOW_PORT (5000), S3_PORT (9000).
+# Ports: RAY_PORT (6380), RAY_DASHBOARD_PORT (8265), RAY_DASHBOARD_AGENT_PORT (52365: the head's job agent,
+# which `ray job submit` goes through), MLFLOW_PORT (5000), S3_PORT (9000).
 #
 # Lifetimes: the S3 server (moto) keeps objects in memory, so each `up` of it is an empty store. The MLflow
 # db is kept only as long as the artifacts it points at: when MLflow starts against a different S3 session
@@ -26,6 +27,7 @@ VENV_BIN="${SIAMIM_VENV_BIN:-$REPO/.venv/bin}"
 export PATH="$VENV_BIN:$PATH"   # the head runs submitted entrypoints (`python ...`) with this PATH
 RAY_PORT="${RAY_PORT:-6380}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
+RAY_DASHBOARD_AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"
 RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
 RAY_NODES=0   # worker nodes beside the head (up --nodes N)
 RAY_NODE_CPUS="${RAY_NODE_CPUS:-1}"
@@ -115,13 +117,19 @@ up_ray_head() {
     echo "ray: RAY_DASHBOARD_PORT=52365 is the port Ray's dashboard agent listens on; choose another (default 8265)" >&2
     return 2
   fi
+  # Another Ray instance on this host (a job's embedded one, another stack) may hold the agent port: the head
+  # would start, but `ray job submit` to it would fail with "No available agent to submit job".
+  if ! "$VENV_BIN/python" -c "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', int(sys.argv[1])))" "$RAY_DASHBOARD_AGENT_PORT" 2>/dev/null; then
+    echo "ray: port $RAY_DASHBOARD_AGENT_PORT (RAY_DASHBOARD_AGENT_PORT, the head's job agent) is in use, likely by another Ray instance on this host; set RAY_DASHBOARD_AGENT_PORT to a free port" >&2
+    return 2
+  fi
   # --block keeps `ray start` in the foreground of its own session, so `down` stops exactly this head
   # (its process group) and never other Ray clusters on the host, as `ray stop` would.
   # RAY_API_SERVER_ADDRESS: Ray Train's PlacementGroupCleaner queries the state API without an address and,
   # with another Ray instance on the host, prints "Found multiple active Ray instances" tracebacks
   # (ray-project/ray#25639).
   RAY_API_SERVER_ADDRESS="http://127.0.0.1:$RAY_DASHBOARD_PORT" setsid "$VENV_BIN/ray" start --head --block --num-cpus "$RAY_NUM_CPUS" --port "$RAY_PORT" \
-    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" --dashboard-agent-listen-port "$RAY_DASHBOARD_AGENT_PORT" \
     --object-store-memory "${RAY_OBJECT_STORE_BYTES:-1000000000}" --disable-usage-stats >"$STACK_DIR/ray.log" 2>&1 &
   echo $! >"$STACK_DIR/ray.pid"
   wait_http "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" 90 ray

@@ -75,6 +75,7 @@ def stack_cluster(stack_dir: Path, base_env: dict, node_cpus: int, node_gpus: in
         "RAY_TMPDIR": tempfile.mkdtemp(prefix="rn", dir="/tmp"),
         "RAY_PORT": str(free_port()),
         "RAY_DASHBOARD_PORT": str(free_port()),
+        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),  # another Ray on the host may hold 52365
         "RAY_NUM_CPUS": "0",
         "RAY_NODE_CPUS": str(node_cpus),
         "RAY_NODE_GPUS": str(node_gpus),

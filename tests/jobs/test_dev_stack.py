@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ def ray_stack_env(tmp_path, ray_tmp: str, head_cpus: int) -> dict:
         RAY_TMPDIR=ray_tmp,
         RAY_PORT=str(free_port()),
         RAY_DASHBOARD_PORT=str(free_port()),
+        RAY_DASHBOARD_AGENT_PORT=str(free_port()),  # another Ray on the host may hold 52365
         RAY_NUM_CPUS=str(head_cpus),
     )
     return env
@@ -144,6 +146,20 @@ def test_up_refuses_the_dashboard_agent_port_before_starting_anything(tmp_path):
     proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "RAY_DASHBOARD_PORT=52365" in proc.stderr and "choose another" in proc.stderr, proc.stderr
+    assert not (tmp_path / "stack" / "ray.pid").exists()
+
+
+def test_up_refuses_a_taken_job_agent_port_naming_the_variable(tmp_path):
+    """A port held by another process (e.g. another Ray instance's agent): exit 2 naming RAY_DASHBOARD_AGENT_PORT,
+    before any Ray process starts (the head would come up but refuse every ``ray job submit``)."""
+    env = ray_stack_env(tmp_path, tempfile.mkdtemp(prefix="rp", dir="/tmp"), head_cpus=1)
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        env["RAY_DASHBOARD_AGENT_PORT"] = str(held.getsockname()[1])
+        proc = subprocess.run(["bash", str(STACK), "up", "ray"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"port {env['RAY_DASHBOARD_AGENT_PORT']} (RAY_DASHBOARD_AGENT_PORT" in proc.stderr, proc.stderr
     assert not (tmp_path / "stack" / "ray.pid").exists()
 
 
