@@ -12,10 +12,10 @@ from siamim.errors import UserError
 from siamim.foreign import ForeignCheckpointError
 from siamim.orchestration.ablation.driver import AblationFailed
 from siamim.orchestration.ablation.spec import AblationInputError
-from siamim.orchestration.driver.errors import LaunchError, LaunchInputError
 from siamim.orchestration.driver.hooks import HookError
 from siamim.orchestration.driver.preflight import PreflightError
 from siamim.orchestration.driver.submitted import TemporaryLocationError
+from siamim.orchestration.errors import LaunchError, LaunchInputError
 from siamim.orchestration.runs.claims import RunClaimedError
 from siamim.orchestration.runs.refs import CheckpointNotFound
 from siamim.orchestration.runs.storage import StorageError

@@ -7,5 +7,4 @@
 * :mod:`.hooks` - user code called in every worker with each metrics report.
 * :mod:`.submitted` - what a driver under ``ray job submit`` must not write into.
 * :mod:`.tune` - what the grid and the search drivers share around one Ray Tune experiment.
-* :mod:`.errors` - the launch's user errors (exit 1: the job failed; exit 2: bad input).
 """

@@ -11,7 +11,6 @@ the config presets (``configs/``) live beside the package.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -24,22 +23,6 @@ logger = logging.getLogger(__name__)
 
 
 _STARTED_LOCAL = False  # ensure_ray started a local instance in this process
-
-
-def job_config() -> dict:
-    """The ``ray job submit`` job config (runtime_env, metadata) of this driver; {} otherwise."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {}
-
-
-def submission_id() -> str | None:
-    """The ``ray job submit`` id when this driver runs as a submitted job."""
-    return job_config().get("metadata", {}).get("job_submission_id")
 
 
 def _python_sigterm() -> None:

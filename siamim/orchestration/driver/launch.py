@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from siamim.config import Config, ConfigError, dump_yaml, flatten, to_dict
-from siamim.orchestration import REPO_ROOT, tracking
-from siamim.orchestration.driver.cluster import ensure_ray, job_config, shutdown_embedded_ray, submission_id
-from siamim.orchestration.driver.errors import LaunchError, LaunchInputError
+from siamim.orchestration import REPO_ROOT, job_config, submission_id, tracking
+from siamim.orchestration.driver.cluster import ensure_ray, shutdown_embedded_ray
 from siamim.orchestration.driver.preflight import PreflightError, ResourceWatch, preflight
 from siamim.orchestration.driver.resources import fit_hint, full_size_warning, resource_shortfall
+from siamim.orchestration.errors import LaunchError, LaunchInputError
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.checkpoints import ResumePoint, checkpoint_location
 from siamim.orchestration.runs.claims import releases_claims, take_claim

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from siamim.orchestration.driver.cluster import job_config
-from siamim.orchestration.driver.errors import LaunchInputError
+from siamim.orchestration import job_config
+from siamim.orchestration.errors import LaunchInputError
 from siamim.orchestration.tracking import local_store_path, resolve_tracking_uri
 
 STORAGE_FIX = 'an absolute path on a disk the cluster keeps (shared by every node) or an s3:// URI (dev stack: "$SIAMIM_S3_STORAGE")'

@@ -44,7 +44,7 @@ def open_parent(
     plus ``extra``); ``kind`` (``ablation`` / ``search``) prefixes the tags. Returns ``(run id, tags)``."""
     import ray
 
-    from siamim.orchestration.driver.cluster import job_config
+    from siamim.orchestration import job_config
 
     tags = {
         "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),

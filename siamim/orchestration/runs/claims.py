@@ -36,8 +36,8 @@ from pathlib import Path
 import psutil
 
 from siamim.orchestration.runs import storage as st
-from siamim.orchestration.driver.cluster import submission_id
-from siamim.orchestration.driver.errors import LaunchInputError
+from siamim.orchestration import submission_id
+from siamim.orchestration.errors import LaunchInputError
 
 logger = logging.getLogger(__name__)
 

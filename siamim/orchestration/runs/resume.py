@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from siamim.config import Config, ConfigError, apply_overrides, from_dict
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.checkpoints import ResumePoint, checkpoint_run_id, resume_point
-from siamim.orchestration.driver.errors import LaunchInputError
+from siamim.orchestration.errors import LaunchInputError
 
 logger = logging.getLogger(__name__)
 
