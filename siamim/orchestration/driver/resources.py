@@ -30,6 +30,10 @@ class Group:
     gpus: float
     flags: tuple[str, str, str]
 
+    def need(self) -> dict[str, float]:
+        """The group's CPUs and GPUs in all."""
+        return {"CPU": self.workers * self.cpus, "GPU": self.workers * self.gpus}
+
     def setting(self, i: int) -> str:
         flag, value = self.flags[i], (self.workers, self.cpus, self.gpus)[i]
         return f"{flag} {value:g}" if flag.startswith("--") else f"{flag}={value:g}"
@@ -38,7 +42,7 @@ class Group:
 def shortfall(group: Group, have: dict[str, float]) -> str | None:
     """What ``have`` lacks for ``group`` (None when it fits), naming the settings and both numbers."""
     for i, kind in ((1, "CPU"), (2, "GPU")):
-        need = group.workers * (group.cpus if kind == "CPU" else group.gpus)
+        need = group.need()[kind]
         if need > have.get(kind, 0.0) + _EPS:
             return f"{group.setting(0)} x {group.setting(i)} needs {need:g} {kind}s; the Ray cluster has {have.get(kind, 0.0):g}"
     largest = have.get("max_node_GPU", have.get("GPU", 0.0))
@@ -104,10 +108,7 @@ class TrialResources:
         )
 
     def trial_need(self) -> dict[str, float]:
-        return {
-            "CPU": self.workers_per_trial * self.cpus_per_worker,
-            "GPU": self.workers_per_trial * self.gpus_per_worker,
-        }
+        return self.trial_group().need()
 
 
 def flag_overrides(spec: dict, run_name: str) -> list[str]:
