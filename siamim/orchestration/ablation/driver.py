@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -132,7 +132,7 @@ def run_ablation(
     spec.storage = root.uri
     validate_spec(spec)
     spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    first_cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, spec.rows[0], 0)
+    first_cfg = trial_config({**spec.model_dump(), "pretrain_storage": spec.storage}, spec.rows[0], 0)
     preflight(first_cfg, root, spec.tracking_uri)
     if record is None and st.exists(root, spec.name):
         raise AblationInputError(
@@ -147,7 +147,7 @@ def run_ablation(
 
     parent, tags = tx.open_parent(spec, root, "ablation", _parent_params(spec), GRID_RECORD, record)
     spec_dict = {
-        **asdict(spec),
+        **spec.model_dump(),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
         "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),

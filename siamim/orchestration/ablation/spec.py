@@ -1,20 +1,22 @@
 """A grid's spec and its checks before anything starts (``jobs/ablate.py --dry-run`` stops after them).
 
-:class:`GridSpec` holds the flags (JSON-serialisable: the grid record keeps it for ``--resume``);
-:func:`validate_spec` checks them and every trial's resolved config; :func:`describe` is the dry
-run's text. A trial's config is :func:`trial_config`: the row's preset, the grid's overrides, the
+:class:`GridSpec` holds the flags (a pydantic model, JSON-serialisable: the grid record keeps it for
+``--resume``) and checks them as it is built; :func:`validate_spec` checks every trial's resolved config;
+:func:`describe` is the dry run's text. A trial's config is :func:`trial_config`: the row's preset, the grid's overrides, the
 seed, the budget and the trial's resources. Imports neither Ray nor MLflow nor torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
-from siamim.config import ConfigError, check_run_name
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from siamim.config import ConfigError
 from siamim.errors import UserError
 from siamim.eval.protocols import parse_protocols
 from siamim.orchestration.ablation.rows import parse_rows, row_config, row_source, switches_of
-from siamim.orchestration.driver.resources import TrialResources, check_trial_fits, flag_overrides, packing
+from siamim.orchestration.driver.resources import RunName, TrialResources, check_trial_fits, flag_overrides, packing
 from siamim.orchestration.runs.resume import check_fresh_plan
 
 DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
@@ -24,22 +26,43 @@ class AblationInputError(UserError, ValueError):
     """A flag or the cluster cannot run the grid; the message names the flag."""
 
 
-@dataclass
 class GridSpec(TrialResources):
-    """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``)."""
+    """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``). Built from bad
+    flags it raises :class:`AblationInputError` naming the flag (``--seeds 0: must be a whole number >= 1``)."""
 
-    name: str
-    rows: list[str]
-    seeds: int
-    protocols: list[str]
-    overrides: list[str] = field(default_factory=list)
-    steps: int | None = None
-    epochs: float | None = None
-    max_retries: int = 1
+    model_config = ConfigDict(serialize_by_alias=True)  # the record's key is "register" (see register_model)
+    input_error: ClassVar[type[UserError]] = AblationInputError
+
+    name: RunName
+    rows: list[str]  # --rows text or names -> names in table order
+    seeds: int = Field(ge=1, description="a whole number >= 1")
+    protocols: list[str]  # --protocols text or names -> names in run order
+    overrides: list[str] = []
+    steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    max_retries: int = Field(1, ge=0)
     storage: str = "runs/ablation"
     tracking_uri: str | None = None
     experiment: str = "siamim-ablation"
-    register: str | None = None  # --register: each trial's encoder, a version of MLflow model <register>-<row>
+    # --register: each trial's encoder, a version of MLflow model <register>-<row>; the attribute `register` is
+    # ABCMeta's (pydantic warns of the shadowing: pydantic/pydantic#7009), so the name is the alias only
+    register_model: str | None = Field(None, alias="register")
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _rows(cls, value) -> list[str]:
+        return parse_rows(",".join(value) if isinstance(value, list) else value)
+
+    @field_validator("protocols", mode="before")
+    @classmethod
+    def _protocols(cls, value) -> list[str]:
+        return parse_protocols(value)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> GridSpec:
+        if self.steps is not None and self.epochs is not None:
+            raise AblationInputError("--steps and --epochs: give one budget, not both")
+        return self
 
     @property
     def trials(self) -> list[tuple[str, int]]:
@@ -66,32 +89,11 @@ def trial_config(spec: dict, row: str, seed: int):
 
 
 def validate_spec(spec: GridSpec) -> None:
-    """Flag checks that need no cluster; raises :class:`AblationInputError` naming the flag."""
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise AblationInputError(msg)
-
-    try:
-        spec.rows = parse_rows(",".join(spec.rows) if isinstance(spec.rows, list) else spec.rows)
-        spec.protocols = parse_protocols(spec.protocols)
-    except ValueError as err:
-        raise AblationInputError(str(err) if str(err).startswith("--") else f"--protocols: {err}") from err
-    need(isinstance(spec.seeds, int) and spec.seeds >= 1, f"--seeds {spec.seeds}: must be a whole number >= 1")
-    need(spec.steps is None or spec.steps >= 1, f"--steps {spec.steps}: must be >= 1")
-    need(spec.epochs is None or spec.epochs > 0, f"--epochs {spec.epochs}: must be positive")
-    need(spec.steps is None or spec.epochs is None, "--steps and --epochs: give one budget, not both")
-    need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
-    need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
-    need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
-    need(
-        spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: must be >= 1"
-    )
-    need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
-    check_run_name(str(spec.name or ""), "--name")  # ConfigError names --name
-    for row in spec.rows:  # every trial's config resolves (unknown keys, bad values name the key)
+    """Every trial's config resolves (the flags were checked as ``spec`` was built); raises
+    :class:`AblationInputError` naming the row and the key, or ``--steps`` past a row's plan."""
+    for row in spec.rows:  # unknown keys, bad values name the key
         try:
-            cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, 0)
+            cfg = trial_config({**spec.model_dump(), "pretrain_storage": spec.storage}, row, 0)
         except ConfigError as err:
             raise AblationInputError(f"row {row} ({row_source(row)}): {err}") from err
         if spec.steps is not None:  # train.max_steps only stops early: past the epochs' plan it would be cut short
@@ -128,7 +130,7 @@ def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
         "|---|---|---|",
     ]
     for row, seed in spec.trials:
-        cfg = trial_config({**asdict(spec), "pretrain_storage": spec.storage}, row, seed)
+        cfg = trial_config({**spec.model_dump(), "pretrain_storage": spec.storage}, row, seed)
         sw = ", ".join(f"{k}={v}" for k, v in switches_of(cfg).items())
         lines.append(f"| {trial_key(row, seed)} | {row_source(row)} | {sw} |")
     return lines

@@ -3,10 +3,10 @@
 Every driver asks one question, :func:`shortfall`: does a group of W workers x (C CPUs, G GPUs) fit
 what Ray has? The pretraining job asks it of its worker group (``run.num_workers``, or
 ``run.min_workers`` when elastic: :func:`resource_shortfall`), the grid and the search of one trial
-(``--workers-per-trial``: :func:`check_trial_fits`); those two also ask how many trials run at once
-(:func:`packing`). Resources are ``{"CPU", "GPU", "max_node_GPU"}`` (the most GPUs on one node: a
-worker's GPUs must sit on one node). Imports neither Ray nor torch at module level, so bad flags and
-dry runs stay fast.
+(``--workers-per-trial``: :func:`check_trial_fits`; their specs are pydantic models on :class:`TrialResources`);
+those two also ask how many trials run at once (:func:`packing`). Resources are ``{"CPU", "GPU", "max_node_GPU"}``
+(the most GPUs on one node: a worker's GPUs must sit on one node). Imports neither Ray nor torch at module
+level, so bad flags and dry runs stay fast.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
-from siamim.config import Config
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from siamim.config import Config, check_run_name
 from siamim.errors import UserError
 
 _EPS = 1e-9
@@ -90,14 +93,56 @@ def fit_hint(cfg: Config, total: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- a grid's or a search's trials
-@dataclass(kw_only=True)
-class TrialResources:
-    """What one trial of a grid or a search holds: Ray Train workers and their CPUs / GPUs; how many run at once."""
+def flag_error(err: ValidationError, spec: type[TrialResources]) -> UserError:
+    """pydantic's first error as one line naming the flag, a ``spec.input_error``: ``--seeds 0: must be a whole
+    number >= 1`` (a field's ``description`` says what it must be, else its bound). A validator's
+    :class:`~siamim.errors.UserError` is returned as it is; another validator error is named by its flag."""
+    first = err.errors()[0]
+    ctx = first.get("ctx") or {}
+    name = str(first["loc"][0]) if first["loc"] else ""
+    flag = "--" + name.replace("_", "-")
+    cause = ctx.get("error")
+    if isinstance(cause, UserError):
+        return cause
+    if cause is not None:
+        return spec.input_error(str(cause) if str(cause).startswith("--") else f"{flag}: {cause}")
+    field = spec.model_fields.get(name)
+    if field is not None and field.description:
+        must = f"must be {field.description}"
+    elif first["type"] == "greater_than":
+        must = "must be positive" if ctx["gt"] == 0 else f"must be > {ctx['gt']:g}"
+    elif first["type"] == "greater_than_equal":
+        must = f"must be >= {ctx['ge']:g}"
+    else:
+        must = first["msg"]
+    value = first["input"]
+    return spec.input_error(f"{flag} {f'{value:g}' if isinstance(value, float) else value}: {must}")
 
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent: int | None = None
+
+RunName = Annotated[str, BeforeValidator(lambda value: check_run_name(str(value or ""), "--name"))]
+
+
+class TrialResources(BaseModel):
+    """What one trial of a grid or a search holds: Ray Train workers and their CPUs / GPUs; how many run at once.
+
+    The base of the grid's and the search's specs: pydantic models (``model_dump()`` is JSON: the experiment's
+    record keeps it for ``--resume``), each flag's range a field constraint. A bad value raises the spec's
+    :attr:`input_error` naming the flag (:func:`flag_error`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    input_error: ClassVar[type[UserError]] = UserError
+
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise flag_error(err, type(self)) from None
 
     def trial_group(self) -> Group:
         return Group(

@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from siamim.orchestration import REPO_ROOT, tracking
@@ -58,7 +57,7 @@ def open_parent(
         spec.tracking_uri, spec.experiment, spec.name, params, tags, run_id=record["parent_run_id"] if record else None
     )
     now = time.time()
-    body = {"name": spec.name, "spec": asdict(spec), "parent_run_id": parent, "tracking_uri": spec.tracking_uri}
+    body = {"name": spec.name, "spec": spec.model_dump(), "parent_run_id": parent, "tracking_uri": spec.tracking_uri}
     body.update({"created": record["created"] if record else now, "updated": now, **(extra or {})})
     st.write_json(root, body, spec.name, record_file)
     return parent, tags

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -174,7 +174,7 @@ def run_search(
     for line in ui:
         log(f"[search] {line.strip()}")
     spec_dict = {
-        **asdict(spec),
+        **spec.model_dump(),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
         "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
@@ -242,7 +242,7 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
         if not sample:
             continue
         index = int(sample["index"])
-        child = tracking.find_child(client, exp_id, parent, SEARCH_TRIAL_TAG, trial_key(asdict(spec), index))
+        child = tracking.find_child(client, exp_id, parent, SEARCH_TRIAL_TAG, trial_key(spec.model_dump(), index))
         history = {}  # MLflow's (all of a resumed trial's steps) with what Tune (and ASHA) saw over it
         if child is not None:
             history = {int(m.step): m.value for m in client.get_metric_history(child.info.run_id, spec.metric)}
@@ -279,9 +279,9 @@ def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict
     files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
     preset = None
     if best is not None:
-        cfg = search_config(asdict(spec), best["values"], best["index"])
+        cfg = search_config(spec.model_dump(), best["values"], best["index"])
 
-        header = rep.preset_header({**asdict(spec), "parent_run_id": parent}, best, trials, spec.budget)
+        header = rep.preset_header({**spec.model_dump(), "parent_run_id": parent}, best, trials, spec.budget)
         files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
         FOUND_DIR.mkdir(parents=True, exist_ok=True)
         found = FOUND_DIR / f"{spec.name}.yaml"

@@ -1,7 +1,8 @@
 """A search's spec and its checks before anything starts (``jobs/search.py --dry-run`` stops after them).
 
-:class:`SearchSpec` holds the flags, the space's text and the drawn samples (JSON-serialisable: the search
-record keeps it for ``--resume``). :func:`validate_search` checks the flags, the space and every drawn config;
+:class:`SearchSpec` holds the flags, the space's text and the drawn samples (a pydantic model, JSON-serialisable:
+the search record keeps it for ``--resume``) and checks the flags as it is built. :func:`validate_search` checks
+the space and every drawn config;
 :func:`budget_steps` the budget against the data and ``--grace-period``; :func:`describe` is the dry run's text.
 Imports neither Ray nor MLflow (torch only in :func:`budget_steps`).
 """
@@ -9,12 +10,15 @@ Imports neither Ray nor MLflow (torch only in :func:`budget_steps`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from siamim.config import CONFIG_DIR, Config, ConfigError, check_run_name, load_config, parse_override
+import yaml
+from pydantic import Field
+
+from siamim.config import CONFIG_DIR, Config, ConfigError, load_config, parse_override
+from siamim.errors import UserError
 from siamim.orchestration import REPO_ROOT
-from siamim.orchestration.driver.resources import TrialResources, check_trial_fits, flag_overrides, packing
+from siamim.orchestration.driver.resources import RunName, TrialResources, check_trial_fits, flag_overrides, packing
 from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
 
 SEARCH_TRIAL_TAG = "search.trial"
@@ -52,28 +56,30 @@ FOUND_DIR = CONFIG_DIR / "found"
 MONITOR_METRIC = "knn_monitor"
 
 
-@dataclass
 class SearchSpec(TrialResources):
-    """Everything the search needs (JSON-serialisable; stored in the search record for ``--resume``)."""
+    """Everything the search needs (JSON-serialisable; stored in the search record for ``--resume``). Built from
+    bad flags it raises :class:`SearchInputError` naming the flag (``--reduction-factor 1: must be > 1``)."""
 
-    name: str
+    input_error: ClassVar[type[UserError]] = SearchInputError
+
+    name: RunName
     space_text: str  # the space file's YAML (a resumed search needs no file)
     config: str = "tiny"
-    overrides: list[str] = field(default_factory=list)
-    num_samples: int = 8
+    overrides: list[str] = []
+    num_samples: int = Field(8, ge=1)
     seed: int = 0
     metric: str = MONITOR_METRIC
-    mode: str = "max"
-    grace_period: int = 100  # steps (Tune's time_attr is the trainer's global step)
-    reduction_factor: float = 2.0
-    steps: int | None = None
-    epochs: float | None = None
-    max_retries: int = 0
+    mode: Literal["max", "min"] = Field("max", description="max or min")
+    grace_period: int = Field(100, ge=1, description=">= 1 (steps)")  # Tune's time_attr is the trainer's global step
+    reduction_factor: float = Field(2.0, gt=1)
+    steps: int | None = Field(None, ge=2)
+    epochs: float | None = Field(None, gt=0)
+    max_retries: int = Field(0, ge=0)
     storage: str = "runs/search"
     tracking_uri: str | None = None
     experiment: str = "siamim-search"
-    samples: list[dict] = field(default_factory=list)  # filled by validate_search
-    derived: dict = field(default_factory=dict)  # keys the search sets (the monitor's cadence)
+    samples: list[dict] = []  # filled by validate_search
+    derived: dict = {}  # keys the search sets (the monitor's cadence)
     budget: int | None = None  # steps per trial, known once the data is (budget_steps)
 
     @property
@@ -83,30 +89,13 @@ class SearchSpec(TrialResources):
 
 def trial_spec(spec: SearchSpec) -> dict:
     """``spec`` as a trial's config builder takes it (before the search has a pretraining storage)."""
-    return {**asdict(spec), "pretrain_storage": None}
+    return {**spec.model_dump(), "pretrain_storage": None}
 
 
 def validate_search(spec: SearchSpec) -> None:
-    """Flags, the space and every sampled config, before anything starts; fills ``spec.samples`` (unless it holds
-    a resumed search's) and ``spec.derived``. Raises :class:`SearchInputError` naming the flag or key."""
-    import yaml
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise SearchInputError(msg)
-
-    check_run_name(str(spec.name or ""), "--name")
-    need(spec.num_samples >= 1, f"--num-samples {spec.num_samples}: must be >= 1")
-    need(spec.mode in ("max", "min"), f"--mode {spec.mode}: must be max or min")
-    need(spec.grace_period >= 1, f"--grace-period {spec.grace_period}: must be >= 1 (steps)")
-    need(spec.reduction_factor > 1, f"--reduction-factor {spec.reduction_factor:g}: must be > 1")
-    need(spec.steps is None or spec.steps >= 2, f"--steps {spec.steps}: must be >= 2")
-    need(spec.epochs is None or spec.epochs > 0, f"--epochs {spec.epochs}: must be positive")
-    need(spec.workers_per_trial >= 1, f"--workers-per-trial {spec.workers_per_trial}: must be >= 1")
-    need(spec.cpus_per_worker > 0, f"--cpus-per-worker {spec.cpus_per_worker}: must be positive")
-    need(spec.gpus_per_worker >= 0, f"--gpus-per-worker {spec.gpus_per_worker}: must be >= 0")
-    need(spec.max_concurrent is None or spec.max_concurrent >= 1, f"--max-concurrent {spec.max_concurrent}: >= 1")
-    need(spec.max_retries >= 0, f"--max-retries {spec.max_retries}: must be >= 0")
+    """The space and every sampled config (the flags were checked as ``spec`` was built), before anything starts;
+    fills ``spec.samples`` (unless it holds a resumed search's) and ``spec.derived``. Raises
+    :class:`SearchInputError` naming the flag or key."""
     try:
         base = load_config(spec.config, list(spec.overrides))
     except ConfigError as err:
@@ -114,11 +103,11 @@ def validate_search(spec: SearchSpec) -> None:
     dims = parse_space(yaml.safe_load(spec.space_text), base)
     if spec.metric == MONITOR_METRIC:  # the metric exists only with the monitor on, at the steps it runs
         for dim in dims:
-            need(
-                dim.key not in ("eval.monitor_every", "train.log_every"),
-                f"--space: {dim.key}: the monitor's cadence is the search's (ASHA reads {MONITOR_METRIC} at its "
-                f"steps); set it as an override ({dim.key}=N), not in the space",
-            )
+            if dim.key in ("eval.monitor_every", "train.log_every"):
+                raise SearchInputError(
+                    f"--space: {dim.key}: the monitor's cadence is the search's (ASHA reads {MONITOR_METRIC} at its "
+                    f"steps); set it as an override ({dim.key}=N), not in the space"
+                )
         every = base.eval.monitor_every or spec.grace_period  # a value at every rung (grace x factor^k)
         # the loop runs the monitor at its reporting steps only: train.log_every must divide the cadence
         spec.derived = {"eval.monitor_every": every, "train.log_every": math.gcd(every, base.train.log_every)}
