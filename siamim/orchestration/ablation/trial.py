@@ -44,13 +44,12 @@ from siamim.orchestration import tracking
 from siamim.orchestration.ablation.rows import row_source, switches_of
 from siamim.orchestration.ablation.spec import trial_config, trial_key, trial_run_name
 from siamim.orchestration.ablation.table import headline_keys
-from siamim.orchestration.driver.launch import record_run
-from siamim.orchestration.driver.trainer import build_trainer, log_run_artifacts
+from siamim.orchestration.driver.launch import closes_run, fit_trial
+from siamim.orchestration.driver.trainer import log_run_end
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.checkpoints import checkpoint_location
 from siamim.orchestration.runs.refs import resolve_checkpoint
 from siamim.orchestration.tracking.evaluation import log_evaluation
-from siamim.orchestration.tracking.registry import register_encoder
 
 STARTS_TAG = "ablation.starts"  # how many times this trial (re)started real work
 TRIAL_TAG = "ablation.trial"
@@ -156,17 +155,12 @@ def run_trial(config: dict, spec: dict) -> None:
         uri, run_id, {STARTS_TAG: starts, **{f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}}
     )
     print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}", flush=True)
-    try:
+    with closes_run(uri, run_id, error_tag="ablation.error"):
         metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
-    except BaseException as err:
-        tracking.set_tags(uri, run_id, {"ablation.error": f"{type(err).__name__}: {err}"[:5000]})
-        tracking.finish_run(uri, run_id, "FAILED")
-        raise
-    if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
-        tracking.set_tags(
-            uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags["ablation.error"]}
-        )
-    tracking.finish_run(uri, run_id, "FINISHED")
+        if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
+            tracking.set_tags(
+                uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags["ablation.error"]}
+            )
     tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
 
 
@@ -174,27 +168,14 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
 
     uri = spec["tracking_uri"]
     storage = st.resolve_storage(cfg.run.storage)
-    name = cfg.run.name
-    record_run(storage, name, cfg, run_id, uri, ablation_grid=spec["name"])
-    register = spec.get("register")
-    # kNN once per trial: the evaluation computes it when the protocols include it. Its stream
-    # writes the child run live and forwards every report to Tune.
-    trainer = build_trainer(
-        cfg, storage, name, uri, run_id, started, final_knn="knn" not in spec["protocols"], tune=True
-    )
-    result = trainer.fit()
-    if getattr(result, "error", None) is not None:
-        raise RuntimeError(f"pretraining failed: {result.error}")
+    knn = "knn" in spec["protocols"]  # kNN once per trial: the evaluation computes it when the protocols include it
+    result = fit_trial(cfg, storage, uri, run_id, started, final_knn=not knn, ablation_grid=spec["name"])
     if result.checkpoint is None:
         raise RuntimeError("pretraining finished without a checkpoint")
-    log_run_artifacts(uri, run_id, result.checkpoint, cfg)  # encoder/ and pictures, as a pretraining run has
     checkpoint = checkpoint_location(storage, result.checkpoint)  # with the endpoint (?endpoint_override=...)
+    model = f"{spec['register']}-{row}" if spec.get("register") else None  # --register; as a pretraining run's end
+    log_run_end(uri, run_id, result.checkpoint, cfg, checkpoint, True, model, row=row, seed=seed, grid=spec["name"])
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    tracking.set_tags(uri, run_id, {"siamim.checkpoint": checkpoint})
-    if register:
-        model = f"{register}-{row}"
-        version = register_encoder(uri, run_id, model, tags={"row": row, "seed": seed, "grid": spec["name"]})
-        tracking.set_tags(uri, run_id, {"siamim.registered_model": f"models:/{model}/{version}"})
     pretrain_s = time.time() - started
 
     t0 = time.time()

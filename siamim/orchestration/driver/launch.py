@@ -35,6 +35,7 @@ from siamim.orchestration.runs.resume import (
     resume_target,
 )
 from siamim.orchestration.tracking import ui as mlflow_ui
+from siamim.orchestration.tracking.report import write_run_report
 from siamim.orchestration.tracking.stream import FINAL, POINTS, ROWS, flush_pending
 
 RUNS_TABLE_METRICS = ("knn_top1", "loss")  # the runs table's columns behind the printed link (mlflow_ui)
@@ -169,6 +170,21 @@ def record_run(
     tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
 
 
+def fit_trial(
+    cfg: Config, storage: st.Storage, tracking_uri: str, run_id: str, started: float, final_knn: bool, **record
+):
+    """A grid's or a search's trial: the run record (plus ``record``), then the ``TorchTrainer`` fit whose stream
+    writes the child run live and forwards every report to Tune; Ray's ``Result``, or ``RuntimeError`` if it failed."""
+    from siamim.orchestration.driver.trainer import build_trainer
+
+    record_run(storage, cfg.run.name, cfg, run_id, tracking_uri, **record)
+    trainer = build_trainer(cfg, storage, cfg.run.name, tracking_uri, run_id, started, final_knn=final_knn, tune=True)
+    result = trainer.fit()
+    if getattr(result, "error", None) is not None:
+        raise RuntimeError(f"pretraining failed: {result.error}")
+    return result
+
+
 def _fit(
     target: Target,
     storage: st.Storage,
@@ -234,17 +250,20 @@ def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str
     )
 
 
-def _finish(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, log) -> str | None:
-    """The end of a trained run in MLflow: encoder and pictures, the checkpoint tag, ``--register``, FINISHED,
-    ``report.html``; returns the registered ``models:/`` reference. With the tracking server unreachable,
-    what it would write is kept in storage (:data:`PENDING_END`) for ``--resume``, and None is returned.
+def _finish(
+    target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, closing: Closing, log
+) -> str | None:
+    """The end of a trained run in MLflow (:func:`~siamim.orchestration.driver.trainer.log_run_end`: encoder and
+    pictures, the checkpoint tag, ``--register``); returns the registered ``models:/`` reference. With the tracking
+    server unreachable, what it would write is kept in storage (:data:`PENDING_END`) for ``--resume``, the run is
+    left open (``closing.pending``) and None is returned.
 
     ``end``: ``{"checkpoint": its path in storage.fs, "location": for users, "register": a model name or
     None, "pictures": log the final pictures (not already logged per checkpoint), "step"}``.
     """
     import ray.train
 
-    from siamim.orchestration.driver.trainer import log_run_artifacts
+    from siamim.orchestration.driver.trainer import log_run_end
 
     try:
         tracking.check_tracking(tracking_uri)
@@ -255,33 +274,30 @@ def _finish(target: Target, storage: st.Storage, tracking_uri: str, run_id: str,
             f"{storage.display(target.run_name, PENDING_END)}; once MLflow is back, write it with: "
             f"python jobs/pretrain.py --resume {target.run_name} --storage '{storage.uri}'"
         )
+        closing.pending = True
         return None
     checkpoint = ray.train.Checkpoint(end["checkpoint"], filesystem=storage.fs)
-    log_run_artifacts(tracking_uri, run_id, checkpoint, target.cfg, pictures=end["pictures"])
-    tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": end["location"]})
-    registered = None
-    if end.get("register"):
-        from siamim.orchestration.tracking.registry import register_encoder
+    where, model = end["location"], end.get("register")
+    return log_run_end(tracking_uri, run_id, checkpoint, target.cfg, where, end["pictures"], model, step=end["step"])
 
-        version = register_encoder(tracking_uri, run_id, end["register"], tags={"step": end["step"]})
-        registered = f"models:/{end['register']}/{version}"
-        tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": registered})
-    tracking.finish_run(tracking_uri, run_id, "FINISHED")
+
+def _finished(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, log) -> None:
+    """After FINISHED: the kept end (if any) is written, and the run page gets its one human-readable summary."""
     if st.exists(storage, target.run_name, PENDING_END):
         storage.fs.delete_file(storage.join(target.run_name, PENDING_END))
-    try:  # the run page's one human-readable summary; a report that fails leaves the finished run as it is
-        from siamim.orchestration.tracking.report import write_run_report
-
+    try:  # a report that fails leaves the finished run as it is
         write_run_report(tracking_uri, run_id)
     except Exception as err:
         log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
-    return registered
 
 
 def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end: dict, launch_time: float, log):
     """``--resume`` of a run that trained to its end while MLflow was unreachable: write its end now."""
     run_id = end["run_id"]
-    registered = _finish(target, storage, tracking_uri, run_id, end, log)
+    with closes_run(tracking_uri, run_id) as closing:
+        registered = _finish(target, storage, tracking_uri, run_id, end, closing, log)
+    if not closing.pending:
+        _finished(target, storage, tracking_uri, run_id, log)
     log(f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {run_id}")
     return PretrainSummary(
         run_name=target.run_name,
@@ -299,32 +315,47 @@ def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end:
     )
 
 
-@contextlib.contextmanager
-def closes_run(tracking_uri: str, run_id: str, resume_hint: str, watch: ResourceWatch, log) -> Iterator[None]:
-    """The MLflow run's status however the block ends (the block itself ends a good run FINISHED).
+@dataclass
+class Closing:
+    """What :func:`closes_run` yields: ``pending`` when the block kept the run's end for later (not FINISHED)."""
 
-    Ctrl-C, or SIGTERM (``ray job stop``) as SystemExit: KILLED, the resume hint logged, re-raised; the
-    resource watch's timeout: FAILED, :class:`LaunchInputError`; any other error: FAILED, re-raised as
-    :class:`LaunchError` (with the resume hint when it is not one already).
+    pending: bool = False
+
+
+@contextlib.contextmanager
+def closes_run(
+    tracking_uri: str, run_id: str, error_tag: str = "", hint: str = "", watch: ResourceWatch | None = None, log=print
+) -> Iterator[Closing]:
+    """The MLflow run's status however the block ends, for a pretraining job and a grid or search trial alike:
+    FINISHED when it ends well (unless ``Closing.pending``); KILLED on Ctrl-C, or SIGTERM (``ray job stop``) as
+    SystemExit; FAILED on any other error, with ``error_tag`` set to it when given. The error is re-raised.
+
+    A pretraining job (``hint``: its resume flags) logs the hint when KILLED and raises for the user: the resource
+    watch's timeout (its interrupt) as :class:`LaunchInputError`, any other error as :class:`LaunchError` with the
+    hint (unless it is one already).
     """
+    closing = Closing()
     try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as stop:
-        if watch.timed_out:  # Ray Train answers the watch's interrupt by aborting the run and exiting
-            tracking.finish_run(tracking_uri, run_id, "FAILED")
-            hint = f"; once it fits, continue from the last checkpoint with {resume_hint}" if watch.lost_mid_run else ""
-            raise LaunchInputError(watch.timed_out + hint) from None
-        tracking.finish_run(tracking_uri, run_id, "KILLED")
-        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {resume_hint}")
-        raise
-    except LaunchError:
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
-        raise
+        yield closing
+        if not closing.pending:
+            tracking.finish_run(tracking_uri, run_id, "FINISHED")
     except BaseException as err:
-        tracking.finish_run(tracking_uri, run_id, "FAILED")
+        stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
+        timed_out = stopped and watch is not None and watch.timed_out  # Ray Train aborts the run on its interrupt
+        if error_tag:
+            tracking.set_tags(tracking_uri, run_id, {error_tag: f"{type(err).__name__}: {err}"[:5000]})
+        tracking.finish_run(tracking_uri, run_id, "KILLED" if stopped and not timed_out else "FAILED")
+        if not hint or isinstance(err, LaunchError):
+            raise
+        if timed_out:
+            then = f"; once it fits, continue from the last checkpoint with {hint}" if watch.lost_mid_run else ""
+            raise LaunchInputError(watch.timed_out + then) from None
+        if stopped:
+            how = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+            log(f"[siamim] {how}; MLflow run {run_id} marked KILLED; continue from the last checkpoint with {hint}")
+            raise
         raise LaunchError(
-            f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {resume_hint}"
+            f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {hint}"
         ) from err
 
 
@@ -399,7 +430,7 @@ def run_pretraining(
     run_id = _open_mlflow_run(target, storage, tracking_uri)
     resume_hint = f"--resume {target.run_name} --storage '{storage.uri}'"
     watch = ResourceWatch(target.cfg, wait, log)
-    with closes_run(tracking_uri, run_id, resume_hint, watch, log):  # from here on every exit marks the run
+    with closes_run(tracking_uri, run_id, hint=resume_hint, watch=watch, log=log) as closing:  # marks the run
         created = target.record["created"] if target.record else None
         record_run(storage, target.run_name, target.cfg, run_id, tracking_uri, created)
         log(
@@ -423,8 +454,10 @@ def run_pretraining(
             "pictures": not checkpoint_pictures,
             "step": summary.step,
         }
-        summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)  # FINISHED (or kept)
+        summary.registered = _finish(target, storage, tracking_uri, run_id, end, closing, log)
         summary.ui = ui
+    if not closing.pending:
+        _finished(target, storage, tracking_uri, run_id, log)
     summary.wall_s = time.time() - launch_time
     return summary
 

@@ -11,7 +11,7 @@ call ``prepare_model`` / ``prepare_data_loader``) and reports once per log inter
 The driver-side :class:`~siamim.orchestration.tracking.stream.MlflowStream` writes them to
 MLflow; rank 0 runs only MLflow's system-metrics monitor. After ``fit()`` the driver logs
 the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) and the feature pictures
-(:func:`log_run_artifacts`).
+(:func:`log_run_end`).
 
 A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
 :mod:`siamim.checkpoint`) and Ray's checkpoint metadata
@@ -38,7 +38,7 @@ from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
 from siamim.orchestration.driver.hooks import forwarded_env, load_hook, with_hook
 from siamim.orchestration.runs.storage import Storage, resolve_storage
-from siamim.orchestration.tracking.registry import ENCODER_ARTIFACT
+from siamim.orchestration.tracking.registry import ENCODER_ARTIFACT, register_encoder
 from siamim.orchestration.tracking.stream import MlflowStream, report_metrics, step_row
 
 logger = logging.getLogger(__name__)
@@ -303,9 +303,14 @@ def _system_metrics(tracking_uri: str, run_id: str):
     return monitor
 
 
-def log_run_artifacts(tracking_uri: str, run_id: str, checkpoint, cfg: Config, pictures: bool = True) -> None:
-    """The driver's end of a run: the exported encoder (``encoder/``, timm's folder) and, with ``pictures``,
-    the final feature pictures (on the CPU) of the Ray ``checkpoint``, logged to the MLflow run."""
+def log_run_end(
+    tracking_uri: str, run_id: str, checkpoint, cfg: Config, location: str, pictures: bool = True, model=None, **tags
+) -> str | None:
+    """The driver's end of a trained run, a pretraining job's and a grid trial's alike: the exported encoder
+    (``encoder/``, timm's folder) and, with ``pictures``, the final feature pictures (on the CPU) of the Ray
+    ``checkpoint``; the tag ``siamim.checkpoint`` (``location``, its storage location); with ``model`` (a name),
+    the encoder registered as a new version of that MLflow model with ``tags``. Returns its
+    ``models:/<model>/<version>`` or None."""
     from siamim.checkpoint import load_encoder
     from siamim.orchestration import tracking
     from siamim.timm_export import save_timm_encoder
@@ -317,6 +322,12 @@ def log_run_artifacts(tracking_uri: str, run_id: str, checkpoint, cfg: Config, p
     if pictures:
         encoder, _ = load_encoder(state)
         log_pictures(tracking_uri, run_id, encoder, int(state["step"]), cfg)
+    tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": location})
+    if not model:
+        return None
+    registered = f"models:/{model}/{register_encoder(tracking_uri, run_id, model, tags=tags)}"
+    tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": registered})
+    return registered
 
 
 def pictures_job(tracking_uri: str, run_id: str, cfg_dict: dict, checkpoint, step: int):

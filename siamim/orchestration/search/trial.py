@@ -28,8 +28,7 @@ from ray import tune
 
 from siamim.config import Config, flatten
 from siamim.orchestration import tracking
-from siamim.orchestration.driver.launch import record_run
-from siamim.orchestration.driver.trainer import build_trainer
+from siamim.orchestration.driver.launch import closes_run, fit_trial
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.search.spec import (
     SEARCH_TAG,
@@ -90,15 +89,6 @@ def run_search_trial(config: dict, spec: dict) -> None:
     shown = ", ".join(f"{k}={v}" for k, v in spec["samples"][index].items())
     print(f"[search] trial {trial_name(index)} start #{starts} ({shown}), MLflow run {run_id}", flush=True)
     storage = st.resolve_storage(cfg.run.storage)
-    try:
-        record_run(storage, cfg.run.name, cfg, run_id, uri, search=spec["name"])
+    with closes_run(uri, run_id, error_tag="search.error"):
         # The monitor's last value is the trial's result: no separate final kNN.
-        trainer = build_trainer(cfg, storage, cfg.run.name, uri, run_id, started, final_knn=False, tune=True)
-        result = trainer.fit()
-        if getattr(result, "error", None) is not None:
-            raise RuntimeError(f"pretraining failed: {result.error}")
-    except BaseException as err:
-        tracking.set_tags(uri, run_id, {"search.error": f"{type(err).__name__}: {err}"[:5000]})
-        tracking.finish_run(uri, run_id, "FAILED")
-        raise
-    tracking.finish_run(uri, run_id, "FINISHED")
+        fit_trial(cfg, storage, uri, run_id, started, final_knn=False, search=spec["name"])
