@@ -10,13 +10,15 @@ forwarding the workers' reports to Tune). Per trial:
 2. its MLflow **child run** under the grid's parent run, found by the tag
    ``ablation.trial=<row>/<seed>`` so a retried or resumed trial reopens it instead of
    making a duplicate (params: the resolved config's flat keys + ``ablation.row``/``seed``);
-3. pretraining through :func:`siamim.orchestration.driver.trainer.build_trainer`, the adapter
-   ``jobs/pretrain.py`` uses; its run directory ``<storage>/<grid>/pretrain/<row>-s<seed>``
-   is stable, so a retried trial continues from its last Train checkpoint;
+3. pretraining (:func:`~siamim.orchestration.driver.launch.fit_trial`) through the adapter ``jobs/pretrain.py``
+   uses (:func:`~siamim.orchestration.driver.trainer.build_trainer`); its run directory
+   ``<storage>/<grid>/pretrain/<row>-s<seed>`` is stable, so a retried trial continues from its last Train
+   checkpoint;
 4. the evaluation protocols on the final checkpoint, as a Ray task holding the trial's
    CPUs/GPUs (the trial actor itself reserves none);
-5. ``tune.report`` of pretraining + evaluation metrics; the child run is FINISHED (or
-   FAILED when anything raised; Tune then retries the trial up to ``--max-retries`` times).
+5. ``tune.report`` of pretraining + evaluation metrics; the child run's status is a pretraining run's
+   (:func:`~siamim.orchestration.driver.launch.closes_run`): FINISHED, or FAILED when anything raised
+   (Tune then retries the trial up to ``--max-retries`` times).
 
 A trial whose child run already finished with its metrics (a resumed grid whose
 last Tune state predates that finish) reports the stored metrics instead of training again.
@@ -174,7 +176,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
         raise RuntimeError("pretraining finished without a checkpoint")
     checkpoint = checkpoint_location(storage, result.checkpoint)  # with the endpoint (?endpoint_override=...)
     model = f"{spec['register']}-{row}" if spec.get("register") else None  # --register; as a pretraining run's end
-    log_run_end(uri, run_id, result.checkpoint, cfg, checkpoint, True, model, row=row, seed=seed, grid=spec["name"])
+    log_run_end(uri, run_id, result.checkpoint, cfg, checkpoint, model=model, row=row, seed=seed, grid=spec["name"])
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     pretrain_s = time.time() - started
 
