@@ -39,8 +39,10 @@ def test_loss_goes_down_on_fashion_mnist(small_cfg):
     assert last < 0.8 * first, (first, last)
 
 
-def test_resume_is_bit_exact(small_cfg):
-    cfg = small_cfg("train.max_steps=6", "train.checkpoint_every=3", "data.train_subset=640")
+@pytest.mark.parametrize("heads", ["", "model.heads=moco_like model.norm=ln", "model.heads=moco_like model.norm=bn"])
+def test_resume_is_bit_exact(small_cfg, heads):
+    """Also for rows e and h's MoCo-like heads (docs/results.md, "Reproducibility across sittings")."""
+    cfg = small_cfg("train.max_steps=6", "train.checkpoint_every=3", "data.train_subset=640", *heads.split())
     full, states, _ = collect(cfg)
     assert sorted(states) == [3, 6]
     resumed, _, result = collect(cfg, resume_state=states[3])
