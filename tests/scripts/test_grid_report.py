@@ -61,3 +61,26 @@ def test_grids_at_different_budgets_or_with_the_same_trial_are_refused(report, t
         report["main"](["--grid", str(first), "--grid", str(again), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="no siamim_ablation.json"):
         report["main"](["--grid", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+
+
+def test_the_published_results_are_what_the_committed_data_regenerate(report, tmp_path):
+    """docs/results.md's seven-row table and paired differences come from docs/results/ (its README)."""
+    docs = SCRIPT.parents[1] / "docs"
+    data = docs / "results"
+    grids = [data / "noise-floor", data / "rows-dehj"]
+    floors = data / "baselines" / "evaluation.csv"
+    args = [a for g in grids for a in ("--grid", str(g))]
+    assert (
+        report["main"]([*args, "--floors", str(floors), "--out", str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 0
+    )
+    published = (docs / "results.md").read_text()
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in (tmp_path / "table.md").read_text().splitlines()]
+    rows = [c for c in cells if len(c) > 3 and len(c[0]) == 1 and c[0].isalpha()]
+    assert [r[0] for r in rows] == list("adehijk")
+    for row, _, knn, lin, *_ in rows:  # kNN and LIN mean ± std in the published table's line of that row
+        line = next(ln for ln in published.splitlines() if ln.startswith(f"| {row} | "))
+        assert knn in line and lin in line, (row, knn, lin, line)
+    trials = [t for g in grids for t in report["read_grid"](g)[1]]
+    for d in report["tbl"].paired_differences(trials, ["knn", "lin"]):
+        shown = f"{d['mean']:+.2f} ± {d['std']:.2f}".replace("-", "−")
+        assert shown in published, (d["first"], d["second"], d["protocol"], shown)
