@@ -140,6 +140,11 @@ def test_asha_search_killed_resumed_writes_the_best_preset(
     for run in finished:  # the monitor reached MLflow live, every 2 steps
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "knn_monitor")]
         assert steps == [2, 4, 6, 8], steps
+    for run in kids.values():  # a trial ASHA stopped keeps every step it ran, up to the report it was stopped on
+        if run.data.tags["siamim.stopped_early"] == "true":
+            ran = int(run.data.tags["search.steps_run"])
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, ran + 1))
+            assert max(m.step for m in client.get_metric_history(run.info.run_id, "knn_monitor")) == ran
     crop = {r.data.params["search.sample.views.crop_min"] for r in kids.values()}
     assert len(crop) == 1 and 0.2 <= float(crop.pop()) <= 0.3  # one draw, crossed with the grid
 

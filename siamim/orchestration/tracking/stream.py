@@ -54,6 +54,7 @@ STEP_KEY = "loss"  # every step row has it: MLflow's history of it says which st
 BATCH_METRICS = 900  # below MLflow's 1000 metrics per log_batch request
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 MAX_QUEUED = 200_000  # metric values held in memory; older ones wait in the pending file past that
+TUNE_FLUSH_S = 30.0  # in a Tune trial, how long a report waits for MLflow to hold its rows before Tune sees it
 
 
 def report_metrics(rows: list[dict], points: dict[str, tuple[float, int]], step: int, final: bool = False) -> dict:
@@ -163,6 +164,18 @@ class MetricWriter:
                     f"by: python jobs/pretrain.py --resume {self.run_name} --storage '{self.storage_uri}'"
                 )
             return len(left)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until MLflow holds every queued metric (not while the server is failing); what it
+        does not hold by then is kept in the pending file. True when everything is written."""
+        deadline = time.time() + timeout_s
+        with self.cond:
+            while self._metric_items() and self.failing_since is None and time.time() < deadline:
+                self.cond.wait(timeout=min(1.0, max(deadline - time.time(), 0.01)))
+            if self._metric_items():
+                self._save_pending()
+                return False
+            return True
 
     def save_pending(self) -> None:
         """Keep what is queued in the pending file now (a worker group that failed may not come back)."""
@@ -360,6 +373,9 @@ class MlflowStream(UserCallback):
         if checkpoint is not None and self.pictures is not None:
             writer.put_job(self.pictures(checkpoint, int(report["step"])))
         if self.tune is not None:
+            # Tune may stop the trial on this report (ASHA) and end this process with it: the report's rows are
+            # in MLflow (or the pending file) before Tune sees them, else a stopped trial loses its last interval.
+            writer.flush(TUNE_FLUSH_S)
             self.tune.after_report(run_context, [scalars(report)], checkpoint)
         if report.get(FINAL):
             writer.close()

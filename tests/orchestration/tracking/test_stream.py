@@ -87,3 +87,26 @@ def test_report_metrics_carry_rows_points_and_the_scalars_tune_sees():
     assert [r["step"] for r in m[ms.ROWS]] == [1, 2] and m[ms.FINAL]
     assert m[ms.POINTS] == [["knn_top1", 50.0, 2], ["restored_from_step", 0.0, 0]]
     assert ms.scalars(m) == {"step": 2, "loss": 8.0, "lr": 0.2, "knn_top1": 50.0, "restored_from_step": 0.0}
+
+
+def test_flush_returns_once_mlflow_holds_every_queued_row_or_keeps_them_in_storage(uri, tmp_path):
+    """What a Tune trial's report waits for before Tune, which may stop the trial on it, sees the report."""
+    run_id = tracking.open_run(uri, "exp", "r", {}, {})
+    writer = ms.MetricWriter(uri, run_id, str(tmp_path), "r", deadline_s=5)
+    writer.put_rows(rows(1, 2, 3))
+    writer.put_points([("knn_monitor", 60.0, 3)])
+    assert writer.flush(timeout_s=20) is True
+    assert [s for s, _ in tracking.metric_history(uri, run_id, "loss")] == [1, 2, 3]  # no wait: already there
+    assert tracking.metric_history(uri, run_id, "knn_monitor") == [(3, 60.0)]
+    writer.close()
+
+    down = f"http://127.0.0.1:{free_port()}"
+    stuck = ms.MetricWriter(down, run_id, str(tmp_path), "r", deadline_s=60, log=lambda m: None)
+    stuck.put_rows(rows(4, 5))
+    wait_for(lambda: stuck.failing_since is not None)
+    start = time.time()
+    assert stuck.flush(timeout_s=20) is False
+    assert time.time() - start < 2.0  # a failing server is not waited for
+    pending = st.read_json(st.resolve_storage(str(tmp_path)), "r", ms.PENDING_METRICS)
+    assert [int(r["step"]) for r in pending["rows"]] == [4, 5]
+    stuck.close(timeout_s=0.2)
