@@ -145,17 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(err, err.exit_code)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    print(
-        "=" * 72,
-        f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s",
-        f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
-        *summary.ui,
-        f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
-        f"  table              {summary.artifacts.get('ablation_table.md')}",
-        "=" * 72,
-        sep="\n",
-        flush=True,
-    )
+    title = f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s"
+    print("\n".join(summary.lines(title, "ablation_table.md")), flush=True)
     return 0
 
 

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     from siamim.config import load_config
     from siamim.errors import UserError
-    from siamim.orchestration.driver.launch import run_pretraining, shutdown_embedded_ray
+    from siamim.orchestration.driver.cluster import shutdown_embedded_ray
+    from siamim.orchestration.driver.launch import run_pretraining
     from siamim.orchestration.driver.submitted import check_lasting, check_tracking_lasting
 
     overrides = cli_overrides(args)

@@ -135,19 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     best = summary.best
-    print(
-        "=" * 72,
-        f"search {summary.name!r} finished: {len(summary.trials)} trials in {summary.wall_s:.0f} s",
+    title = f"search {summary.name!r} finished: {len(summary.trials)} trials in {summary.wall_s:.0f} s"
+    head = (
         f"  best               {best['name']}: {best['values']} -> {best['metric']:.4g}",
         f"  preset             {summary.preset}   (--config found/{summary.name})",
-        f"  MLflow parent run  {summary.parent_run_id} ({summary.tracking_uri})",
-        *summary.ui,
-        f"  Tune experiment    {summary.tune_path}   (tensorboard --logdir {summary.tune_path})",
-        f"  table              {summary.artifacts.get('search_table.md')}",
-        "=" * 72,
-        sep="\n",
-        flush=True,
     )
+    print("\n".join(summary.lines(title, "search_table.md", *head)), flush=True)
     return 0
 
 

@@ -27,7 +27,8 @@ import pytest
 
 from siamim.config import load_config
 from siamim.orchestration import tracking
-from siamim.orchestration.driver.launch import LaunchError, run_pretraining
+from siamim.orchestration.driver.launch import run_pretraining
+from siamim.orchestration.errors import LaunchError
 from tests.jobs.conftest import S3_BUCKET, ray_head_process
 from tests.jobs.helpers import REPO, knn_tolerance, submit_pretrain_cmd
 

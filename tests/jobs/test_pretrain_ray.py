@@ -28,7 +28,8 @@ from siamim.checkpoint import (
 from siamim.config import flatten, load_config
 from siamim.foreign import read_checkpoint
 from siamim.orchestration import tracking
-from siamim.orchestration.driver.launch import LaunchInputError, run_pretraining
+from siamim.orchestration.driver.launch import run_pretraining
+from siamim.orchestration.errors import LaunchInputError
 from tests.jobs.fault_hooks import hook_env
 from tests.jobs.helpers import REPO, TINY_ARGS, knn_tolerance
 from tests.jobs.helpers import TINY as TINY_RUN
@@ -284,7 +285,7 @@ def test_failure_without_retries_marks_the_mlflow_run_failed(
 ):
     from mlflow.tracking import MlflowClient
 
-    from siamim.orchestration.driver.launch import LaunchError
+    from siamim.orchestration.errors import LaunchError
 
     for key, value in hook_env("fail_once_at_step_3").items():
         monkeypatch.setenv(key, value)

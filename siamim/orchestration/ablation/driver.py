@@ -20,32 +20,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from siamim.errors import UserError
 from siamim.orchestration import tracking
 from siamim.orchestration.ablation import table as tbl
-from siamim.orchestration.ablation.spec import (
-    AblationInputError,
-    GridSpec,
-    trial_config,
-    trial_key,
-    trial_run_name,
-    validate_spec,
-)
-from siamim.orchestration.ablation.table import headline_keys
+from siamim.orchestration.ablation.spec import GridSpec, trial_config, trial_key, trial_run_name, validate_spec
 from siamim.orchestration.ablation.trial import run_trial
 from siamim.orchestration.driver import tune as tx
-from siamim.orchestration.driver.preflight import preflight
 from siamim.orchestration.runs import storage as st
-from siamim.orchestration.tracking import ui as mlflow_ui
 
 GRID_RECORD = "siamim_ablation.json"
-TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives; see docs/ablation.md
 
 
 class AblationFailed(UserError, RuntimeError):
@@ -54,19 +41,12 @@ class AblationFailed(UserError, RuntimeError):
     exit_code = 1
 
 
-@dataclass
-class AblationSummary:
-    name: str
-    parent_run_id: str
-    tracking_uri: str
-    tune_path: str
+@dataclass(kw_only=True)
+class AblationSummary(tx.ExperimentSummary):
     finished: list[dict]
     failed: list[dict]
     table_md: str
     paired_md: str
-    artifacts: dict[str, str]
-    wall_s: float
-    ui: list[str] = field(default_factory=list)  # the MLflow UI's links (mlflow_ui.ui_lines)
 
 
 # --------------------------------------------------------------------------- the grid
@@ -78,25 +58,13 @@ def _trial_dirname(trial) -> str:
     return f"{_trial_name(trial)}_{trial.trial_id}"
 
 
-def _trainable(spec_dict: dict):
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec_dict), TRIAL_ACTOR_RESOURCES)
-
-
 def _parent_params(spec: GridSpec) -> dict:
+    keys = ("name", "seeds", "steps", "epochs", "workers_per_trial", "cpus_per_worker", "gpus_per_worker")
     return {
-        "ablation.name": spec.name,
+        **{f"ablation.{k}": getattr(spec, k) for k in (*keys, "max_concurrent", "max_retries", "storage")},
         "ablation.rows": ",".join(spec.rows),
-        "ablation.seeds": spec.seeds,
         "ablation.protocols": ",".join(spec.protocols),
-        "ablation.steps": spec.steps,
-        "ablation.epochs": spec.epochs,
-        "ablation.workers_per_trial": spec.workers_per_trial,
-        "ablation.cpus_per_worker": spec.cpus_per_worker,
-        "ablation.gpus_per_worker": spec.gpus_per_worker,
-        "ablation.max_concurrent": spec.max_concurrent,
-        "ablation.max_retries": spec.max_retries,
         "ablation.overrides": " ".join(spec.overrides) or "-",
-        "ablation.storage": spec.storage,
         "ablation.trials": len(spec.trials),
     }
 
@@ -115,72 +83,45 @@ def run_ablation(
     Raises a :class:`~siamim.errors.UserError` (``AblationInputError``, ``ConfigError``, the preflight's) before anything starts, and
     :class:`AblationFailed` (after the table is written) when trials failed after their retries.
     """
-
     t0 = time.time()
     record = None
     if resume is not None:
-        root = st.resolve_storage(storage or (spec.storage if spec else "runs/ablation"))
-        if not st.exists(root, resume, GRID_RECORD):
-            raise AblationInputError(f"--resume {resume}: no ablation grid of that name under {root.display()}")
-        record = st.read_json(root, resume, GRID_RECORD)
-        stored = dict(record["spec"])
-        stored.pop("fail_trial", None)  # grids recorded before the tests' hidden flag became a worker hook
-        spec = GridSpec(**stored)
+        default = spec.storage if spec else "runs/ablation"
+        spec, record = tx.load_record(GridSpec, resume, storage, default, GRID_RECORD, "ablation grid")
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"]
     assert spec is not None
-    root = st.resolve_storage(spec.storage)
-    spec.storage = root.uri
+    spec.storage = st.resolve_storage(spec.storage).uri
     validate_spec(spec)
     spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    first_cfg = trial_config({**spec.model_dump(), "pretrain_storage": spec.storage}, spec.rows[0], 0)
-    preflight(first_cfg, root, spec.tracking_uri)
-    if record is None and st.exists(root, spec.name):
-        raise AblationInputError(
-            f"--name {spec.name}: {root.display(spec.name)} already exists; continue that "
-            f"grid with --resume {spec.name}, or pick another --name"
-        )
-    pack = tx.start_ray(spec, address)
-    log(
-        f"[ablate] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, "
-        f"{pack['concurrent']} at a time"
+    exp = tx.open_experiment(
+        spec,
+        record,
+        trial_config({**spec.model_dump(), "pretrain_storage": spec.storage}, spec.rows[0], 0),
+        kind="ablation",
+        job="ablate",
+        what="grid",
+        params=_parent_params(spec),
+        record_file=GRID_RECORD,
+        columns=tuple(k for k, _, _ in tbl.headline_keys(spec.protocols)),  # a trial's row, seed and headlines
+        param_columns=("ablation.row", "ablation.seed"),
+        address=address,
+        log=log,
     )
-
-    parent, tags = tx.open_parent(spec, root, "ablation", _parent_params(spec), GRID_RECORD, record)
-    spec_dict = {
-        **spec.model_dump(),
-        "parent_run_id": parent,
-        "git_commit": tags["mlflow.source.git.commit"],
-        "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
-    }
-    log(
-        f"[ablate] {'resuming' if record else 'starting'} grid {spec.name!r}: MLflow parent run {parent} at "
-        f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
-    )
-
-    experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
-    mlflow_ui.share_runs_view(  # the runs table behind the printed link: a trial's row, seed and headlines
-        spec.tracking_uri,
-        experiment_id,
-        tuple(k for k, _, _ in headline_keys(spec.protocols)),
-        ("ablation.row", "ablation.seed"),
-    )
-    ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
-    for line in ui:
-        log(f"[ablate] {line.strip()}")
 
     def new_tuner(trainable):
         return tune.Tuner(
             trainable,
             param_space={"row": tune.grid_search(spec.rows), "seed": tune.grid_search(list(range(spec.seeds)))},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=pack["concurrent"],
+                max_concurrent_trials=exp.pack["concurrent"],
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tx.run_config(spec, root),
+            run_config=tx.run_config(spec, exp.root),
         )
 
-    grid = tx.fit(spec, root, _trainable(spec_dict), record is not None, new_tuner, parent, "ablate", log)
+    trainable = tx.trainable(run_trial, exp.trial_spec)
+    grid = tx.fit(spec, exp.root, trainable, record is not None, new_tuner, exp.parent, "ablate", log)
     finished, failed, unfinished = [], [], []
     for result in grid:
         cfg = result.config or {}
@@ -195,23 +136,21 @@ def run_ablation(
             unfinished.append(entry)
     missing = len(spec.trials) - len(finished) - len(failed)  # Tune returns early on SIGINT (Ctrl-C), state saved
     if unfinished or missing > 0:
-        tx.interrupted(spec, parent, "ablate", log, f" with {missing} trial(s) unfinished")
+        tx.interrupted(spec, exp.parent, "ablate", log, f" with {missing} trial(s) unfinished")
         raise KeyboardInterrupt
-    summary = _assemble(spec, parent, root, finished, failed, t0, log)
-    summary.ui = ui
+    summary = _assemble(spec, exp, finished, failed, t0, log)
     if failed:
         raise AblationFailed(
             f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "
             f"retries: {', '.join(trial_key(f['row'], f['seed']) for f in failed)}; the table "
-            f"of the others is in MLflow run {parent}"
+            f"of the others is in MLflow run {exp.parent}"
         )
     return summary
 
 
 def _assemble(
-    spec: GridSpec, parent: str, root: st.Storage, finished: list[dict], failed: list[dict], t0: float, log
+    spec: GridSpec, exp: tx.Experiment, finished: list[dict], failed: list[dict], t0: float, log
 ) -> AblationSummary:
-
     table = tbl.assemble(finished, spec.protocols, failed)
     table_md, table_csv = tbl.to_markdown(table, spec.protocols), tbl.to_csv(table, spec.protocols)
     diffs = tbl.paired_differences(finished, spec.protocols)
@@ -227,7 +166,6 @@ def _assemble(
             for r in rows
         )
     )
-    client = MlflowClient(spec.tracking_uri)
     files = {
         "ablation_table.md": table_md,
         "ablation_table.csv": table_csv,
@@ -236,8 +174,7 @@ def _assemble(
         "ablation_trials.csv": trials_csv,
     }
     draw = (lambda folder: tbl.plot(finished, spec.protocols, folder / "ablation_plot.png")) if finished else None
-    artifacts = tx.publish(spec, parent, root, "ablation", files, draw)
-    ts = int(time.time() * 1000)
+    artifacts = tx.publish(spec, exp.parent, exp.root, "ablation", files, draw)
     metrics = {
         "ablation.trials_finished": len(finished),
         "ablation.trials_failed": len(failed),
@@ -245,21 +182,16 @@ def _assemble(
     }
     for d in diffs:
         metrics[f"paired.{d['first']}-{d['second']}.{d['metric'].removeprefix('eval.')}"] = d["mean"]
-    client.log_batch(parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    client.set_tag(parent, "ablation.failed_trials", ",".join(trial_key(f["row"], f["seed"]) for f in failed) or "-")
-    tracking.finish_run(spec.tracking_uri, parent, "FAILED" if failed and not finished else "FINISHED")
+    failed_keys = ",".join(trial_key(f["row"], f["seed"]) for f in failed) or "-"
+    status = "FAILED" if failed and not finished else "FINISHED"
+    tx.close_parent(spec, exp.parent, metrics, {"ablation.failed_trials": failed_keys}, status)
     log("\n" + table_md + "\npaired differences (first row minus second, same seed):\n\n" + paired_md)
     return AblationSummary(
-        spec.name,
-        parent,
-        spec.tracking_uri,
-        root.display(spec.name),
-        finished,
-        failed,
-        table_md,
-        paired_md,
-        artifacts,
-        time.time() - t0,
+        **exp.summary(spec, artifacts, t0),
+        finished=finished,
+        failed=failed,
+        table_md=table_md,
+        paired_md=paired_md,
     )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from typing import Any
 
 import ray
 from mlflow.entities import Metric
@@ -46,6 +45,7 @@ from siamim.orchestration import tracking
 from siamim.orchestration.ablation.rows import row_source, switches_of
 from siamim.orchestration.ablation.spec import trial_config, trial_key, trial_run_name
 from siamim.orchestration.ablation.table import headline_keys
+from siamim.orchestration.driver import tune as tx
 from siamim.orchestration.driver.launch import closes_run, fit_trial
 from siamim.orchestration.driver.trainer import log_run_end
 from siamim.orchestration.runs import storage as st
@@ -64,38 +64,6 @@ def eval_resources(spec: dict) -> dict:
         "num_cpus": float(spec["workers_per_trial"] * spec["cpus_per_worker"]),
         "num_gpus": float(spec.get("gpus_per_worker") or 0.0),
     }
-
-
-def open_child(spec: dict, cfg, row: str, seed: int, trial_tags: dict) -> tuple[str, Any]:
-    """Create or reopen the trial's child run; returns ``(run_id, previous run or None)``."""
-
-    uri, parent = spec["tracking_uri"], spec["parent_run_id"]
-    client = MlflowClient(uri)
-    exp_id = client.get_run(parent).info.experiment_id
-    key = trial_key(row, seed)
-    previous = tracking.find_child(client, exp_id, parent, TRIAL_TAG, key)
-    params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
-    tags = {
-        "mlflow.parentRunId": parent,
-        TRIAL_TAG: key,
-        GRID_TAG: spec["name"],
-        "ablation.row": row,
-        "ablation.seed": seed,
-        "ablation.source": trial_tags.get("source"),
-        "siamim.run_name": trial_run_name(row, seed),
-        "mlflow.source.name": "jobs/ablate.py",
-        "mlflow.source.git.commit": spec.get("git_commit"),
-        **trial_tags,
-    }
-    run_id = tracking.open_run(
-        uri,
-        spec["experiment"],
-        trial_run_name(row, seed),
-        params,
-        tags,
-        run_id=previous.info.run_id if previous else None,
-    )
-    return run_id, previous
 
 
 def _finished_metrics(previous, spec: dict) -> dict | None:
@@ -130,33 +98,20 @@ def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -
 # --------------------------------------------------------------------------- the trainable
 def run_trial(config: dict, spec: dict) -> None:
     """Tune function trainable: ``config = {"row", "seed"}``; ``spec`` is the grid (``tune.with_parameters``)."""
-
     row, seed = config["row"], int(config["seed"])
     started = time.time()
     cfg = trial_config(spec, row, seed)
-    ctx = tune.get_context()
-    trial_tags = {
-        "tune.trial_id": ctx.get_trial_id(),
-        "tune.trial_name": ctx.get_trial_name(),
-        "source": row_source(row),
-    }
-    uri = spec["tracking_uri"]
-    run_id, previous = open_child(spec, cfg, row, seed, trial_tags)
-    done = _finished_metrics(previous, spec)
-    if done is not None:  # finished before the driver was stopped: report, do not redo
-        print(
-            f"[ablate] trial {trial_key(row, seed)} already finished in MLflow run {run_id}; reporting its "
-            "stored metrics",
-            flush=True,
-        )
-        tracking.finish_run(uri, run_id, "FINISHED")
-        tune.report({**done, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 1})
-        return
-    starts = int(previous.data.tags.get(STARTS_TAG, "0") if previous else "0") + 1
-    tracking.set_tags(
-        uri, run_id, {STARTS_TAG: starts, **{f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}}
-    )
-    print(f"[ablate] trial {trial_key(row, seed)} start #{starts} ({row_source(row)}), MLflow run {run_id}", flush=True)
+    uri, key, source = spec["tracking_uri"], trial_key(row, seed), row_source(row)
+    params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
+    tags = {GRID_TAG: spec["name"], "ablation.row": row, "ablation.seed": seed, "ablation.source": source}
+    tags.update({"mlflow.source.name": "jobs/ablate.py", "source": source})
+    run_id, previous = tx.open_child(spec, TRIAL_TAG, key, trial_run_name(row, seed), params, tags)
+    reused = f"[ablate] trial {key} already finished in MLflow run {run_id}; reporting its stored metrics"
+    if tx.reuse_finished(uri, run_id, _finished_metrics(previous, spec), reused, row=row, seed=seed):
+        return  # finished before the driver was stopped: reported, not redone
+    switches = {f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}
+    starts = tx.count_start(uri, run_id, previous, STARTS_TAG, switches)
+    print(f"[ablate] trial {key} start #{starts} ({source}), MLflow run {run_id}", flush=True)
     with closes_run(uri, run_id, error_tag="ablation.error"):
         metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
         if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history

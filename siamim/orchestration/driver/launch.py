@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from siamim.config import Config, ConfigError, dump_yaml, flatten, to_dict
+from siamim.config import Config, dump_yaml, flatten, to_dict
 from siamim.orchestration import REPO_ROOT, job_config, submission_id, tracking
-from siamim.orchestration.driver.cluster import ensure_ray, shutdown_embedded_ray
-from siamim.orchestration.driver.preflight import PreflightError, ResourceWatch, preflight
+from siamim.orchestration.driver.cluster import ensure_ray
+from siamim.orchestration.driver.preflight import ResourceWatch, preflight
 from siamim.orchestration.driver.resources import fit_hint, full_size_warning, resource_shortfall
 from siamim.orchestration.errors import LaunchError, LaunchInputError
 from siamim.orchestration.runs import storage as st
@@ -25,12 +25,8 @@ from siamim.orchestration.runs.checkpoints import ResumePoint, checkpoint_locati
 from siamim.orchestration.runs.claims import releases_claims, take_claim
 from siamim.orchestration.runs.resume import (
     Target,
-    apply_overrides,
     check_fresh_plan,
     check_new_name,
-    find_run,
-    new_run_name,
-    plan_resume,
     plan_resumed_run,
     resume_target,
 )
@@ -460,20 +456,3 @@ def run_pretraining(
         _finished(target, storage, tracking_uri, run_id, log)
     summary.wall_s = time.time() - launch_time
     return summary
-
-
-__all__ = [
-    "ConfigError",
-    "LaunchError",
-    "LaunchInputError",
-    "PreflightError",
-    "PretrainSummary",
-    "run_pretraining",
-    "find_run",
-    "apply_overrides",
-    "new_run_name",
-    "ensure_ray",
-    "shutdown_embedded_ray",
-    "plan_resume",
-    "resource_shortfall",
-]

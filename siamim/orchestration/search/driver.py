@@ -5,8 +5,8 @@ cluster resources -> MLflow parent run + search record -> ``Tuner.fit`` with the
 ``Tuner.restore(...).fit`` with ``--resume``) -> each trial's status on its child run -> table, plot, the
 best config as a preset.
 
-The resources, packing and the embedded-or-cluster Ray are the grid's (:mod:`siamim.orchestration.ablation`); a trial is
-:func:`siamim.orchestration.search.trial.run_search_trial`. Layout under ``<storage>/<search name>/``::
+What it shares with the grid (resources, Ray, the parent run, Tune's fit) is :mod:`siamim.orchestration.driver.tune`;
+a trial is :func:`siamim.orchestration.search.trial.run_search_trial`. Layout under ``<storage>/<search name>/``::
 
     experiment_state-*.json, tuner.pkl, ...   Ray Tune's experiment state (what --resume restores)
     t<index>_<id>/                            one Tune trial: result.json, progress.csv, events.out.tfevents.*
@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from siamim.config import to_dict
 from siamim.orchestration import tracking
 from siamim.orchestration.driver import tune as tx
-from siamim.orchestration.driver.preflight import preflight
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.search import report as rep
 from siamim.orchestration.search.scheduler import ResumableASHA
@@ -48,10 +46,8 @@ from siamim.orchestration.search.spec import (
     validate_search,
 )
 from siamim.orchestration.search.trial import run_search_trial
-from siamim.orchestration.tracking import ui as mlflow_ui
 
 SEARCH_RECORD = "siamim_search.json"
-TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only drives (as the grid's)
 
 
 class SearchFailed(SearchInputError):
@@ -60,27 +56,15 @@ class SearchFailed(SearchInputError):
     exit_code = 1
 
 
-@dataclass
-class SearchSummary:
-    name: str
-    parent_run_id: str
-    tracking_uri: str
-    tune_path: str
+@dataclass(kw_only=True)
+class SearchSummary(tx.ExperimentSummary):
     trials: list[dict]
     best: dict | None
     preset: str | None
     table_md: str
-    artifacts: dict[str, str]
-    wall_s: float
-    ui: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the search
-def _trainable(spec_dict: dict):
-
-    return tune.with_resources(tune.with_parameters(run_search_trial, spec=spec_dict), TRIAL_ACTOR_RESOURCES)
-
-
 def _trial_name(trial) -> str:
     return trial_name(int(trial.config["sample"]["index"]))
 
@@ -109,21 +93,11 @@ def _parent_params(spec: SearchSpec) -> dict:
     keys = ("config", "num_samples", "seed", "metric", "mode", "grace_period", "reduction_factor", "steps", "epochs")
     keys += ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "max_retries", "budget")
     return {
-        **{f"search.{k}": getattr(spec, k) for k in keys},
-        "search.name": spec.name,
+        **{f"search.{k}": getattr(spec, k) for k in (*keys, "name", "storage")},
         "search.overrides": " ".join(spec.overrides) or "-",
-        "search.storage": spec.storage,
         "search.trials": len(spec.samples),
         "search.space": spec.space_text[:6000],
     }
-
-
-def _load(resume: str, storage: str | None) -> tuple[SearchSpec, dict]:
-    root = st.resolve_storage(storage or "runs/search")
-    if not st.exists(root, resume, SEARCH_RECORD):
-        raise SearchInputError(f"--resume {resume}: no search of that name under {root.display()}")
-    record = st.read_json(root, resume, SEARCH_RECORD)
-    return SearchSpec(**record["spec"]), record
 
 
 def run_search(
@@ -140,58 +114,45 @@ def run_search(
     Raises :class:`SearchInputError` (or the preflight's :class:`~siamim.errors.UserError`) before anything
     starts, :class:`SearchFailed` when no trial ran its budget, ``KeyboardInterrupt`` when interrupted.
     """
-
     t0 = time.time()
     record = None
     if resume is not None:
-        spec, record = _load(resume, storage)
+        spec, record = tx.load_record(SearchSpec, resume, storage, "runs/search", SEARCH_RECORD, "search")
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"]
     assert spec is not None
-    root = st.resolve_storage(spec.storage)
-    spec.storage = root.uri
+    spec.storage = st.resolve_storage(spec.storage).uri
     validate_search(spec)
     spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    preflight(search_config(trial_spec(spec), spec.samples[0]), root, spec.tracking_uri)
     spec.budget = budget_steps(spec)
-    if record is None:
-        if st.exists(root, spec.name):
-            raise SearchInputError(
-                f"--name {spec.name}: {root.display(spec.name)} already exists; continue that search with "
-                f"--resume {spec.name}, or pick another --name"
-            )
-        if (FOUND_DIR / f"{spec.name}.yaml").exists():
-            raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
-    pack = tx.start_ray(spec, address)
-    parent, tags = tx.open_parent(spec, root, "search", _parent_params(spec), SEARCH_RECORD, record)
-    experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
-    mlflow_ui.share_runs_view(spec.tracking_uri, experiment_id, (spec.metric, "loss"), tuple(spec.samples[0]))
-    ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
-    log(
-        f"[search] {'resuming' if record else 'starting'} search {spec.name!r}: {len(spec.samples)} trials, "
-        f"{pack['concurrent']} at a time, {spec.budget} steps each; MLflow parent run {parent} at "
-        f"{spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
+    if record is None and (FOUND_DIR / f"{spec.name}.yaml").exists():
+        raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
+    exp = tx.open_experiment(
+        spec,
+        record,
+        search_config(trial_spec(spec), spec.samples[0]),
+        kind="search",
+        job="search",
+        what="search",
+        params=_parent_params(spec),
+        record_file=SEARCH_RECORD,
+        columns=(spec.metric, "loss"),
+        param_columns=tuple(spec.samples[0]),
+        detail=f"{len(spec.samples)} trials, {spec.budget} steps each; ",
+        address=address,
+        log=log,
     )
-    for line in ui:
-        log(f"[search] {line.strip()}")
-    spec_dict = {
-        **spec.model_dump(),
-        "parent_run_id": parent,
-        "git_commit": tags["mlflow.source.git.commit"],
-        "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
-    }
-    grid = _fit(spec, spec_dict, root, record is not None, pack, parent)
-    trials = _collect(spec, grid, parent)
-    summary = _assemble(spec, parent, root, trials, t0, log)
-    summary.ui = ui
+    grid = _fit(spec, exp, record is not None)
+    trials = _collect(spec, grid, exp.parent)
+    summary = _assemble(spec, exp, trials, t0, log)
     if summary.best is None:
         raise SearchFailed(
             f"no trial of search {spec.name!r} ran its whole budget ({spec.budget} steps): no best config; "
-            f"the table is in MLflow run {parent}"
+            f"the table is in MLflow run {exp.parent}"
         )
     return summary
 
 
-def _fit(spec: SearchSpec, spec_dict: dict, root: st.Storage, resuming: bool, pack: dict, parent: str):
+def _fit(spec: SearchSpec, exp: tx.Experiment, resuming: bool):
     """Tune's fit (a new experiment, or the restored one); ``KeyboardInterrupt`` when it was interrupted."""
     # The metric appears only at the monitor's steps: Tune's check that every result carries the
     # scheduler's metric is off (it would fail the trial at its first report, step 1).
@@ -203,16 +164,17 @@ def _fit(spec: SearchSpec, spec_dict: dict, root: st.Storage, resuming: bool, pa
             param_space={"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])},
             tune_config=tune.TuneConfig(
                 scheduler=_scheduler(spec, spec.budget),
-                max_concurrent_trials=pack["concurrent"],
+                max_concurrent_trials=exp.pack["concurrent"],
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tx.run_config(spec, root),
+            run_config=tx.run_config(spec, exp.root),
         )
 
-    grid = tx.fit(spec, root, _trainable(spec_dict), resuming, new_tuner, parent, "search")
+    trainable = tx.trainable(run_search_trial, exp.trial_spec)
+    grid = tx.fit(spec, exp.root, trainable, resuming, new_tuner, exp.parent, "search")
     if grid.num_terminated + grid.num_errors < len(spec.samples):  # Tune returns early on SIGINT, state saved
-        tx.interrupted(spec, parent, "search")
+        tx.interrupted(spec, exp.parent, "search")
         raise KeyboardInterrupt
     return grid
 
@@ -271,8 +233,7 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
     return trials
 
 
-def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict], t0: float, log) -> SearchSummary:
-
+def _assemble(spec: SearchSpec, exp: tx.Experiment, trials: list[dict], t0: float, log) -> SearchSummary:
     keys = list(spec.samples[0])
     best = rep.best_trial(trials, spec.mode)
     table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
@@ -280,16 +241,14 @@ def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict
     preset = None
     if best is not None:
         cfg = search_config(spec.model_dump(), best["values"], best["index"])
-
-        header = rep.preset_header({**spec.model_dump(), "parent_run_id": parent}, best, trials, spec.budget)
+        header = rep.preset_header({**spec.model_dump(), "parent_run_id": exp.parent}, best, trials, spec.budget)
         files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
         FOUND_DIR.mkdir(parents=True, exist_ok=True)
         found = FOUND_DIR / f"{spec.name}.yaml"
         found.write_text(files[f"{spec.name}.yaml"])
         preset = str(found)
     draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
-    artifacts = tx.publish(spec, parent, root, "search", files, draw)
-    client = MlflowClient(spec.tracking_uri)
+    artifacts = tx.publish(spec, exp.parent, exp.root, "search", files, draw)
     counts = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
     metrics = {
         "search.trials_finished": counts[rep.FINISHED],
@@ -299,24 +258,18 @@ def _assemble(spec: SearchSpec, parent: str, root: st.Storage, trials: list[dict
     }
     if best is not None:
         metrics[f"search.best_{spec.metric}"] = best["metric"]
-    ts = int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    client.set_tag(parent, "search.best_trial", best["name"] if best else "-")
-    if preset:
-        client.set_tag(parent, "search.preset", f"found/{spec.name}")
-    tracking.finish_run(spec.tracking_uri, parent, "FINISHED" if best else "FAILED")
+    tags = {
+        "search.best_trial": best["name"] if best else "-",
+        "search.preset": f"found/{spec.name}" if preset else None,
+    }
+    tx.close_parent(spec, exp.parent, metrics, tags, "FINISHED" if best else "FAILED")
     log("\n" + table_md)
     return SearchSummary(
-        spec.name,
-        parent,
-        spec.tracking_uri,
-        root.display(spec.name),
-        trials,
-        best,
-        preset,
-        table_md,
-        artifacts,
-        time.time() - t0,
+        **exp.summary(spec, artifacts, t0),
+        trials=trials,
+        best=best,
+        preset=preset,
+        table_md=table_md,
     )
 
 

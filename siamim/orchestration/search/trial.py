@@ -21,13 +21,9 @@ FINISHED (a resumed search whose Tune state predates that finish) reports its st
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from mlflow.tracking import MlflowClient
-from ray import tune
-
-from siamim.config import Config, flatten
-from siamim.orchestration import tracking
+from siamim.config import flatten
+from siamim.orchestration.driver import tune as tx
 from siamim.orchestration.driver.launch import closes_run, fit_trial
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.search.spec import (
@@ -40,54 +36,22 @@ from siamim.orchestration.search.spec import (
 )
 
 
-def open_search_child(spec: dict, cfg: Config, index: int, tags: dict) -> tuple[str, Any]:
-    """Create or reopen the trial's MLflow child run; returns ``(run_id, previous run or None)``."""
-
-    uri, parent = spec["tracking_uri"], spec["parent_run_id"]
-    client = MlflowClient(uri)
-    exp_id = client.get_run(parent).info.experiment_id
-    previous = tracking.find_child(client, exp_id, parent, SEARCH_TRIAL_TAG, trial_key(spec, index))
-    values = spec["samples"][index]
-    params = {**flatten(cfg), **{f"search.sample.{k}": v for k, v in values.items()}, "search.index": index}
-    run_id = tracking.open_run(
-        uri,
-        spec["experiment"],
-        trial_name(index),
-        params,
-        {
-            "mlflow.parentRunId": parent,
-            SEARCH_TRIAL_TAG: trial_key(spec, index),
-            SEARCH_TAG: spec["name"],
-            "siamim.run_name": trial_name(index),
-            "mlflow.source.name": "jobs/search.py",
-            "mlflow.source.git.commit": spec.get("git_commit"),
-            **tags,
-        },
-        run_id=previous.info.run_id if previous else None,
-    )
-    return run_id, previous
-
-
 def run_search_trial(config: dict, spec: dict) -> None:
     """Tune function trainable: ``config = {"sample": {"index": i, <key>: value, ...}}``; ``spec``: the search."""
-
     index = int(config["sample"]["index"])
     started = time.time()
     cfg = search_config(spec, spec["samples"][index], index)
-    ctx = tune.get_context()
-    uri = spec["tracking_uri"]
-    run_id, previous = open_search_child(
-        spec, cfg, index, {"tune.trial_id": ctx.get_trial_id(), "tune.trial_name": ctx.get_trial_name()}
-    )
-    if previous is not None and previous.info.status == "FINISHED" and spec["metric"] in previous.data.metrics:
-        print(f"[search] trial {trial_name(index)} already finished in MLflow run {run_id}; reporting it", flush=True)
-        tracking.finish_run(uri, run_id, "FINISHED")
-        tune.report({**previous.data.metrics, "step": spec["budget"], "mlflow_run_id": run_id, "reused": 1})
+    uri, name, values = spec["tracking_uri"], trial_name(index), spec["samples"][index]
+    params = {**flatten(cfg), **{f"search.sample.{k}": v for k, v in values.items()}, "search.index": index}
+    tags = {SEARCH_TAG: spec["name"], "mlflow.source.name": "jobs/search.py"}
+    run_id, previous = tx.open_child(spec, SEARCH_TRIAL_TAG, trial_key(spec, index), name, params, tags)
+    done = previous.data.metrics if previous is not None and previous.info.status == "FINISHED" else {}
+    reused = f"[search] trial {name} already finished in MLflow run {run_id}; reporting it"
+    if tx.reuse_finished(uri, run_id, done if spec["metric"] in done else None, reused, step=spec["budget"]):
         return
-    starts = int(previous.data.tags.get(STARTS_TAG, "0") if previous else "0") + 1
-    tracking.set_tags(uri, run_id, {STARTS_TAG: starts})
-    shown = ", ".join(f"{k}={v}" for k, v in spec["samples"][index].items())
-    print(f"[search] trial {trial_name(index)} start #{starts} ({shown}), MLflow run {run_id}", flush=True)
+    starts = tx.count_start(uri, run_id, previous, STARTS_TAG)
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    print(f"[search] trial {name} start #{starts} ({shown}), MLflow run {run_id}", flush=True)
     storage = st.resolve_storage(cfg.run.storage)
     with closes_run(uri, run_id, error_tag="search.error"):
         # The monitor's last value is the trial's result: no separate final kNN.

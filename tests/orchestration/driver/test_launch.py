@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from siamim.config import ConfigError, load_config, to_dict
-from siamim.orchestration.driver.launch import LaunchInputError, apply_overrides, find_run, new_run_name
+from siamim.orchestration.errors import LaunchInputError
 from siamim.orchestration.runs import storage as st
+from siamim.orchestration.runs.resume import apply_overrides, find_run, new_run_name
 
 
 def test_find_run_by_name_and_latest(tmp_path):
@@ -38,7 +39,7 @@ def test_run_name_defaults_to_experiment_and_time():
 
 def test_more_steps_moves_the_stop_inside_the_plan_and_grows_it_past_the_end():
     from siamim.config import load_config
-    from siamim.orchestration.driver.launch import LaunchInputError, plan_resume
+    from siamim.orchestration.runs.resume import plan_resume
 
     cmd = "python jobs/pretrain.py --resume r"
     cfg = plan_resume(load_config("tiny", ["train.max_steps=100"]), "r", 100, 234, 50, cmd, log=lambda m: None)
