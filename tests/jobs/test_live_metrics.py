@@ -8,8 +8,12 @@ what MLflow lacks in its storage, and a later ``--resume`` writes it.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +24,7 @@ from siamim.orchestration.driver.launch import PENDING_END, run_pretraining
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.tracking import stream as ms
 from tests.jobs.conftest import MlflowServer
-from tests.jobs.helpers import TINY
+from tests.jobs.helpers import TINY, TINY_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +139,22 @@ def test_server_gone_for_good_then_resume_writes_what_was_kept(ray_driver, fashi
     assert run.info.status == "FINISHED" and "knn_top1" in run.data.metrics
     assert "encoder" in {a.path for a in MlflowClient(server.url).list_artifacts(summary.mlflow_run_id)}
     assert not st.exists(where, "gone", ms.PENDING_METRICS) and not st.exists(where, "gone", PENDING_END)
+
+
+def test_the_first_point_benchmark_sees_step_1_before_any_checkpoint(base_env, tmp_path):
+    """``benchmarks/first_point.py`` times a real job to its first loss point in MLflow and says no checkpoint
+    existed then (a figure is printed; how fast is the benchmark's business, not this test's)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "first_point.py"
+    overrides = [a for a in TINY_ARGS if not a.startswith("train.checkpoint_every=")] + ["train.checkpoint_every=1000"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", *overrides],
+        env=base_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figure = re.search(r"loss point of step 1 in MLflow ([0-9.]+) s later; checkpoints then: 0", done.stdout)
+    assert figure and float(figure.group(1)) > 0, done.stdout[-3000:]
+    assert "median" in done.stdout.splitlines()[-1]
