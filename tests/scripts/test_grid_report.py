@@ -84,3 +84,22 @@ def test_the_published_results_are_what_the_committed_data_regenerate(report, tm
     for d in report["tbl"].paired_differences(trials, ["knn", "lin"]):
         shown = f"{d['mean']:+.2f} ± {d['std']:.2f}".replace("-", "−")
         assert shown in published, (d["first"], d["second"], d["protocol"], shown)
+
+
+def test_the_six_seed_i_minus_j_section_is_what_its_committed_data_regenerate(report, tmp_path):
+    """docs/results.md section 2b (rows i and j x 6 seeds) comes from docs/results/rows-ij6."""
+    docs = SCRIPT.parents[1] / "docs"
+    data = docs / "results" / "rows-ij6"
+    assert report["main"](["--grid", str(data), "--out", str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 0
+    section = (docs / "results.md").read_text().split("## 2b.")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in (tmp_path / "table.md").read_text().splitlines()]
+    rows = {c[0]: c for c in cells if len(c) > 3 and c[0] in ("i", "j")}
+    assert sorted(rows) == ["i", "j"] and all(r[1] == "6" for r in rows.values())
+    for row, (_, _, knn, lin, *_) in rows.items():
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {row} (six seeds) | "))
+        assert knn in line and lin in line, (row, knn, lin, line)
+    diffs = report["tbl"].paired_differences(report["read_grid"](data)[1], ["knn", "lin"])
+    assert len(diffs) == 2 and all(d["n"] == 6 for d in diffs)
+    for d in diffs:
+        shown = f"{d['mean']:+.2f} ± {d['std']:.2f}".replace("-", "−")
+        assert shown in section, (d["protocol"], shown)
