@@ -22,7 +22,7 @@ import argparse
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, trial_flag_values
+from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, spec_flag_values
 
 LAUNCH_TIME = time.time()
 
@@ -124,14 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows=args.rows,
                 seeds=args.seeds,
                 protocols=args.protocols or DEFAULT_PROTOCOLS,
-                overrides=list(args.overrides),
-                steps=args.steps,
-                epochs=args.epochs,
-                **trial_flag_values(args),
-                max_retries=args.max_retries,
-                storage=storage,
-                tracking_uri=args.tracking_uri,
-                experiment=args.experiment,
+                **spec_flag_values(args, storage),
                 register=args.register,
             )
             validate_spec(spec)  # bad flags exit 2 before Ray, MLflow and torch are imported

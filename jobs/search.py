@@ -23,7 +23,7 @@ import argparse
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, trial_flag_values
+from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, spec_flag_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,20 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                 name=args.name or time.strftime("search-%Y%m%d-%H%M%S"),
                 space_text=read_space(args.space),
                 config=args.config,
-                overrides=list(args.overrides),
                 num_samples=args.num_samples,
                 seed=args.seed,
                 metric=args.metric,
                 mode=args.mode or ("min" if "loss" in args.metric else "max"),
                 grace_period=args.grace_period,
                 reduction_factor=args.reduction_factor,
-                steps=args.steps,
-                epochs=args.epochs,
-                **trial_flag_values(args),
-                max_retries=args.max_retries,
-                storage=storage,
-                tracking_uri=args.tracking_uri,
-                experiment=args.experiment,
+                **spec_flag_values(args, storage),
             )
             validate_search(spec)  # a bad space exits 2 before Ray, MLflow and torch are imported
             if args.dry_run:

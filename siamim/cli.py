@@ -40,7 +40,9 @@ def add_trial_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
 
 
-def trial_flag_values(args: argparse.Namespace) -> dict:
-    """:func:`add_trial_flags`' resource values as the specs' keyword arguments."""
-    keys = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
-    return {k: getattr(args, k) for k in keys}
+def spec_flag_values(args: argparse.Namespace, storage: str) -> dict:
+    """What the grid's and the search's specs take alike from their command lines (:func:`add_trial_flags`, the
+    budget, retries, overrides, tracking), as keyword arguments; ``storage``: the checked ``--storage``."""
+    keys = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "max_retries")
+    values = {k: getattr(args, k) for k in (*keys, "steps", "epochs", "tracking_uri", "experiment")}
+    return {**values, "overrides": list(args.overrides), "storage": storage}
