@@ -104,6 +104,7 @@ def run_ablation(
         record_file=GRID_RECORD,
         columns=tuple(k for k, _, _ in tbl.headline_keys(spec.protocols)),  # a trial's row, seed and headlines
         param_columns=("ablation.row", "ablation.seed"),
+        launch_time=t0,
         address=address,
         log=log,
     )

@@ -151,6 +151,7 @@ def open_experiment(
     record_file: str,
     columns: tuple,
     param_columns: tuple,
+    launch_time: float,
     detail: str = "",
     address: str | None = None,
     log=print,
@@ -160,9 +161,9 @@ def open_experiment(
     and record (:func:`open_parent`), the runs table behind the printed link (``columns`` / ``param_columns``).
 
     ``kind``: the tags' prefix (``ablation``, ``search``); ``job``: the log prefix (``ablate``, ``search``); ``what``:
-    ``grid`` or ``search`` in the messages; ``detail``: text of the "starting" line before the parent run.
+    ``grid`` or ``search`` in the messages; ``launch_time``: when the job started (the "Ray ready" line);
+    ``detail``: text of the "starting" line before the parent run.
     """
-    t0 = time.time()
     root = st.resolve_storage(spec.storage)
     preflight(first_cfg, root, spec.tracking_uri)
     if record is None and st.exists(root, spec.name):
@@ -172,7 +173,7 @@ def open_experiment(
         )
     pack = start_ray(spec, address)
     log(
-        f"[{job}] Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, {pack['concurrent']} at a time"
+        f"[{job}] Ray ready {time.time() - launch_time:.1f} s after launch; {pack['trials']} trials, {pack['concurrent']} at a time"
     )
     parent, tags = open_parent(spec, root, kind, params, record_file, record)
     log(

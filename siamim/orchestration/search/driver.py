@@ -138,6 +138,7 @@ def run_search(
         columns=(spec.metric, "loss"),
         param_columns=tuple(spec.samples[0]),
         detail=f"{len(spec.samples)} trials, {spec.budget} steps each; ",
+        launch_time=t0,
         address=address,
         log=log,
     )
