@@ -205,7 +205,7 @@ def pretrain(
             now = time.perf_counter()
             rate = cfg.train.batch_size * (step - interval_first) / max(now - interval_start, 1e-9)
             if watch or (monitor is not None and last):
-                flushed[-1][MONITOR_METRIC] = monitor(model.online.encoder)
+                flushed[-1].update(monitor(model.online.encoder))
                 flushed[-1]["knn_monitor_s"] = monitor.seconds  # its cost so far, outside images_per_s
                 now = time.perf_counter()
             interval_start, interval_first = now, step

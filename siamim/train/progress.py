@@ -51,6 +51,8 @@ class TrainProgress:
         per_step = (now - self.t_first) / done if done > 0 else float("nan")
         eta = format_seconds(per_step * (self.stop - step)) if done > 0 else "?"
         monitor = f" | kNN monitor {metrics['knn_monitor']:.2f}%" if "knn_monitor" in metrics else ""
+        if "rankme_monitor" in metrics:
+            monitor += f" | RankMe {metrics['rankme_monitor']:.1f}"
         print(
             f"[siamim] epoch {metrics['epoch']:.2f} | step {step}/{self.stop} | loss {metrics['loss']:.4f} | "
             f"lr {metrics['lr']:.2e} | {metrics['images_per_s']:.0f} img/s | ETA {eta}{monitor}",
