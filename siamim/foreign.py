@@ -242,7 +242,14 @@ def read_checkpoint(path: str | os.PathLike, num_heads: int | None = None) -> di
 
     path = Path(path)
     if is_timm_export(path):
-        return load_timm_export(path, num_heads=num_heads)
+        state = load_timm_export(path)
+        args = state.pop("model_args")
+        if state["config"] is None:  # a bare timm export: the config comes from the weights
+            from siamim.config import to_dict
+
+            cfg = encoder_config(state["model"], num_heads=num_heads or args.get("num_heads"))
+            state["config"] = to_dict(cfg)
+        return state
     if path.is_dir():
         return load_checkpoint(path / CHECKPOINT_FILE)
     if not path.is_file():

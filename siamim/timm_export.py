@@ -13,7 +13,7 @@ So ``timm.create_model("local-dir:<folder>", pretrained=True)`` rebuilds the enc
 with no code of this project (timm ignores the ``siamim`` key), and
 :func:`load_timm_export` gives back the state dict :func:`siamim.checkpoint.load_encoder`
 reads (a folder without the ``siamim`` key, any timm ViT export, gets a config inferred
-from its weights: :func:`siamim.foreign.encoder_config`).
+from its weights in :func:`siamim.foreign.read_checkpoint`).
 
 torch, timm and safetensors are imported inside the functions (the file names serve
 torch-free callers).
@@ -78,11 +78,11 @@ def save_timm_encoder(directory: str | os.PathLike, state: dict) -> Path:
     return directory
 
 
-def load_timm_export(path: str | os.PathLike, num_heads: int | None = None) -> dict:
+def load_timm_export(path: str | os.PathLike) -> dict:
     """A timm export folder as a siamim encoder state ``{"format", "kind": "encoder", "step", "config", "model"}``.
 
-    ``num_heads`` is only used for a folder that lacks our ``siamim`` entry (then the
-    config is inferred from the weights and timm's ``model_args``).
+    A folder without our ``siamim`` entry (any timm ``save_for_hf`` export) has ``config: None`` and
+    timm's ``model_args``: :func:`siamim.foreign.read_checkpoint` infers the config from the weights.
     """
     from safetensors.torch import load_file
 
@@ -90,20 +90,12 @@ def load_timm_export(path: str | os.PathLike, num_heads: int | None = None) -> d
 
     path = Path(path)
     meta = json.loads((path / TIMM_CONFIG).read_text())
-    weights = load_file(str(path / TIMM_WEIGHTS))  # {timm key: tensor}
-    ours = meta.get(SIAMIM_KEY)
-    if ours is not None:
-        return {
-            "format": FORMAT_VERSION,
-            "kind": ENCODER_KIND,
-            "step": int(ours.get("step", 0)),
-            "config": ours["config"],
-            "model": weights,
-        }
-    from siamim.config import to_dict
-    from siamim.foreign import encoder_config
-
-    args = meta.get("model_args", {})
-    heads = num_heads or args.get("num_heads")
-    cfg = encoder_config(weights, num_heads=heads)
-    return {"format": FORMAT_VERSION, "kind": ENCODER_KIND, "step": 0, "config": to_dict(cfg), "model": weights}
+    ours = meta.get(SIAMIM_KEY) or {}
+    return {
+        "format": FORMAT_VERSION,
+        "kind": ENCODER_KIND,
+        "step": int(ours.get("step", 0)),
+        "config": ours.get("config"),
+        "model": load_file(str(path / TIMM_WEIGHTS)),  # {timm key: tensor}
+        "model_args": meta.get("model_args", {}),
+    }
