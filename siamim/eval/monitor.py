@@ -54,20 +54,18 @@ class KnnMonitor:
     def __call__(self, encoder: torch.nn.Module) -> dict[str, float]:
         """``{knn_monitor: kNN top-1 %, rankme_monitor: effective rank}`` of ``encoder`` (a timm ViT; left in
         the train/eval mode it was in)."""
+        return self.measure(EncoderRepresentation(encoder))
+
+    def measure(self, rep) -> dict[str, float]:
+        """The monitor's two values for any representation (an encoder's, or the raw-pixel baseline's)."""
         start = time.perf_counter()
-        rep = EncoderRepresentation(encoder)
         bank, queries = (
             extract(rep, self.sets[s], "cls", self.cfg.eval.batch_size, self.device) for s in ("train", "test")
         )
         k = self.cfg.eval.knn
+        train = self.sets["train"]
         top1 = knn_accuracy(
-            bank,
-            self.sets["train"].labels,
-            queries,
-            self.sets["test"].labels,
-            self.sets["train"].num_classes,
-            k.k,
-            k.temperature,
+            bank, train.labels, queries, self.sets["test"].labels, train.num_classes, k.k, k.temperature
         )
         rank = effective_rank(bank)
         self.seconds += time.perf_counter() - start
