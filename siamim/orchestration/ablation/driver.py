@@ -13,7 +13,6 @@ Layout under ``<storage>/<grid name>/``::
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ray import tune
@@ -48,8 +47,8 @@ class Grid(tx.ExperimentJob):
     def param_space(self, spec: GridSpec) -> dict:
         return {"row": tune.grid_search(spec.rows), "seed": tune.grid_search(list(range(spec.seeds)))}
 
-    def finish(self, spec: GridSpec, exp: tx.Experiment, results, t0: float, log) -> AblationSummary:
-        finished, failed, unfinished = [], [], 0
+    def finish(self, exp: tx.Experiment, results, log) -> AblationSummary:
+        spec, finished, failed, unfinished = exp.spec, [], [], 0
         for result in results:
             cfg = result.config or {}
             if "row" not in cfg:
@@ -62,16 +61,40 @@ class Grid(tx.ExperimentJob):
             else:
                 unfinished += 1
         if unfinished:  # stopped by Ctrl-C before its evaluation
-            tx.interrupted(spec, exp.parent, log, f" with {unfinished} trial(s) unfinished")
+            exp.interrupted(f" with {unfinished} trial(s) unfinished")
             raise KeyboardInterrupt
-        summary = _assemble(spec, exp, finished, failed, t0, log)
+        table = tbl.assemble(finished, spec.protocols, failed)
+        table_md = tbl.to_markdown(table, spec.protocols)
+        diffs = tbl.paired_differences(finished, spec.protocols)
+        paired_md = tbl.paired_markdown(diffs)
+        keys = [k for k, _, _ in tbl.headline_keys(spec.protocols)]
+        trials = [
+            [r["row"], r["seed"], status, *(r.get(k, "") for k in keys)]
+            for status, rows in (("FINISHED", finished), ("FAILED", failed))
+            for r in rows
+        ]
+        files = {
+            "ablation_table.md": table_md,
+            "ablation_table.csv": tbl.to_csv(table, spec.protocols),
+            "ablation_paired.md": paired_md,
+            "ablation_paired.csv": tbl.paired_csv(diffs),
+            "ablation_trials.csv": csv_table(["row", "seed", "status", *keys], trials),
+        }
+        draw = (lambda folder: tbl.plot(finished, spec.protocols, folder / "ablation_plot.png")) if finished else None
+        metrics = {"ablation.trials_finished": len(finished), "ablation.trials_failed": len(failed)}
+        for d in diffs:
+            metrics[f"paired.{d['first']}-{d['second']}.{d['metric'].removeprefix('eval.')}"] = d["mean"]
+        failed_keys = ",".join(trial_key(f["row"], f["seed"]) for f in failed) or "-"
+        status = "FAILED" if failed and not finished else "FINISHED"
+        done = exp.close(files, draw, metrics, {"ablation.failed_trials": failed_keys}, status)
+        log("\n" + table_md + "\npaired differences (first row minus second, same seed):\n\n" + paired_md)
         if failed:
             raise AblationFailed(
                 f"{len(failed)} of {len(spec.trials)} trials failed after {spec.max_retries} "
                 f"retries: {', '.join(trial_key(f['row'], f['seed']) for f in failed)}; the table "
                 f"of the others is in MLflow run {exp.parent}"
             )
-        return summary
+        return AblationSummary(**done, finished=finished, failed=failed, table_md=table_md, paired_md=paired_md)
 
 
 def run_ablation(spec: GridSpec | None = None, **how) -> AblationSummary:
@@ -79,41 +102,6 @@ def run_ablation(spec: GridSpec | None = None, **how) -> AblationSummary:
     :func:`~siamim.orchestration.driver.tune.run_experiment`. Raises :class:`AblationFailed` (after the table is
     written) when trials failed after their retries."""
     return tx.run_experiment(Grid(), spec, **how)
-
-
-def _assemble(spec: GridSpec, exp: tx.Experiment, finished: list[dict], failed: list[dict], t0: float, log):
-    table = tbl.assemble(finished, spec.protocols, failed)
-    table_md = tbl.to_markdown(table, spec.protocols)
-    diffs = tbl.paired_differences(finished, spec.protocols)
-    paired_md = tbl.paired_markdown(diffs)
-    keys = [k for k, _, _ in tbl.headline_keys(spec.protocols)]
-    trials = [
-        [r["row"], r["seed"], status, *(r.get(k, "") for k in keys)]
-        for status, rows in (("FINISHED", finished), ("FAILED", failed))
-        for r in rows
-    ]
-    files = {
-        "ablation_table.md": table_md,
-        "ablation_table.csv": tbl.to_csv(table, spec.protocols),
-        "ablation_paired.md": paired_md,
-        "ablation_paired.csv": tbl.paired_csv(diffs),
-        "ablation_trials.csv": csv_table(["row", "seed", "status", *keys], trials),
-    }
-    draw = (lambda folder: tbl.plot(finished, spec.protocols, folder / "ablation_plot.png")) if finished else None
-    artifacts = tx.publish(spec, exp, files, draw)
-    metrics = {
-        "ablation.trials_finished": len(finished),
-        "ablation.trials_failed": len(failed),
-        "ablation.wall_s": time.time() - t0,
-    }
-    for d in diffs:
-        metrics[f"paired.{d['first']}-{d['second']}.{d['metric'].removeprefix('eval.')}"] = d["mean"]
-    failed_keys = ",".join(trial_key(f["row"], f["seed"]) for f in failed) or "-"
-    status = "FAILED" if failed and not finished else "FINISHED"
-    tx.close_parent(spec, exp.parent, metrics, {"ablation.failed_trials": failed_keys}, status)
-    log("\n" + table_md + "\npaired differences (first row minus second, same seed):\n\n" + paired_md)
-    summary = exp.summary(spec, artifacts, t0)
-    return AblationSummary(**summary, finished=finished, failed=failed, table_md=table_md, paired_md=paired_md)
 
 
 __all__ = ["AblationFailed", "AblationSummary", "run_ablation"]

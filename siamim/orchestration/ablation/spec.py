@@ -76,11 +76,8 @@ class GridSpec(ExperimentSpec):
     def own_params(self) -> dict:
         return {"seeds": self.seeds, "rows": ",".join(self.rows), "protocols": ",".join(self.protocols)}
 
-    def columns(self) -> tuple[str, ...]:
-        return tuple(key for key, _, _ in headline_keys(self.protocols))
-
-    def param_columns(self) -> tuple[str, ...]:
-        return ("ablation.row", "ablation.seed")
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(key for key, _, _ in headline_keys(self.protocols)), ("ablation.row", "ablation.seed")
 
 
 def trial_key(row: str, seed: int) -> str:

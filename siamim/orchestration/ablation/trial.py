@@ -48,18 +48,13 @@ def _finished_metrics(previous, spec: dict) -> dict | None:
     """The stored results of a child run that already finished this trial completely, else None."""
     if previous is None or previous.info.status != "FINISHED":
         return None
-    metrics = previous.data.metrics
-
-    needed = [key for key, _, _ in headline_keys(spec["protocols"])]
-    if not all(k in metrics for k in needed):
-        return None
-    return dict(metrics)
+    metrics = dict(previous.data.metrics)
+    return metrics if all(key in metrics for key, _, _ in headline_keys(spec["protocols"])) else None
 
 
 # --------------------------------------------------------------------------- evaluation task
 def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -> tuple[dict, str, str]:
     """Evaluate a Train checkpoint (directory path or storage URI); returns ``(metrics, markdown, csv)``."""
-
     cfg = from_dict(cfg_dict)
     tmp = tempfile.mkdtemp(prefix="siamim-ablate-eval-")
     try:
@@ -98,8 +93,9 @@ def run_trial(config: dict, spec: dict) -> None:
     )
 
 
-def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str = "", seed: int = 0) -> dict:
-
+def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str, seed: int) -> dict:
+    """Pretrain the trial (its end logged as a pretraining run's, ``--register``), evaluate its checkpoint as a
+    Ray task, log the evaluation; returns the metrics for Tune."""
     uri = spec["tracking_uri"]
     storage = st.resolve_storage(cfg.run.storage)
     knn = "knn" in spec["protocols"]  # kNN once per trial: the evaluation computes it when the protocols include it
@@ -110,10 +106,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
     model = f"{spec['register']}-{row}" if spec.get("register") else None  # --register; as a pretraining run's end
     log_run_end(uri, run_id, result.checkpoint, cfg, checkpoint, model=model, row=row, seed=seed, grid=spec["name"])
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    pretrain_s = time.time() - started
-
-    t0 = time.time()
-
+    pretrain_s, t0 = time.time() - started, time.time()
     # Outside the trial actor's placement group (which holds no CPU): the task takes the trial's own resources.
     task = ray.remote(evaluate_checkpoint).options(
         **eval_resources(spec),

@@ -20,10 +20,14 @@ from siamim.orchestration.driver.resources import RunName, TrialResources, check
 
 
 class ExperimentSpec(TrialResources):
-    """The flags the grid and the search share (a pydantic model, JSON: the experiment's record keeps it for
-    ``--resume``). Subclasses set :attr:`kind` (``ablation`` / ``search``: tag and param prefix), :attr:`job`
-    (``ablate`` / ``search``: ``jobs/<job>.py`` and the log prefix), :attr:`what` (``grid`` / ``search`` in
-    messages), :attr:`record_file`, :attr:`input_error`, and the property ``trials``."""
+    """The flags the grid and the search share (a pydantic model, JSON: the record keeps it for ``--resume``).
+
+    A subclass sets :attr:`kind` (``ablation`` / ``search``: the tags' and params' prefix), :attr:`job`
+    (``ablate`` / ``search``: ``jobs/<job>.py``, the log prefix), :attr:`what` (``grid`` / ``search``),
+    :attr:`record_file` and ``input_error``, and defines ``trials``, ``trial_name(config)`` (a trial's Tune,
+    Ray Train and MLflow name), ``check()`` (every trial's config resolves), ``first_config()`` (what the
+    preflight checks) and ``dry_run(have, where)``.
+    """
 
     kind: ClassVar[str]
     job: ClassVar[str]
@@ -45,23 +49,6 @@ class ExperimentSpec(TrialResources):
             raise self.input_error("--steps and --epochs: give one budget, not both")
         return self
 
-    @property
-    def trials(self) -> list:
-        raise NotImplementedError
-
-    @staticmethod
-    def trial_name(config: dict) -> str:
-        """A trial's Tune name, Ray Train run and MLflow child run name, from its Tune ``config``."""
-        raise NotImplementedError
-
-    def check(self) -> None:
-        """Every trial's config resolves; raises :attr:`input_error` naming the flag or key."""
-        raise NotImplementedError
-
-    def first_config(self):
-        """The first trial's config (what the preflight checks)."""
-        raise NotImplementedError
-
     def own_params(self) -> dict:
         """The parent run's params of this job's own flags."""
         return {}
@@ -76,13 +63,9 @@ class ExperimentSpec(TrialResources):
             **{f"{self.kind}.{k}": v for k, v in self.own_params().items()},
         }
 
-    def columns(self) -> tuple[str, ...]:
-        """The metrics the MLflow runs table shows."""
-        return ()
-
-    def param_columns(self) -> tuple[str, ...]:
-        """The params the MLflow runs table shows."""
-        return ()
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The metrics and params the MLflow runs table shows."""
+        return (), ()
 
     def detail(self) -> str:
         """Text of the "starting" line before the parent run."""

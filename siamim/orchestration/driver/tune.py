@@ -1,9 +1,9 @@
 """The one experiment driver of the grid (``jobs/ablate.py``) and the search (``jobs/search.py``): a Ray Tune
 experiment whose trials each pretrain with Ray Train into an MLflow child run of one parent run.
 
-Driver side, :func:`run_experiment`: the record (``--resume``), the checks, the preflight, a free name, resources
-and Ray, the parent run and record, ``Tuner.fit`` (or ``Tuner.restore(...).fit``); then the job's own
-:meth:`ExperimentJob.finish` (its tables, :func:`publish`, :func:`close_parent`). Trial side, :func:`run_child`:
+Driver side, :func:`run_experiment`: the record (``--resume``), the checks, :func:`open_experiment`, ``Tuner.fit``
+(or ``Tuner.restore(...).fit``); then the job's own :meth:`ExperimentJob.finish` (its results, through
+:meth:`Experiment.close`). Trial side, :func:`run_child`:
 the child run found or made, a finished one reported again, the start counted, the work, ``tune.report``.
 
 A job is an :class:`ExperimentJob` (its trials, scheduler, results) with an
@@ -36,29 +36,6 @@ TRIAL_ACTOR_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # the trial actor only
 RETIRED_SPEC_KEYS = ("fail_trial",)  # in grids recorded before the tests' hidden flag became a worker hook
 
 
-@dataclass
-class Experiment:
-    """An opened experiment: what its Tuner, its trials and its summary need."""
-
-    root: st.Storage
-    parent: str  # the MLflow parent run
-    pack: dict  # resources.packing's plan
-    ui: list[str]  # the MLflow UI's links (mlflow_ui.ui_lines)
-    trial_spec: dict  # what every trial gets (tune.with_parameters): the spec, parent run, commit, storage
-
-    def summary(self, spec, artifacts: dict[str, str], t0: float) -> dict:
-        """The :class:`ExperimentSummary` fields of the finished experiment (``t0``: its launch time)."""
-        return {
-            "name": spec.name,
-            "parent_run_id": self.parent,
-            "tracking_uri": spec.tracking_uri,
-            "tune_path": self.root.display(spec.name),
-            "artifacts": artifacts,
-            "wall_s": time.time() - t0,
-            "ui": self.ui,
-        }
-
-
 @dataclass(kw_only=True)
 class ExperimentSummary:
     """What a finished grid or search returns; the job prints :meth:`lines`."""
@@ -85,11 +62,56 @@ class ExperimentSummary:
         ]
 
 
+@dataclass
+class Experiment:
+    """An opened experiment (:func:`open_experiment`): what its Tuner, its trials and its close need."""
+
+    spec: ExperimentSpec
+    root: st.Storage
+    parent: str  # the MLflow parent run
+    pack: dict  # resources.packing's plan
+    ui: list[str]  # the MLflow UI's links
+    trial_spec: dict  # what every trial gets (tune.with_parameters): the spec, parent run, commit, storage
+    t0: float  # the job's launch
+
+    def close(self, files: dict[str, str], draw, metrics: dict[str, float], tags: dict, status: str) -> dict:
+        """The results into the parent run (under ``spec.kind``) and ``<storage>/<name>/``: ``files`` (name ->
+        text) and what ``draw(dir)`` writes (plots); then its ``metrics`` (+ ``<kind>.wall_s``), ``tags`` and
+        ``status``. Returns the :class:`ExperimentSummary` fields."""
+        spec, client, artifacts = self.spec, MlflowClient(self.spec.tracking_uri), {}
+        with tempfile.TemporaryDirectory(prefix=f"siamim-{spec.kind}-") as tmp:
+            for fname, text in files.items():
+                Path(tmp, fname).write_text(text)
+            if draw is not None:
+                draw(Path(tmp))
+            client.log_artifacts(self.parent, tmp, spec.kind)
+            for fname in sorted(os.listdir(tmp)):
+                with self.root.fs.open_output_stream(self.root.join(spec.name, fname)) as out:
+                    out.write(Path(tmp, fname).read_bytes())
+                artifacts[fname] = self.root.display(spec.name, fname)
+        wall_s = time.time() - self.t0
+        ts, metrics = int(time.time() * 1000), {**metrics, f"{spec.kind}.wall_s": wall_s}
+        client.log_batch(self.parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+        tracking.set_tags(spec.tracking_uri, self.parent, tags)
+        tracking.finish_run(spec.tracking_uri, self.parent, status)
+        return {
+            **{"name": spec.name, "parent_run_id": self.parent, "tracking_uri": spec.tracking_uri, "ui": self.ui},
+            **{"tune_path": self.root.display(spec.name), "artifacts": artifacts, "wall_s": wall_s},
+        }
+
+    def interrupted(self, what: str = "") -> None:
+        """The parent run KILLED and the command that continues the experiment printed."""
+        spec = self.spec
+        tracking.finish_run(spec.tracking_uri, self.parent, "KILLED")
+        print(f"[{spec.job}] interrupted{what}; continue with --resume {spec.name} --storage '{spec.storage}'")
+
+
 class ExperimentJob:
-    """One job's own part of an experiment; :func:`run_experiment` is the rest."""
+    """One job's own part of an experiment (``spec_type``, the trainable ``trial(config, spec=trial_spec)``,
+    Tune's param space, more ``TuneConfig`` arguments, its results); :func:`run_experiment` is the rest."""
 
     spec_type: type[ExperimentSpec]
-    trial: Callable  # the Tune function trainable ``trial(config, spec=trial_spec)``
+    trial: Callable
 
     def prepare(self, spec, record: dict | None) -> None:
         """Checks before anything starts (``spec.check()``; more in a job that needs them)."""
@@ -99,10 +121,9 @@ class ExperimentJob:
         raise NotImplementedError
 
     def tune_options(self, spec) -> dict:
-        """More ``TuneConfig`` arguments (a scheduler)."""
         return {}
 
-    def finish(self, spec, exp: Experiment, results, t0: float, log) -> ExperimentSummary:
+    def finish(self, exp: Experiment, results, log) -> ExperimentSummary:
         raise NotImplementedError
 
 
@@ -119,7 +140,7 @@ def run_experiment(
 ):
     """Run ``spec`` (or resume the experiment named ``resume`` under ``storage``) as ``job``; returns
     ``job.finish``'s summary. Raises the spec's ``input_error`` (or the preflight's ``UserError``) before
-    anything starts, ``KeyboardInterrupt`` when interrupted."""
+    anything starts, ``KeyboardInterrupt`` when interrupted (the parent run KILLED, the resume command printed)."""
     t0 = time.time()
     record = None
     if resume is not None:
@@ -129,37 +150,42 @@ def run_experiment(
     spec.storage = st.resolve_storage(spec.storage).uri
     job.prepare(spec, record)
     spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    exp = open_experiment(spec, record, launch_time=t0, address=address, log=log)
+    exp = open_experiment(spec, record, t0, address, log)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # Tune's "auto" waits 10 s or more: ray#13736
-
-    def trial_dirname(trial) -> str:
-        return f"{spec.trial_name(trial.config)}_{trial.trial_id}"
-
-    def new_tuner(trainable):
-        return tune.Tuner(
-            trainable,
-            param_space=job.param_space(spec),
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=exp.pack["concurrent"],
-                trial_name_creator=lambda trial: spec.trial_name(trial.config),
-                trial_dirname_creator=trial_dirname,
-                **job.tune_options(spec),
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-                verbose=1,
-                **exp.root.ray_kwargs(),
-            ),
-        )
-
     trainable = tune.with_resources(tune.with_parameters(job.trial, spec=exp.trial_spec), TRIAL_ACTOR_RESOURCES)
-    results = fit(spec, exp, trainable, record is not None, new_tuner, log)
+    tune_path, fs = exp.root.join(spec.name), exp.root.filesystem
+    try:
+        if record is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
+            tuner = tune.Tuner.restore(
+                tune_path,
+                trainable,
+                storage_filesystem=fs,
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
+        else:
+            name = type(spec).trial_name  # pickled into Tune's state by reference, not the spec
+            tune_config = tune.TuneConfig(
+                max_concurrent_trials=exp.pack["concurrent"],
+                trial_name_creator=lambda trial: name(trial.config),
+                trial_dirname_creator=lambda trial: f"{name(trial.config)}_{trial.trial_id}",
+                **job.tune_options(spec),
+            )
+            failures = tune.FailureConfig(max_failures=spec.max_retries)
+            run_config = tune.RunConfig(name=spec.name, failure_config=failures, verbose=1, **exp.root.ray_kwargs())
+            tuner = tune.Tuner(
+                trainable, param_space=job.param_space(spec), tune_config=tune_config, run_config=run_config
+            )
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        exp.interrupted()
+        raise
     missing = len(spec.trials) - results.num_terminated - results.num_errors  # Tune returns early on SIGINT
     if missing > 0:
-        interrupted(spec, exp.parent, log, f" with {missing} trial(s) unfinished")
+        exp.interrupted(f" with {missing} trial(s) unfinished")
         raise KeyboardInterrupt
-    return job.finish(spec, exp, results, t0, log)
+    return job.finish(exp, results, log)
 
 
 def load_record(spec_type, resume: str, storage: str | None):
@@ -172,27 +198,33 @@ def load_record(spec_type, resume: str, storage: str | None):
     return spec_type(**{k: v for k, v in record["spec"].items() if k not in RETIRED_SPEC_KEYS}), record
 
 
-def start_ray(spec, address: str | None) -> dict:
-    """Check that one trial fits (this machine before an embedded Ray starts, then the cluster), connect;
-    returns :func:`~siamim.orchestration.driver.resources.packing`'s plan. Raises ``UserError`` naming the flags."""
+def open_experiment(spec, record: dict | None, t0: float, address: str | None, log=print) -> Experiment:
+    """Everything before ``Tuner.fit``, failing fast: the preflight of ``spec.first_config()`` (tracking store,
+    storage, data), a new experiment's name not taken, one trial fitting (this machine before an embedded Ray
+    starts, then the cluster), Ray, the MLflow parent run (reopened on a resume) and the record
+    ``<storage>/<name>/<record_file>``, the runs table behind the printed link. ``t0``: the job's launch."""
+    import ray
+
+    from siamim.orchestration import job_config
     from siamim.orchestration.driver.cluster import ensure_ray
 
+    root = st.resolve_storage(spec.storage)
+    preflight(spec.first_config(), root, spec.tracking_uri)
+    if record is None and st.exists(root, spec.name):
+        raise spec.input_error(
+            f"--name {spec.name}: {root.display(spec.name)} already exists; continue that {spec.what} with "
+            f"--resume {spec.name}, or pick another --name"
+        )
     if address is None and not os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         check_trial_fits(spec, local_resources())  # embedded Ray: fail before starting it
     ensure_ray(address)
     have = cluster_resources()
     check_trial_fits(spec, have)
-    return packing(spec, have)
-
-
-def open_parent(spec, root: st.Storage, record: dict | None) -> tuple[str, dict]:
-    """The experiment's MLflow parent run (``record['parent_run_id']`` reopened on a resume) and its record
-    ``<storage>/<name>/<record_file>`` (``{"name", "spec", "parent_run_id", "tracking_uri", "created",
-    "updated"}``); ``spec.kind`` prefixes the tags. Returns ``(run id, tags)``."""
-    import ray
-
-    from siamim.orchestration import job_config
-
+    pack = packing(spec, have)
+    job = f"[{spec.job}]"
+    log(
+        f"{job} Ray ready {time.time() - t0:.1f} s after launch; {pack['trials']} trials, {pack['concurrent']} at a time"
+    )
     tags = {
         "mlflow.source.git.commit": tracking.git_commit(REPO_ROOT, job_config().get("metadata")),
         "mlflow.source.name": f"jobs/{spec.job}.py",
@@ -203,99 +235,25 @@ def open_parent(spec, root: st.Storage, record: dict | None) -> tuple[str, dict]
     }
     previous = record["parent_run_id"] if record else None
     parent = tracking.open_run(spec.tracking_uri, spec.experiment, spec.name, spec.parent_params(), tags, previous)
-    now = time.time()
     body = {"name": spec.name, "spec": spec.model_dump(), "parent_run_id": parent, "tracking_uri": spec.tracking_uri}
-    body.update({"created": record["created"] if record else now, "updated": now})
+    body.update({"created": record["created"] if record else time.time(), "updated": time.time()})
     st.write_json(root, body, spec.name, spec.record_file)
-    return parent, tags
-
-
-def open_experiment(spec, record: dict | None, *, launch_time: float, address: str | None = None, log=print):
-    """Everything before ``Tuner.fit``, failing fast: the preflight of ``spec.first_config()`` (tracking store,
-    storage, data), a new experiment's name not taken, resources and Ray (:func:`start_ray`), the parent run and
-    record (:func:`open_parent`), the runs table behind the printed link. ``launch_time``: the job's start."""
-    root = st.resolve_storage(spec.storage)
-    preflight(spec.first_config(), root, spec.tracking_uri)
-    if record is None and st.exists(root, spec.name):
-        raise spec.input_error(
-            f"--name {spec.name}: {root.display(spec.name)} already exists; continue that {spec.what} with "
-            f"--resume {spec.name}, or pick another --name"
-        )
-    pack = start_ray(spec, address)
     log(
-        f"[{spec.job}] Ray ready {time.time() - launch_time:.1f} s after launch; "
-        f"{pack['trials']} trials, {pack['concurrent']} at a time"
-    )
-    parent, tags = open_parent(spec, root, record)
-    log(
-        f"[{spec.job}] {'resuming' if record else 'starting'} {spec.what} {spec.name!r}: {spec.detail()}MLflow "
+        f"{job} {'resuming' if record else 'starting'} {spec.what} {spec.name!r}: {spec.detail()}MLflow "
         f"parent run {parent} at {spec.tracking_uri}; Tune experiment {root.display(spec.name)}"
     )
     experiment_id = tracking.experiment_of(spec.tracking_uri, parent)
-    mlflow_ui.share_runs_view(spec.tracking_uri, experiment_id, spec.columns(), spec.param_columns())
+    mlflow_ui.share_runs_view(spec.tracking_uri, experiment_id, *spec.columns())
     ui = mlflow_ui.ui_lines(spec.tracking_uri, experiment_id, parent)
     for line in ui:
-        log(f"[{spec.job}] {line.strip()}")
+        log(f"{job} {line.strip()}")
     trial_spec = {
         **spec.model_dump(),
         "parent_run_id": parent,
         "git_commit": tags["mlflow.source.git.commit"],
         "pretrain_storage": root.locate(root.join(spec.name, "pretrain")),
     }
-    return Experiment(root, parent, pack, ui, trial_spec)
-
-
-def fit(spec, exp: Experiment, trainable, resuming: bool, new_tuner: Callable, log=print):
-    """``Tuner.restore(...).fit()`` when ``resuming`` and Tune's state is there, else ``new_tuner(trainable).fit()``.
-    On Ctrl-C the parent run is KILLED, the resume command printed, and the ``KeyboardInterrupt`` re-raised."""
-    tune_path, fs = exp.root.join(spec.name), exp.root.filesystem
-    try:
-        if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
-            tuner = tune.Tuner.restore(
-                tune_path,
-                trainable,
-                storage_filesystem=fs,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            tuner = new_tuner(trainable)
-        return tuner.fit()
-    except KeyboardInterrupt:
-        interrupted(spec, exp.parent, log)
-        raise
-
-
-def interrupted(spec, parent: str, log=print, what: str = "") -> None:
-    """The parent run KILLED and the command that continues the experiment printed (``[job] interrupted...``)."""
-    tracking.finish_run(spec.tracking_uri, parent, "KILLED")
-    log(f"[{spec.job}] interrupted{what}; continue with --resume {spec.name} --storage '{spec.storage}'")
-
-
-def publish(spec, exp: Experiment, files: dict[str, str], draw: Callable[[Path], None] | None = None) -> dict:
-    """``files`` (name -> text), plus what ``draw(dir)`` writes there (plots), logged to the parent run under
-    ``spec.kind`` and copied to ``<storage>/<name>/``; returns ``{file name: storage location}``."""
-    artifacts = {}
-    with tempfile.TemporaryDirectory(prefix=f"siamim-{spec.kind}-") as tmp:
-        for fname, text in files.items():
-            Path(tmp, fname).write_text(text)
-        if draw is not None:
-            draw(Path(tmp))
-        MlflowClient(spec.tracking_uri).log_artifacts(exp.parent, tmp, spec.kind)
-        for fname in sorted(os.listdir(tmp)):
-            with exp.root.fs.open_output_stream(exp.root.join(spec.name, fname)) as out:
-                out.write(Path(tmp, fname).read_bytes())
-            artifacts[fname] = exp.root.display(spec.name, fname)
-    return artifacts
-
-
-def close_parent(spec, parent: str, metrics: dict[str, float], tags: dict[str, Any], status: str) -> None:
-    """The parent run's summary ``metrics`` (at step 0) and ``tags``, then its ``status`` (FINISHED / FAILED)."""
-    ts = int(time.time() * 1000)
-    MlflowClient(spec.tracking_uri).log_batch(parent, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    tracking.set_tags(spec.tracking_uri, parent, tags)
-    tracking.finish_run(spec.tracking_uri, parent, status)
+    return Experiment(spec, root, parent, pack, ui, trial_spec, t0)
 
 
 # --------------------------------------------------------------------------- trial side

@@ -17,7 +17,6 @@ The best config also goes to ``configs/found/<name>.yaml`` of this checkout (``-
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -89,14 +88,40 @@ class Search(tx.ExperimentJob):
         )
         return {"scheduler": asha}
 
-    def finish(self, spec: SearchSpec, exp: tx.Experiment, results, t0: float, log) -> SearchSummary:
-        summary = _assemble(spec, exp, _collect(spec, results, exp.parent), t0, log)
-        if summary.best is None:
+    def finish(self, exp: tx.Experiment, results, log) -> SearchSummary:
+        spec = exp.spec
+        trials = _collect(spec, results, exp.parent)
+        keys = list(spec.samples[0])
+        best = rep.best_trial(trials, spec.mode)
+        table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
+        files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
+        preset = None
+        if best is not None:
+            cfg = search_config(spec.model_dump(), best["values"], best["index"])
+            header = rep.preset_header({**spec.model_dump(), "parent_run_id": exp.parent}, best, trials, spec.budget)
+            files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
+            FOUND_DIR.mkdir(parents=True, exist_ok=True)
+            found = FOUND_DIR / f"{spec.name}.yaml"
+            found.write_text(files[f"{spec.name}.yaml"])
+            preset = str(found)
+        draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
+        count = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
+        metrics = {
+            "search.trials_finished": count[rep.FINISHED],
+            "search.trials_stopped_early": count[rep.STOPPED],
+            "search.trials_failed": count[rep.FAILED],
+        }
+        if best is not None:
+            metrics[f"search.best_{spec.metric}"] = best["metric"]
+        tags = {"search.best_trial": best["name"] if best else "-", "search.preset": preset and f"found/{spec.name}"}
+        done = exp.close(files, draw, metrics, tags, "FINISHED" if best else "FAILED")
+        log("\n" + table_md)
+        if best is None:
             raise SearchFailed(
                 f"no trial of search {spec.name!r} ran its whole budget ({spec.budget} steps): no best config; "
                 f"the table is in MLflow run {exp.parent}"
             )
-        return summary
+        return SearchSummary(**done, trials=trials, best=best, preset=preset, table_md=table_md)
 
 
 def run_search(spec: SearchSpec | None = None, **how) -> SearchSummary:
@@ -158,46 +183,6 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
             if status != rep.FINISHED:
                 tracking.finish_run(spec.tracking_uri, run_id, "KILLED" if status == rep.STOPPED else "FAILED")
     return trials
-
-
-def _assemble(spec: SearchSpec, exp: tx.Experiment, trials: list[dict], t0: float, log) -> SearchSummary:
-    keys = list(spec.samples[0])
-    best = rep.best_trial(trials, spec.mode)
-    table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
-    files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
-    preset = None
-    if best is not None:
-        cfg = search_config(spec.model_dump(), best["values"], best["index"])
-        header = rep.preset_header({**spec.model_dump(), "parent_run_id": exp.parent}, best, trials, spec.budget)
-        files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
-        FOUND_DIR.mkdir(parents=True, exist_ok=True)
-        found = FOUND_DIR / f"{spec.name}.yaml"
-        found.write_text(files[f"{spec.name}.yaml"])
-        preset = str(found)
-    draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
-    artifacts = tx.publish(spec, exp, files, draw)
-    counts = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
-    metrics = {
-        "search.trials_finished": counts[rep.FINISHED],
-        "search.trials_stopped_early": counts[rep.STOPPED],
-        "search.trials_failed": counts[rep.FAILED],
-        "search.wall_s": time.time() - t0,
-    }
-    if best is not None:
-        metrics[f"search.best_{spec.metric}"] = best["metric"]
-    tags = {
-        "search.best_trial": best["name"] if best else "-",
-        "search.preset": f"found/{spec.name}" if preset else None,
-    }
-    tx.close_parent(spec, exp.parent, metrics, tags, "FINISHED" if best else "FAILED")
-    log("\n" + table_md)
-    return SearchSummary(
-        **exp.summary(spec, artifacts, t0),
-        trials=trials,
-        best=best,
-        preset=preset,
-        table_md=table_md,
-    )
 
 
 __all__ = [

@@ -97,11 +97,8 @@ class SearchSpec(ExperimentSpec):
         keys = ("config", "num_samples", "seed", "metric", "mode", "grace_period", "reduction_factor", "budget")
         return {**{k: getattr(self, k) for k in keys}, "space": self.space_text[:6000]}
 
-    def columns(self) -> tuple[str, ...]:
-        return (self.metric, "loss")
-
-    def param_columns(self) -> tuple[str, ...]:
-        return tuple(self.samples[0])
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (self.metric, "loss"), tuple(self.samples[0])
 
     def detail(self) -> str:
         return f"{len(self.samples)} trials, {self.budget} steps each; "
