@@ -1,19 +1,6 @@
 #!/usr/bin/env python
 """The SiameseIM ablation grid (paper rows a-k x seeds) on Ray Tune, each trial pretrained with Ray Train,
 evaluated, and tracked in MLflow as a child of one parent run that ends with the assembled table.
-
-Local (starts an embedded Ray instance):
-
-    python jobs/ablate.py --rows i,j --seeds 2 --steps 50 --protocols knn --name quick
-
-On a running Ray cluster:
-
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/ablate.py --rows all --seeds 3 --epochs 1 --storage /shared/siamim/ablation
-
-Continue an interrupted grid (finished trials are not redone):
-
-    python jobs/ablate.py --resume NAME --storage <same storage>
 """
 
 from __future__ import annotations
@@ -22,7 +9,7 @@ import argparse
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, spec_flag_values
+from siamim.cli import add_trial_flags, experiment_main, job_parser, spec_flag_values
 
 LAUNCH_TIME = time.time()
 
@@ -33,11 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_parser(
         "ablate.py",
         __doc__,
-        epilog="""overrides: dotted config keys applied to every trial after the row's preset, e.g.
-  data.train_subset=10000 eval.train_limit=10000 model.depth=6 (a row's switches can be overridden too)
+        epilog="""rows (configs/ablation/<row>.yaml): a,b,...,k, ranges (a-e), all, or a baseline by name (mae).
+overrides: dotted config keys for every trial after the row's preset, e.g. data.train_subset=10000 model.depth=6.
+Everything else (storage, MLflow, resuming, ray job submit's working copy, exit codes): docs/ablation.md
 
-rows: a row is configs/ablation/<row>.yaml (docs/method.md); a,b,...,k, ranges (a-e) or all;
-  baselines by name: mae (configs/baselines/mae.yaml, MAE's own recipe), e.g. --rows a,mae,i.
 examples:
   python jobs/ablate.py --rows all --seeds 3 --epochs 1 --dry-run
   python jobs/ablate.py --rows e,a --seeds 2 --steps 200 --protocols knn,lin --max-concurrent 2
@@ -46,13 +32,6 @@ examples:
       --seeds 3 --epochs 1 --storage $PWD/runs/ablation --tracking-uri http://127.0.0.1:5000
   tensorboard --logdir runs/ablation/<name>          # Tune's per-trial curves
   python jobs/ablate.py --resume <name>              # after an interruption
-
-environment:
-  MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
-  RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
-
-under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
-MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
 """,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")
@@ -105,42 +84,23 @@ MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a t
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.errors import UserError
-    from siamim.orchestration.ablation.spec import DEFAULT_PROTOCOLS, GridSpec, describe, validate_spec
-    from siamim.orchestration.driver.resources import dry_run_resources
-    from siamim.orchestration.driver.submitted import job_storage
+    from siamim.orchestration.ablation.spec import DEFAULT_PROTOCOLS, GridSpec
 
-    try:
-        storage = job_storage(args, "runs/ablation", "grid")
-        if args.resume:
-            from siamim.orchestration.ablation.driver import run_ablation
+    def build(storage: str) -> GridSpec:
+        return GridSpec(
+            name=args.name or time.strftime("ablation-%Y%m%d-%H%M%S"),
+            rows=args.rows,
+            seeds=args.seeds,
+            protocols=args.protocols or DEFAULT_PROTOCOLS,
+            **spec_flag_values(args, storage),
+            register=args.register,
+        )
 
-            summary = run_ablation(
-                resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
-            )
-        else:
-            spec = GridSpec(
-                name=args.name or time.strftime("ablation-%Y%m%d-%H%M%S"),
-                rows=args.rows,
-                seeds=args.seeds,
-                protocols=args.protocols or DEFAULT_PROTOCOLS,
-                **spec_flag_values(args, storage),
-                register=args.register,
-            )
-            validate_spec(spec)  # bad flags exit 2 before Ray, MLflow and torch are imported
-            if args.dry_run:
-                print("\n".join(describe(spec, *dry_run_resources(args.address))), flush=True)
-                return 0
-            from siamim.orchestration.ablation.driver import run_ablation
+    def summary_lines(summary) -> list[str]:
+        title = f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s"
+        return summary.lines(title, "ablation_table.md")
 
-            summary = run_ablation(spec, tracking_uri=args.tracking_uri, address=args.address)
-    except UserError as err:  # bad input: 2; trials failed after their retries: 1 (AblationFailed)
-        return report_error(err, err.exit_code)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    title = f"ablation grid {summary.name!r} finished: {len(summary.finished)} trials in {summary.wall_s:.0f} s"
-    print("\n".join(summary.lines(title, "ablation_table.md")), flush=True)
-    return 0
+    return experiment_main(args, GridSpec, build, "siamim.orchestration.ablation.driver:run_ablation", summary_lines)
 
 
 if __name__ == "__main__":

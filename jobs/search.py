@@ -2,19 +2,6 @@
 """A hyperparameter search on Ray Tune: a space over any config keys, ASHA stopping bad trials early on a live
 metric (the online kNN monitor by default), each trial pretrained with Ray Train and tracked in MLflow as a
 child of one parent run; the best trial's config is written as the preset configs/found/<name>.yaml.
-
-Local (starts an embedded Ray instance):
-
-    python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --name s1
-
-On a running Ray cluster:
-
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 16 --epochs 1 --storage $PWD/runs/search
-
-Continue an interrupted search (finished and stopped trials are not redone):
-
-    python jobs/search.py --resume NAME --storage <same storage>
 """
 
 from __future__ import annotations
@@ -23,39 +10,27 @@ import argparse
 import sys
 import time
 
-from siamim.cli import EXIT_INTERRUPTED, add_trial_flags, job_parser, report_error, spec_flag_values
+from siamim.cli import add_trial_flags, experiment_main, job_parser, spec_flag_values
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = job_parser(
         "search.py",
         __doc__,
-        epilog="""space (--space FILE, YAML; dotted config keys, docs/search.md):
+        epilog="""space (--space FILE, YAML of dotted config keys):
   optim.blr:      {loguniform: [1.0e-4, 3.0e-3]}
   optim.ema_m0:   {choice: [0.99, 0.995, 0.996]}
   views.crop_min: {uniform: [0.2, 0.5]}
   model.depth:    {randint: [2, 6]}            # both ends included
   loss.type:      {grid: [unigrad, l2]}        # every value, crossed with the --num-samples random draws
-
-overrides: dotted config keys applied to every trial after --config, before the sampled values.
-
-ASHA: --grace-period and the rungs after it (grace x factor^k) are training steps; the kNN monitor runs every
-  eval.monitor_every steps (default: the grace period), and ASHA compares trials at the first monitored step
-  at or after each rung. A stopped trial's MLflow child run is KILLED with tag siamim.stopped_early=true.
+Everything else (overrides, ASHA's rungs, storage, MLflow, resuming, ray job submit's working copy, the found
+preset, exit codes): docs/search.md
 
 examples:
   python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --steps 200 --grace-period 50 --dry-run
   python jobs/search.py --space configs/spaces/tiny.yaml --num-samples 8 --epochs 1 --grace-period 40 --name tiny1
   python jobs/pretrain.py --config found/tiny1          # the winner
   python jobs/search.py --resume tiny1                  # after an interruption
-
-environment:
-  MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
-  RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
-
-under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
-MLflow store must lie outside it (exit 2 otherwise), and the found preset is written into that copy: take it
-from <storage>/<name>/<name>.yaml or the MLflow parent run (search/<name>.yaml)
 """,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides for every trial")
@@ -88,62 +63,35 @@ from <storage>/<name>/<name>.yaml or the MLflow parent run (search/<name>.yaml)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from siamim.errors import UserError
-    from siamim.orchestration.driver.submitted import job_storage
     from siamim.orchestration.search.space import SearchInputError, read_space
+    from siamim.orchestration.search.spec import SearchSpec
 
-    try:
-        storage = job_storage(args, "runs/search", "search")
-        from siamim.orchestration.search.spec import SearchSpec, validate_search
+    def build(storage: str) -> SearchSpec:
+        if not args.space:
+            raise SearchInputError("--space FILE is required (a YAML of config keys to samplers; see --help)")
+        return SearchSpec(
+            name=args.name or time.strftime("search-%Y%m%d-%H%M%S"),
+            space_text=read_space(args.space),
+            config=args.config,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            metric=args.metric,
+            mode=args.mode or ("min" if "loss" in args.metric else "max"),
+            grace_period=args.grace_period,
+            reduction_factor=args.reduction_factor,
+            **spec_flag_values(args, storage),
+        )
 
-        if args.resume:
-            from siamim.orchestration.search.driver import run_search
+    def summary_lines(summary) -> list[str]:
+        best = summary.best
+        title = f"search {summary.name!r} finished: {len(summary.trials)} trials in {summary.wall_s:.0f} s"
+        head = (
+            f"  best               {best['name']}: {best['values']} -> {best['metric']:.4g}",
+            f"  preset             {summary.preset}   (--config found/{summary.name})",
+        )
+        return summary.lines(title, "search_table.md", *head)
 
-            summary = run_search(
-                resume=args.resume, storage=storage, tracking_uri=args.tracking_uri, address=args.address
-            )
-        else:
-            if not args.space:
-                raise SearchInputError("--space FILE is required (a YAML of config keys to samplers; see --help)")
-            spec = SearchSpec(
-                name=args.name or time.strftime("search-%Y%m%d-%H%M%S"),
-                space_text=read_space(args.space),
-                config=args.config,
-                num_samples=args.num_samples,
-                seed=args.seed,
-                metric=args.metric,
-                mode=args.mode or ("min" if "loss" in args.metric else "max"),
-                grace_period=args.grace_period,
-                reduction_factor=args.reduction_factor,
-                **spec_flag_values(args, storage),
-            )
-            validate_search(spec)  # a bad space exits 2 before Ray, MLflow and torch are imported
-            if args.dry_run:
-                return _dry_run(spec, args.address)
-            from siamim.orchestration.search.driver import run_search
-
-            summary = run_search(spec, tracking_uri=args.tracking_uri, address=args.address)
-    except UserError as err:  # bad input: 2; no trial ran its budget: 1 (SearchFailed)
-        return report_error(err, err.exit_code)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    best = summary.best
-    title = f"search {summary.name!r} finished: {len(summary.trials)} trials in {summary.wall_s:.0f} s"
-    head = (
-        f"  best               {best['name']}: {best['values']} -> {best['metric']:.4g}",
-        f"  preset             {summary.preset}   (--config found/{summary.name})",
-    )
-    print("\n".join(summary.lines(title, "search_table.md", *head)), flush=True)
-    return 0
-
-
-def _dry_run(spec, address: str | None) -> int:
-    from siamim.orchestration.driver.resources import dry_run_resources
-    from siamim.orchestration.search.spec import budget_steps, describe
-
-    budget = budget_steps(spec)
-    print("\n".join(describe(spec, *dry_run_resources(address), budget)), flush=True)
-    return 0
+    return experiment_main(args, SearchSpec, build, "siamim.orchestration.search.driver:run_search", summary_lines)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,37 @@ def spec_flag_values(args: argparse.Namespace, storage: str) -> dict:
     keys = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "max_retries")
     values = {k: getattr(args, k) for k in (*keys, "steps", "epochs", "tracking_uri", "experiment")}
     return {**values, "overrides": list(args.overrides), "storage": storage}
+
+
+def experiment_main(args: argparse.Namespace, spec_type, build, run: str, summary_lines) -> int:
+    """``main`` of the grid and the search: ``build(storage)`` makes the ``spec_type`` from ``args``, checked before
+    Ray, MLflow and torch are imported; ``--dry-run`` prints ``spec.dry_run(have, where)``, else ``run``
+    (``module:function``, imported only then) runs it or ``--resume``s; ``summary_lines(summary)`` is printed.
+    Exit 2 on bad input, the error's own code (1: trials failed), 130 on Ctrl-C."""
+    import importlib
+
+    from siamim.errors import UserError
+    from siamim.orchestration.driver.submitted import job_storage
+
+    try:
+        storage = job_storage(args, spec_type.model_fields["storage"].default, spec_type.what)
+        how = {"tracking_uri": args.tracking_uri, "address": args.address}
+        if args.resume:
+            how.update(resume=args.resume, storage=storage)
+            spec = None
+        else:
+            spec = build(storage)
+            spec.check()
+            if args.dry_run:
+                from siamim.orchestration.driver.resources import dry_run_resources
+
+                print("\n".join(spec.dry_run(*dry_run_resources(args.address))), flush=True)
+                return 0
+        module, function = run.split(":")
+        summary = getattr(importlib.import_module(module), function)(spec, **how)
+    except UserError as err:
+        return report_error(err, err.exit_code)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    print("\n".join(summary_lines(summary)), flush=True)
+    return 0

@@ -1,22 +1,24 @@
-"""A grid's spec and its checks before anything starts (``jobs/ablate.py --dry-run`` stops after them).
+"""The grid's spec and its checks before anything starts (``jobs/ablate.py --dry-run`` stops after them).
 
-:class:`GridSpec` holds the flags (a pydantic model, JSON-serialisable: the grid record keeps it for
-``--resume``) and checks them as it is built; :func:`validate_spec` checks every trial's resolved config;
-:func:`describe` is the dry run's text. A trial's config is :func:`trial_config`: the row's preset, the grid's overrides, the
-seed, the budget and the trial's resources. Imports neither Ray nor MLflow nor torch.
+:class:`GridSpec` holds the flags (the shared ones are :class:`~siamim.orchestration.driver.experiment.ExperimentSpec`'s)
+and checks them as it is built; :meth:`GridSpec.check` checks every trial's resolved config (:func:`trial_config`:
+the row's preset, the grid's overrides, the seed, the budget and the trial's resources); :func:`describe` is the dry
+run's text. Imports neither Ray nor MLflow nor torch.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from siamim.config import ConfigError
 from siamim.errors import UserError
 from siamim.eval.protocols import parse_protocols
 from siamim.orchestration.ablation.rows import parse_rows, row_config, row_source, switches_of
-from siamim.orchestration.driver.resources import RunName, TrialResources, check_trial_fits, flag_overrides, packing
+from siamim.orchestration.ablation.table import headline_keys
+from siamim.orchestration.driver.experiment import ExperimentSpec
+from siamim.orchestration.driver.resources import flag_overrides, packing
 from siamim.orchestration.runs.resume import check_fresh_plan
 
 DEFAULT_PROTOCOLS = "knn,lin,fewshot,dense,correspondence"
@@ -26,23 +28,19 @@ class AblationInputError(UserError, ValueError):
     """A flag or the cluster cannot run the grid; the message names the flag."""
 
 
-class GridSpec(TrialResources):
-    """Everything a trial needs (JSON-serialisable; stored in the grid record for ``--resume``). Built from bad
-    flags it raises :class:`AblationInputError` naming the flag (``--seeds 0: must be a whole number >= 1``)."""
+class GridSpec(ExperimentSpec):
+    """The grid's flags. Built from bad flags it raises :class:`AblationInputError` naming the flag
+    (``--seeds 0: must be a whole number >= 1``)."""
 
     model_config = ConfigDict(serialize_by_alias=True)  # the record's key is "register" (see register_model)
     input_error: ClassVar[type[UserError]] = AblationInputError
+    kind, job, what, record_file = "ablation", "ablate", "grid", "siamim_ablation.json"
 
-    name: RunName
     rows: list[str]  # --rows text or names -> names in table order
     seeds: int = Field(ge=1, description="a whole number >= 1")
     protocols: list[str]  # --protocols text or names -> names in run order
-    overrides: list[str] = []
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
     max_retries: int = Field(1, ge=0)
     storage: str = "runs/ablation"
-    tracking_uri: str | None = None
     experiment: str = "siamim-ablation"
     # --register: each trial's encoder, a version of MLflow model <register>-<row>; the attribute `register` is
     # ABCMeta's (pydantic warns of the shadowing: pydantic/pydantic#7009), so the name is the alias only
@@ -58,15 +56,28 @@ class GridSpec(TrialResources):
     def _protocols(cls, value) -> list[str]:
         return parse_protocols(value)
 
-    @model_validator(mode="after")
-    def _one_budget(self) -> GridSpec:
-        if self.steps is not None and self.epochs is not None:
-            raise AblationInputError("--steps and --epochs: give one budget, not both")
-        return self
-
     @property
     def trials(self) -> list[tuple[str, int]]:
         return [(r, s) for r in self.rows for s in range(self.seeds)]
+
+    @staticmethod
+    def trial_name(config: dict) -> str:
+        return trial_run_name(config["row"], config["seed"])
+
+    def check(self) -> None:
+        validate_spec(self)
+
+    def dry_run(self, have: dict[str, float], where: str) -> list[str]:
+        return describe(self, have, where)
+
+    def first_config(self):
+        return trial_config({**self.model_dump(), "pretrain_storage": self.storage}, self.rows[0], 0)
+
+    def own_params(self) -> dict:
+        return {"seeds": self.seeds, "rows": ",".join(self.rows), "protocols": ",".join(self.protocols)}
+
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(key for key, _, _ in headline_keys(self.protocols)), ("ablation.row", "ablation.seed")
 
 
 def trial_key(row: str, seed: int) -> str:
@@ -109,22 +120,12 @@ def validate_spec(spec: GridSpec) -> None:
 def describe(spec: GridSpec, have: dict[str, float], where: str) -> list[str]:
     """The dry-run text: trials, per-trial resources, estimated packing. A trial that cannot fit raises
     :class:`AblationInputError` as the run would (no "1 trial fits" for a worker larger than any node)."""
-    check_trial_fits(spec, have, AblationInputError)
-    pack = packing(spec, have)
-    need = spec.trial_need()
+    resources = spec.resource_lines(have, where, evaluation=True)
     budget = f"{spec.steps} steps" if spec.steps else f"{spec.epochs} epochs" if spec.epochs else "the preset's epochs"
     lines = [
-        f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {pack['trials']} trials, "
-        f"budget {budget}, protocols {','.join(spec.protocols)}",
-        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
-        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
-        + f") = {need['CPU']:g} CPU"
-        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
-        + "; evaluation task: the same; "
-        "trial actor: 0 CPU",
-        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
-        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'}), "
-        f"about {pack['waves']} wave(s)",
+        f"ablation grid {spec.name!r}: {len(spec.rows)} rows x {spec.seeds} seeds = {packing(spec, have)['trials']} "
+        f"trials, budget {budget}, protocols {','.join(spec.protocols)}",
+        *resources,
         "",
         "| trial | row source | switches (resolved config) |",
         "|---|---|---|",

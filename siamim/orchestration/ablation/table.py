@@ -10,13 +10,12 @@ the sign matches the paper's; a PNG of metric per row with every seed shown.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
 from siamim.eval.protocols import get
 from siamim.orchestration.ablation.rows import BASELINES, GRID_ROWS, KEY_COMPARISONS
+from siamim.orchestration.driver.experiment import csv_table, figure, markdown_table, save_png
 
 PAPER_COLUMNS = ("FT", "LIN", "AP box", "AP mask")
 
@@ -37,12 +36,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if len(vals) == 1:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-
-
-def _fmt(m: float, s: float | None = None) -> str:
-    if math.isnan(m):
-        return "-"
-    return f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
 
 
 def by_row(results: list[dict], key: str) -> dict[str, dict[int, float]]:
@@ -72,45 +65,38 @@ def assemble(results: list[dict], protocols: list[str], failed: list[dict] | Non
     return table
 
 
+def _cell(m: float, s: float) -> str:
+    return "-" if math.isnan(m) else f"{m:.2f} ± {s:.2f}"
+
+
 def to_markdown(table: list[dict], protocols: list[str]) -> str:
+    """The table (:func:`assemble`): per row its seeds, ours (mean ± std) per protocol, the paper's columns."""
     heads = [t for _, t, _ in headline_keys(protocols)]
-    lines = [
-        "| row | seeds | "
-        + " | ".join(f"{h} (ours)" for h in heads)
-        + " | "
-        + " | ".join(f"{c} (paper)" for c in PAPER_COLUMNS)
-        + " |",
-        "|---|---|" + "---|" * (len(heads) + len(PAPER_COLUMNS)),
+    header = ["row", "seeds", *(f"{h} (ours)" for h in heads), *(f"{c} (paper)" for c in PAPER_COLUMNS)]
+    rows = [
+        [rec["row"], f"{rec['n']}" + (f" ({len(rec['failed'])} failed)" if rec["failed"] else "")]
+        + [_cell(*rec["ours"][h]) for h in heads]
+        + [f"{rec['paper'][c]:.1f}" for c in PAPER_COLUMNS]
+        for rec in table
     ]
-    for rec in table:
-        n = f"{rec['n']}" + (f" ({len(rec['failed'])} failed)" if rec["failed"] else "")
-        ours = [_fmt(*rec["ours"][h]) for h in heads]
-        paper = [f"{rec['paper'][c]:.1f}" for c in PAPER_COLUMNS]
-        lines.append(f"| {rec['row']} | {n} | " + " | ".join(ours) + " | " + " | ".join(paper) + " |")
+    text = markdown_table(header, rows)
     baselines = [rec["row"] for rec in table if rec["row"] in BASELINES]
     if baselines:
-        lines.append(
-            f"\n{', '.join(baselines)}: paper numbers from the paper's main table (400 epochs), not the ablation."
-        )
-    return "\n".join(lines) + "\n"
+        text += f"\n{', '.join(baselines)}: paper numbers from the paper's main table (400 epochs), not the ablation.\n"
+    return text
 
 
 def to_csv(table: list[dict], protocols: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
+    """The table as CSV: mean and std per protocol, the paper's columns."""
     heads = [t for _, t, _ in headline_keys(protocols)]
-    w.writerow(
-        ["row", "n", "failed"]
-        + [c for h in heads for c in (f"{h} mean", f"{h} std")]
-        + [f"paper {c}" for c in PAPER_COLUMNS]
-    )
-    for rec in table:
-        w.writerow(
-            [rec["row"], rec["n"], len(rec["failed"])]
-            + [f"{v:.4f}" for h in heads for v in rec["ours"][h]]
-            + [rec["paper"][c] for c in PAPER_COLUMNS]
-        )
-    return buf.getvalue()
+    header = ["row", "n", "failed", *(c for h in heads for c in (f"{h} mean", f"{h} std"))]
+    rows = [
+        [rec["row"], rec["n"], len(rec["failed"])]
+        + [f"{v:.4f}" for h in heads for v in rec["ours"][h]]
+        + [rec["paper"][c] for c in PAPER_COLUMNS]
+        for rec in table
+    ]
+    return csv_table(header + [f"paper {c}" for c in PAPER_COLUMNS], rows)
 
 
 # --------------------------------------------------------------------------- paired differences
@@ -152,44 +138,28 @@ def paired_differences(results: list[dict], protocols: list[str]) -> list[dict]:
 
 
 def paired_markdown(diffs: list[dict]) -> str:
+    """The paired differences (:func:`paired_differences`) as markdown."""
     if not diffs:
         return "(no key comparison of the paper has both of its rows in this grid)\n"
-    lines = [
-        "| comparison | what it isolates | protocol | ours (mean ± std over seeds) | n | paper | same sign |",
-        "|---|---|---|---|---|---|---|",
+    sign = {True: "yes", False: "**no**", None: "n/a"}
+    header = ["comparison", "what it isolates", "protocol", "ours (mean ± std over seeds)", "n", "paper", "same sign"]
+    rows = [
+        [f"{d['first']} − {d['second']}", d["what"], d["protocol"], f"{d['mean']:+.2f} ± {d['std']:.2f}", d["n"]]
+        + [f"{d['paper_diff']:+.1f} ({d['paper_column']})", sign[d["sign_matches"]]]
+        for d in diffs
     ]
-    for d in diffs:
-        sign = {True: "yes", False: "**no**", None: "n/a"}[d["sign_matches"]]
-        lines.append(
-            f"| {d['first']} − {d['second']} | {d['what']} | {d['protocol']} | "
-            f"{d['mean']:+.2f} ± {d['std']:.2f} | {d['n']} | {d['paper_diff']:+.1f} "
-            f"({d['paper_column']}) | {sign} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows)
 
 
 def paired_csv(diffs: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["first", "second", "protocol", "metric", "n", "mean", "std", "paper_column", "paper_diff", "sign_matches"]
-    )
-    for d in diffs:
-        w.writerow(
-            [
-                d["first"],
-                d["second"],
-                d["protocol"],
-                d["metric"],
-                d["n"],
-                f"{d['mean']:.4f}",
-                f"{d['std']:.4f}",
-                d["paper_column"],
-                d["paper_diff"],
-                d["sign_matches"],
-            ]
-        )
-    return buf.getvalue()
+    """The paired differences as CSV."""
+    header = ["first", "second", "protocol", "metric", "n", "mean", "std", "paper_column", "paper_diff"]
+    rows = [
+        [d["first"], d["second"], d["protocol"], d["metric"], d["n"], f"{d['mean']:.4f}", f"{d['std']:.4f}"]
+        + [d["paper_column"], d["paper_diff"], d["sign_matches"]]
+        for d in diffs
+    ]
+    return csv_table([*header, "sign_matches"], rows)
 
 
 # --------------------------------------------------------------------------- plot
@@ -211,16 +181,10 @@ def plot(
     (e.g. the raw-pixel and random-init baselines through the same protocols); the y-axis then spans them,
     so the gaps between rows are seen against what no pretraining gives.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     heads = headline_keys(protocols)
     rows = sorted({r["row"] for r in results}, key=list(GRID_ROWS).index)
-    width = max(4.0, 0.5 * len(rows) + 2.5)
-    fig, axes = plt.subplots(1, len(heads), figsize=(width * len(heads), 3.6), squeeze=False)
-    for ax, (key, title, _) in zip(axes[0], heads, strict=True):
+    fig, axes = figure(len(heads), (max(4.0, 0.5 * len(rows) + 2.5), 3.6))
+    for ax, (key, title, _) in zip(axes, heads, strict=True):
         vals = by_row(results, key)
         for x, row in enumerate(rows):
             seeds = list(vals.get(row, {}).values())
@@ -247,15 +211,3 @@ def plot(
         if got:
             ax.set_ylim(*y_limits(got))
     return save_png(fig, path)
-
-
-def save_png(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure to ``path`` (parents made), 110 dpi, and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

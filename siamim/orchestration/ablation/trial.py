@@ -1,27 +1,11 @@
 """One trial of the ablation grid: pretrain a row with Ray Train, evaluate it, report to Tune and MLflow.
 
-:func:`run_trial` is the Ray Tune function trainable (Ray 2.60 Train V2 pattern:
-a function trainable that builds and fits a ``TorchTrainer``, with
-its :class:`~siamim.orchestration.tracking.stream.MlflowStream` writing the child run live and
-forwarding the workers' reports to Tune). Per trial:
-
-1. the row's resolved config (``configs/ablation/<row>.yaml`` or ``tiny`` + switches,
-   then the grid's overrides, the budget, ``train.seed=<seed>`` and the per-trial workers);
-2. its MLflow **child run** under the grid's parent run, found by the tag
-   ``ablation.trial=<row>/<seed>`` so a retried or resumed trial reopens it instead of
-   making a duplicate (params: the resolved config's flat keys + ``ablation.row``/``seed``);
-3. pretraining (:func:`~siamim.orchestration.driver.launch.fit_trial`) through the adapter ``jobs/pretrain.py``
-   uses (:func:`~siamim.orchestration.driver.trainer.build_trainer`); its run directory
-   ``<storage>/<grid>/pretrain/<row>-s<seed>`` is stable, so a retried trial continues from its last Train
-   checkpoint;
-4. the evaluation protocols on the final checkpoint, as a Ray task holding the trial's
-   CPUs/GPUs (the trial actor itself reserves none);
-5. ``tune.report`` of pretraining + evaluation metrics; the child run's status is a pretraining run's
-   (:func:`~siamim.orchestration.driver.launch.closes_run`): FINISHED, or FAILED when anything raised
-   (Tune then retries the trial up to ``--max-retries`` times).
-
-A trial whose child run already finished with its metrics (a resumed grid whose
-last Tune state predates that finish) reports the stored metrics instead of training again.
+:func:`run_trial` is the Ray Tune function trainable, in the child run of
+:func:`~siamim.orchestration.driver.tune.run_child` (tag ``ablation.trial=<row>/<seed>``; params: the resolved
+config's flat keys + ``ablation.row``/``seed``). The row's config (:func:`~siamim.orchestration.ablation.spec.trial_config`)
+is pretrained by :func:`~siamim.orchestration.driver.launch.fit_trial` in the stable run directory
+``<storage>/<grid>/pretrain/<row>-s<seed>`` (a retried trial continues from its last checkpoint), then evaluated
+as a Ray task holding the trial's CPUs/GPUs (the trial actor itself reserves none).
 """
 
 from __future__ import annotations
@@ -33,7 +17,6 @@ import time
 import ray
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from siamim.checkpoint import load_checkpoint, load_encoder
@@ -41,21 +24,16 @@ from siamim.config import flatten, from_dict, to_dict
 from siamim.eval.report import flat_metrics, table_rows, to_csv, to_markdown
 from siamim.eval.representation import EncoderRepresentation
 from siamim.eval.runner import Suite, evaluate
-from siamim.orchestration import tracking
 from siamim.orchestration.ablation.rows import row_source, switches_of
 from siamim.orchestration.ablation.spec import trial_config, trial_key, trial_run_name
 from siamim.orchestration.ablation.table import headline_keys
 from siamim.orchestration.driver import tune as tx
-from siamim.orchestration.driver.launch import closes_run, fit_trial
+from siamim.orchestration.driver.launch import fit_trial
 from siamim.orchestration.driver.trainer import log_run_end
 from siamim.orchestration.runs import storage as st
 from siamim.orchestration.runs.checkpoints import checkpoint_location
 from siamim.orchestration.runs.refs import resolve_checkpoint
 from siamim.orchestration.tracking.evaluation import log_evaluation
-
-STARTS_TAG = "ablation.starts"  # how many times this trial (re)started real work
-TRIAL_TAG = "ablation.trial"
-GRID_TAG = "ablation.grid"
 
 
 def eval_resources(spec: dict) -> dict:
@@ -70,18 +48,13 @@ def _finished_metrics(previous, spec: dict) -> dict | None:
     """The stored results of a child run that already finished this trial completely, else None."""
     if previous is None or previous.info.status != "FINISHED":
         return None
-    metrics = previous.data.metrics
-
-    needed = [key for key, _, _ in headline_keys(spec["protocols"])]
-    if not all(k in metrics for k in needed):
-        return None
-    return dict(metrics)
+    metrics = dict(previous.data.metrics)
+    return metrics if all(key in metrics for key, _, _ in headline_keys(spec["protocols"])) else None
 
 
 # --------------------------------------------------------------------------- evaluation task
 def evaluate_checkpoint(checkpoint: str, cfg_dict: dict, protocols: list[str]) -> tuple[dict, str, str]:
     """Evaluate a Train checkpoint (directory path or storage URI); returns ``(metrics, markdown, csv)``."""
-
     cfg = from_dict(cfg_dict)
     tmp = tempfile.mkdtemp(prefix="siamim-ablate-eval-")
     try:
@@ -101,28 +74,28 @@ def run_trial(config: dict, spec: dict) -> None:
     row, seed = config["row"], int(config["seed"])
     started = time.time()
     cfg = trial_config(spec, row, seed)
-    uri, key, source = spec["tracking_uri"], trial_key(row, seed), row_source(row)
+    source = row_source(row)
     params = {**flatten(cfg), "ablation.row": row, "ablation.seed": seed}
-    tags = {GRID_TAG: spec["name"], "ablation.row": row, "ablation.seed": seed, "ablation.source": source}
+    tags = {"ablation.grid": spec["name"], "ablation.row": row, "ablation.seed": seed, "ablation.source": source}
     tags.update({"mlflow.source.name": "jobs/ablate.py", "source": source})
-    run_id, previous = tx.open_child(spec, TRIAL_TAG, key, trial_run_name(row, seed), params, tags)
-    reused = f"[ablate] trial {key} already finished in MLflow run {run_id}; reporting its stored metrics"
-    if tx.reuse_finished(uri, run_id, _finished_metrics(previous, spec), reused, row=row, seed=seed):
-        return  # finished before the driver was stopped: reported, not redone
-    switches = {f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()}
-    starts = tx.count_start(uri, run_id, previous, STARTS_TAG, switches)
-    print(f"[ablate] trial {key} start #{starts} ({source}), MLflow run {run_id}", flush=True)
-    with closes_run(uri, run_id, error_tag="ablation.error"):
-        metrics = _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed)
-        if previous is not None and "ablation.error" in previous.data.tags:  # an earlier attempt's error is history
-            tracking.set_tags(
-                uri, run_id, {"ablation.error": "-", "ablation.last_error": previous.data.tags["ablation.error"]}
-            )
-    tune.report({**metrics, "row": row, "seed": seed, "mlflow_run_id": run_id, "reused": 0})
+    tx.run_child(
+        spec,
+        "ablation",
+        trial_key(row, seed),
+        trial_run_name(row, seed),
+        params,
+        tags,
+        finished=lambda previous: _finished_metrics(previous, spec),
+        work=lambda run_id: _pretrain_and_evaluate(spec, cfg, run_id, started, row, seed),
+        report={"row": row, "seed": seed},
+        note=source,
+        start_tags={f"ablation.switch.{k}": v for k, v in switches_of(cfg).items()},
+    )
 
 
-def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str = "", seed: int = 0) -> dict:
-
+def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: str, seed: int) -> dict:
+    """Pretrain the trial (its end logged as a pretraining run's, ``--register``), evaluate its checkpoint as a
+    Ray task, log the evaluation; returns the metrics for Tune."""
     uri = spec["tracking_uri"]
     storage = st.resolve_storage(cfg.run.storage)
     knn = "knn" in spec["protocols"]  # kNN once per trial: the evaluation computes it when the protocols include it
@@ -133,10 +106,7 @@ def _pretrain_and_evaluate(spec: dict, cfg, run_id: str, started: float, row: st
     model = f"{spec['register']}-{row}" if spec.get("register") else None  # --register; as a pretraining run's end
     log_run_end(uri, run_id, result.checkpoint, cfg, checkpoint, model=model, row=row, seed=seed, grid=spec["name"])
     train_metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    pretrain_s = time.time() - started
-
-    t0 = time.time()
-
+    pretrain_s, t0 = time.time() - started, time.time()
     # Outside the trial actor's placement group (which holds no CPU): the task takes the trial's own resources.
     task = ray.remote(evaluate_checkpoint).options(
         **eval_resources(spec),

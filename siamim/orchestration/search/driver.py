@@ -1,17 +1,14 @@
-"""The driver of ``jobs/search.py``: a hyperparameter search as a Ray Tune experiment with ASHA, tracked in MLflow.
+"""The driver of ``jobs/search.py``: a hyperparameter search as one experiment of
+:mod:`siamim.orchestration.driver.tune` (the drawn samples, each trial
+:func:`~siamim.orchestration.search.trial.run_search_trial`, stopped early by ASHA), then its own results: each
+trial's status on its child run, the table, the plot and the best config as a preset.
 
-Order (fail fast): flags -> space -> every sampled config -> tracking store, storage, data, budget ->
-cluster resources -> MLflow parent run + search record -> ``Tuner.fit`` with the ASHA scheduler (or
-``Tuner.restore(...).fit`` with ``--resume``) -> each trial's status on its child run -> table, plot, the
-best config as a preset.
-
-What it shares with the grid (resources, Ray, the parent run, Tune's fit) is :mod:`siamim.orchestration.driver.tune`;
-a trial is :func:`siamim.orchestration.search.trial.run_search_trial`. Layout under ``<storage>/<search name>/``::
+Layout under ``<storage>/<search name>/``::
 
     experiment_state-*.json, tuner.pkl, ...   Ray Tune's experiment state (what --resume restores)
     t<index>_<id>/                            one Tune trial: result.json, progress.csv, events.out.tfevents.*
     pretrain/t<index>/checkpoint_*/           the trial's Ray Train run
-    siamim_search.json                        search record: flags, samples, MLflow parent run, tracking URI
+    siamim_search.json, asha_rungs.json       search record (flags, samples, MLflow parent run); ASHA's rungs
     search_table.md/.csv, search_plot.png, <name>.yaml   the results (also in the parent run, search/)
 
 The best config also goes to ``configs/found/<name>.yaml`` of this checkout (``--config found/<name>``).
@@ -20,7 +17,6 @@ The best config also goes to ``configs/found/<name>.yaml`` of this checkout (``-
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -29,7 +25,6 @@ from ray import tune
 from siamim.config import to_dict
 from siamim.orchestration import tracking
 from siamim.orchestration.driver import tune as tx
-from siamim.orchestration.runs import storage as st
 from siamim.orchestration.search import report as rep
 from siamim.orchestration.search.scheduler import ResumableASHA
 from siamim.orchestration.search.space import SearchInputError
@@ -42,12 +37,8 @@ from siamim.orchestration.search.spec import (
     search_config,
     trial_key,
     trial_name,
-    trial_spec,
-    validate_search,
 )
 from siamim.orchestration.search.trial import run_search_trial
-
-SEARCH_RECORD = "siamim_search.json"
 
 
 class SearchFailed(SearchInputError):
@@ -64,120 +55,80 @@ class SearchSummary(tx.ExperimentSummary):
     table_md: str
 
 
-# --------------------------------------------------------------------------- the search
-def _trial_name(trial) -> str:
-    return trial_name(int(trial.config["sample"]["index"]))
+class Search(tx.ExperimentJob):
+    """The search's own part: the samples, ASHA, and the table, plot and preset of its trials."""
 
+    spec_type, trial = SearchSpec, staticmethod(run_search_trial)
 
-def _trial_dirname(trial) -> str:
-    return f"{_trial_name(trial)}_{trial.trial_id}"
+    def prepare(self, spec: SearchSpec, record: dict | None) -> None:
+        spec.check()
+        spec.budget = budget_steps(spec)
+        if record is None and (FOUND_DIR / f"{spec.name}.yaml").exists():
+            raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
+        # The metric appears only at the monitor's steps: Tune's check that every result carries the
+        # scheduler's metric is off (it would fail the trial at its first report, step 1).
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
+    def param_space(self, spec: SearchSpec) -> dict:
+        return {"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])}
 
-def _scheduler(spec: SearchSpec, budget: int):
-    # Rungs strictly below the budget (max_t = budget - 1) and no stop at max_t: a trial's last report is
-    # never a reason to kill it while it finishes (its MLflow run and checkpoint are written after it).
-    return ResumableASHA(
-        spec.storage,
-        spec.name,
-        time_attr="step",
-        metric=spec.metric,
-        mode=spec.mode,
-        max_t=budget - 1,
-        grace_period=spec.grace_period,
-        reduction_factor=spec.reduction_factor,
-        stop_last_trials=False,
-    )
-
-
-def _parent_params(spec: SearchSpec) -> dict:
-    keys = ("config", "num_samples", "seed", "metric", "mode", "grace_period", "reduction_factor", "steps", "epochs")
-    keys += ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "max_retries", "budget")
-    return {
-        **{f"search.{k}": getattr(spec, k) for k in (*keys, "name", "storage")},
-        "search.overrides": " ".join(spec.overrides) or "-",
-        "search.trials": len(spec.samples),
-        "search.space": spec.space_text[:6000],
-    }
-
-
-def run_search(
-    spec: SearchSpec | None = None,
-    *,
-    resume: str | None = None,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    address: str | None = None,
-    log=print,
-) -> SearchSummary:
-    """Run the search ``spec`` (or resume the search named ``resume`` under ``storage``); returns the summary.
-
-    Raises :class:`SearchInputError` (or the preflight's :class:`~siamim.errors.UserError`) before anything
-    starts, :class:`SearchFailed` when no trial ran its budget, ``KeyboardInterrupt`` when interrupted.
-    """
-    t0 = time.time()
-    record = None
-    if resume is not None:
-        spec, record = tx.load_record(SearchSpec, resume, storage, "runs/search", SEARCH_RECORD, "search")
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"]
-    assert spec is not None
-    spec.storage = st.resolve_storage(spec.storage).uri
-    validate_search(spec)
-    spec.tracking_uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    spec.budget = budget_steps(spec)
-    if record is None and (FOUND_DIR / f"{spec.name}.yaml").exists():
-        raise SearchInputError(f"--name {spec.name}: configs/found/{spec.name}.yaml exists; pick another --name")
-    exp = tx.open_experiment(
-        spec,
-        record,
-        search_config(trial_spec(spec), spec.samples[0]),
-        kind="search",
-        job="search",
-        what="search",
-        params=_parent_params(spec),
-        record_file=SEARCH_RECORD,
-        columns=(spec.metric, "loss"),
-        param_columns=tuple(spec.samples[0]),
-        detail=f"{len(spec.samples)} trials, {spec.budget} steps each; ",
-        launch_time=t0,
-        address=address,
-        log=log,
-    )
-    grid = _fit(spec, exp, record is not None)
-    trials = _collect(spec, grid, exp.parent)
-    summary = _assemble(spec, exp, trials, t0, log)
-    if summary.best is None:
-        raise SearchFailed(
-            f"no trial of search {spec.name!r} ran its whole budget ({spec.budget} steps): no best config; "
-            f"the table is in MLflow run {exp.parent}"
+    def tune_options(self, spec: SearchSpec) -> dict:
+        # Rungs strictly below the budget (max_t = budget - 1) and no stop at max_t: a trial's last report is
+        # never a reason to kill it while it finishes (its MLflow run and checkpoint are written after it).
+        asha = ResumableASHA(
+            spec.storage,
+            spec.name,
+            time_attr="step",
+            metric=spec.metric,
+            mode=spec.mode,
+            max_t=spec.budget - 1,
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+            stop_last_trials=False,
         )
-    return summary
+        return {"scheduler": asha}
+
+    def finish(self, exp: tx.Experiment, results, log) -> SearchSummary:
+        spec = exp.spec
+        trials = _collect(spec, results, exp.parent)
+        keys = list(spec.samples[0])
+        best = rep.best_trial(trials, spec.mode)
+        table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
+        files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
+        preset = None
+        if best is not None:
+            cfg = search_config(spec.model_dump(), best["values"], best["index"])
+            header = rep.preset_header({**spec.model_dump(), "parent_run_id": exp.parent}, best, trials, spec.budget)
+            files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
+            FOUND_DIR.mkdir(parents=True, exist_ok=True)
+            found = FOUND_DIR / f"{spec.name}.yaml"
+            found.write_text(files[f"{spec.name}.yaml"])
+            preset = str(found)
+        draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
+        count = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
+        metrics = {
+            "search.trials_finished": count[rep.FINISHED],
+            "search.trials_stopped_early": count[rep.STOPPED],
+            "search.trials_failed": count[rep.FAILED],
+        }
+        if best is not None:
+            metrics[f"search.best_{spec.metric}"] = best["metric"]
+        tags = {"search.best_trial": best["name"] if best else "-", "search.preset": preset and f"found/{spec.name}"}
+        done = exp.close(files, draw, metrics, tags, "FINISHED" if best else "FAILED")
+        log("\n" + table_md)
+        if best is None:
+            raise SearchFailed(
+                f"no trial of search {spec.name!r} ran its whole budget ({spec.budget} steps): no best config; "
+                f"the table is in MLflow run {exp.parent}"
+            )
+        return SearchSummary(**done, trials=trials, best=best, preset=preset, table_md=table_md)
 
 
-def _fit(spec: SearchSpec, exp: tx.Experiment, resuming: bool):
-    """Tune's fit (a new experiment, or the restored one); ``KeyboardInterrupt`` when it was interrupted."""
-    # The metric appears only at the monitor's steps: Tune's check that every result carries the
-    # scheduler's metric is off (it would fail the trial at its first report, step 1).
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-
-    def new_tuner(trainable):
-        return tune.Tuner(
-            trainable,
-            param_space={"sample": tune.grid_search([{"index": i, **v} for i, v in enumerate(spec.samples)])},
-            tune_config=tune.TuneConfig(
-                scheduler=_scheduler(spec, spec.budget),
-                max_concurrent_trials=exp.pack["concurrent"],
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tx.run_config(spec, exp.root),
-        )
-
-    trainable = tx.trainable(run_search_trial, exp.trial_spec)
-    grid = tx.fit(spec, exp.root, trainable, resuming, new_tuner, exp.parent, "search")
-    if grid.num_terminated + grid.num_errors < len(spec.samples):  # Tune returns early on SIGINT, state saved
-        tx.interrupted(spec, exp.parent, "search")
-        raise KeyboardInterrupt
-    return grid
+def run_search(spec: SearchSpec | None = None, **how) -> SearchSummary:
+    """Run the search ``spec`` (or ``resume=NAME`` under ``storage=``; also ``tracking_uri``, ``address``, ``log``):
+    :func:`~siamim.orchestration.driver.tune.run_experiment`. Raises :class:`SearchFailed` when no trial ran its
+    budget."""
+    return tx.run_experiment(Search(), spec, **how)
 
 
 def _history(df, metric: str) -> dict[int, float]:
@@ -232,46 +183,6 @@ def _collect(spec: SearchSpec, grid, parent: str) -> list[dict]:
             if status != rep.FINISHED:
                 tracking.finish_run(spec.tracking_uri, run_id, "KILLED" if status == rep.STOPPED else "FAILED")
     return trials
-
-
-def _assemble(spec: SearchSpec, exp: tx.Experiment, trials: list[dict], t0: float, log) -> SearchSummary:
-    keys = list(spec.samples[0])
-    best = rep.best_trial(trials, spec.mode)
-    table_md = rep.table_markdown(trials, keys, spec.metric, spec.budget, best)
-    files = {"search_table.md": table_md, "search_table.csv": rep.table_csv(trials, keys, spec.metric, spec.budget)}
-    preset = None
-    if best is not None:
-        cfg = search_config(spec.model_dump(), best["values"], best["index"])
-        header = rep.preset_header({**spec.model_dump(), "parent_run_id": exp.parent}, best, trials, spec.budget)
-        files[f"{spec.name}.yaml"] = rep.preset_text(to_dict(cfg), header)
-        FOUND_DIR.mkdir(parents=True, exist_ok=True)
-        found = FOUND_DIR / f"{spec.name}.yaml"
-        found.write_text(files[f"{spec.name}.yaml"])
-        preset = str(found)
-    draw = lambda folder: rep.plot(trials, spec.metric, spec.budget, folder / "search_plot.png", best)  # noqa: E731
-    artifacts = tx.publish(spec, exp.parent, exp.root, "search", files, draw)
-    counts = {s: sum(t["status"] == s for t in trials) for s in (rep.FINISHED, rep.STOPPED, rep.FAILED)}
-    metrics = {
-        "search.trials_finished": counts[rep.FINISHED],
-        "search.trials_stopped_early": counts[rep.STOPPED],
-        "search.trials_failed": counts[rep.FAILED],
-        "search.wall_s": time.time() - t0,
-    }
-    if best is not None:
-        metrics[f"search.best_{spec.metric}"] = best["metric"]
-    tags = {
-        "search.best_trial": best["name"] if best else "-",
-        "search.preset": f"found/{spec.name}" if preset else None,
-    }
-    tx.close_parent(spec, exp.parent, metrics, tags, "FINISHED" if best else "FAILED")
-    log("\n" + table_md)
-    return SearchSummary(
-        **exp.summary(spec, artifacts, t0),
-        trials=trials,
-        best=best,
-        preset=preset,
-        table_md=table_md,
-    )
 
 
 __all__ = [

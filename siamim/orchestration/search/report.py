@@ -9,23 +9,15 @@ Pure functions (no Ray, no MLflow). A trial is a dict::
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from pathlib import Path
 
 import yaml
 
-from siamim.orchestration.ablation.table import save_png
+from siamim.orchestration.driver.experiment import csv_table, figure, fmt, markdown_table, save_png
 
 FINISHED, STOPPED, FAILED = "finished", "stopped early", "failed"
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def best_trial(trials: list[dict], mode: str) -> dict | None:
@@ -40,40 +32,29 @@ def best_trial(trials: list[dict], mode: str) -> dict | None:
 
 def table_markdown(trials: list[dict], keys: list[str], metric: str, budget: int, best: dict | None) -> str:
     """One row per trial: index, sampled values, last metric, steps run of the budget, status."""
-    lines = [
-        "| trial | " + " | ".join(keys) + f" | {metric} (last) | steps | status |",
-        "|---|" + "---|" * (len(keys) + 3),
+    rows = [
+        [t["name"] + (" **best**" if best is not None and t["index"] == best["index"] else "")]
+        + [fmt(t["values"].get(k)) for k in keys]
+        + [fmt(t["metric"]), f"{t['steps']} / {budget}", t["status"]]
+        for t in sorted(trials, key=lambda t: t["index"])
     ]
-    for t in sorted(trials, key=lambda t: t["index"]):
-        mark = " **best**" if best is not None and t["index"] == best["index"] else ""
-        lines.append(
-            f"| {t['name']}{mark} | "
-            + " | ".join(_fmt(t["values"].get(k)) for k in keys)
-            + f" | {_fmt(t['metric'])} | {t['steps']} / {budget} | {t['status']} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(["trial", *keys, f"{metric} (last)", "steps", "status"], rows)
 
 
 def table_csv(trials: list[dict], keys: list[str], metric: str, budget: int) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["trial", *keys, f"{metric}_last", "steps", "budget", "status", "stopped_early", "mlflow_run_id"])
-    for t in sorted(trials, key=lambda t: t["index"]):
-        w.writerow(
-            [t["name"], *(t["values"].get(k) for k in keys)]
-            + [t["metric"], t["steps"], budget, t["status"], t["status"] == STOPPED, t.get("run_id") or ""]
-        )
-    return buf.getvalue()
+    """The table as CSV, with the stopped flag and the MLflow run of each trial."""
+    header = ["trial", *keys, f"{metric}_last", "steps", "budget", "status", "stopped_early", "mlflow_run_id"]
+    rows = [
+        [t["name"], *(t["values"].get(k) for k in keys)]
+        + [t["metric"], t["steps"], budget, t["status"], t["status"] == STOPPED, t.get("run_id") or ""]
+        for t in sorted(trials, key=lambda t: t["index"])
+    ]
+    return csv_table(header, rows)
 
 
 def plot(trials: list[dict], metric: str, budget: int, path: str | Path, best: dict | None = None) -> Path:
     """PNG of ``metric`` vs step, one line per trial; a cross where ASHA stopped a trial, the best one thicker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    fig, (ax,) = figure()
     for t in sorted(trials, key=lambda t: t["index"]):
         if not t["history"]:
             continue

@@ -1,8 +1,7 @@
-"""A search's spec and its checks before anything starts (``jobs/search.py --dry-run`` stops after them).
+"""The search's spec and its checks before anything starts (``jobs/search.py --dry-run`` stops after them).
 
-:class:`SearchSpec` holds the flags, the space's text and the drawn samples (a pydantic model, JSON-serialisable:
-the search record keeps it for ``--resume``) and checks the flags as it is built. :func:`validate_search` checks
-the space and every drawn config;
+:class:`SearchSpec` holds the flags (the shared ones are :class:`~siamim.orchestration.driver.experiment.ExperimentSpec`'s),
+the space's text and the drawn samples; :func:`validate_search` checks the space and every drawn config,
 :func:`budget_steps` the budget against the data and ``--grace-period``; :func:`describe` is the dry run's text.
 Imports neither Ray nor MLflow (torch only in :func:`budget_steps`).
 """
@@ -18,12 +17,11 @@ from pydantic import Field
 from siamim.config import CONFIG_DIR, Config, ConfigError, load_config, parse_override
 from siamim.errors import UserError
 from siamim.orchestration import REPO_ROOT
-from siamim.orchestration.driver.resources import RunName, TrialResources, check_trial_fits, flag_overrides, packing
+from siamim.orchestration.driver.experiment import ExperimentSpec
+from siamim.orchestration.driver.resources import flag_overrides
 from siamim.orchestration.search.space import SearchInputError, check_samples, parse_space, sample
 
 SEARCH_TRIAL_TAG = "search.trial"
-SEARCH_TAG = "search.name"
-STARTS_TAG = "search.starts"
 STOPPED_TAG = "siamim.stopped_early"
 
 
@@ -56,16 +54,15 @@ FOUND_DIR = CONFIG_DIR / "found"
 MONITOR_METRIC = "knn_monitor"
 
 
-class SearchSpec(TrialResources):
-    """Everything the search needs (JSON-serialisable; stored in the search record for ``--resume``). Built from
-    bad flags it raises :class:`SearchInputError` naming the flag (``--reduction-factor 1: must be > 1``)."""
+class SearchSpec(ExperimentSpec):
+    """The search's flags, the space's text and the drawn samples. Built from bad flags it raises
+    :class:`SearchInputError` naming the flag (``--reduction-factor 1: must be > 1``)."""
 
     input_error: ClassVar[type[UserError]] = SearchInputError
+    kind, job, what, record_file = "search", "search", "search", "siamim_search.json"
 
-    name: RunName
     space_text: str  # the space file's YAML (a resumed search needs no file)
     config: str = "tiny"
-    overrides: list[str] = []
     num_samples: int = Field(8, ge=1)
     seed: int = 0
     metric: str = MONITOR_METRIC
@@ -73,10 +70,7 @@ class SearchSpec(TrialResources):
     grace_period: int = Field(100, ge=1, description=">= 1 (steps)")  # Tune's time_attr is the trainer's global step
     reduction_factor: float = Field(2.0, gt=1)
     steps: int | None = Field(None, ge=2)
-    epochs: float | None = Field(None, gt=0)
-    max_retries: int = Field(0, ge=0)
     storage: str = "runs/search"
-    tracking_uri: str | None = None
     experiment: str = "siamim-search"
     samples: list[dict] = []  # filled by validate_search
     derived: dict = {}  # keys the search sets (the monitor's cadence)
@@ -85,6 +79,29 @@ class SearchSpec(TrialResources):
     @property
     def trials(self) -> list[dict]:
         return self.samples
+
+    @staticmethod
+    def trial_name(config: dict) -> str:
+        return trial_name(int(config["sample"]["index"]))
+
+    def check(self) -> None:
+        validate_search(self)
+
+    def dry_run(self, have: dict[str, float], where: str) -> list[str]:
+        return describe(self, have, where, budget_steps(self))
+
+    def first_config(self) -> Config:
+        return search_config(trial_spec(self), self.samples[0])
+
+    def own_params(self) -> dict:
+        keys = ("config", "num_samples", "seed", "metric", "mode", "grace_period", "reduction_factor", "budget")
+        return {**{k: getattr(self, k) for k in keys}, "space": self.space_text[:6000]}
+
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (self.metric, "loss"), tuple(self.samples[0])
+
+    def detail(self) -> str:
+        return f"{len(self.samples)} trials, {self.budget} steps each; "
 
 
 def trial_spec(spec: SearchSpec) -> dict:
@@ -154,9 +171,7 @@ def rungs(spec: SearchSpec, budget: int) -> list[int]:
 def describe(spec: SearchSpec, have: dict[str, float], where: str, budget: int) -> list[str]:
     """The dry-run text: the sampled trials, the budget and ASHA's rungs, per-trial resources, packing. A trial
     that cannot fit raises :class:`SearchInputError`, as the search itself would."""
-    check_trial_fits(spec, have, SearchInputError)
-    pack = packing(spec, have)
-    need = spec.trial_need()
+    resources = spec.resource_lines(have, where)
     keys = list(spec.samples[0]) if spec.samples else []
     lines = [
         f"search {spec.name!r}: {len(spec.samples)} trials (--num-samples {spec.num_samples}, --seed {spec.seed}) "
@@ -165,13 +180,7 @@ def describe(spec: SearchSpec, have: dict[str, float], where: str, budget: int) 
         f"{', '.join(map(str, rungs(spec, budget)))} (--grace-period {spec.grace_period}, --reduction-factor "
         f"{spec.reduction_factor:g})"
         + (f"; set by the search: {', '.join(f'{k}={v}' for k, v in spec.derived.items())}" if spec.derived else ""),
-        f"per trial: {spec.workers_per_trial} Ray Train worker(s) x ({spec.cpus_per_worker:g} CPU"
-        + (f", {spec.gpus_per_worker:g} GPU" if spec.gpus_per_worker else "")
-        + f") = {need['CPU']:g} CPU"
-        + (f", {need['GPU']:g} GPU" if need["GPU"] else "")
-        + "; trial actor: 0 CPU",
-        f"cluster ({where}): {have['CPU']:g} CPU, {have['GPU']:g} GPU -> {pack['by_resources']} trial(s) fit at "
-        f"once; running {pack['concurrent']} at a time (--max-concurrent {spec.max_concurrent or 'auto'})",
+        *resources,
         f"best config -> {FOUND_DIR.relative_to(REPO_ROOT)}/{spec.name}.yaml (--config found/{spec.name})",
         "",
         "| trial | " + " | ".join(keys) + " |",
