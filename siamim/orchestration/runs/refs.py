@@ -53,11 +53,11 @@ class ResolvedCheckpoint:
 
 
 def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Path) -> Path:
+    from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.get_run(run_id)
+        MlflowClient(tracking_uri).get_run(run_id)
     except Exception as err:
         raise CheckpointNotFound(
             f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); "
@@ -66,7 +66,9 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
     candidates = [artifact] if artifact else list(ARTIFACT_CANDIDATES)
     for cand in candidates:
         try:
-            local = Path(client.download_artifacts(run_id, cand, str(dest)))
+            local = Path(
+                download_artifacts(run_id=run_id, artifact_path=cand, dst_path=str(dest), tracking_uri=tracking_uri)
+            )
         except Exception:
             continue
         if is_timm_export(local):
