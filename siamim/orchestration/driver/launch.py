@@ -220,9 +220,10 @@ def _fit(
     return result
 
 
-def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, result, launch_time: float):
-    metrics = stream.scalars(result.metrics or {})  # the last checkpoint's
-    step = int(metrics.get("step", 0))
+def _summary(
+    target: Target, storage: st.Storage, tracking_uri: str, run_id: str, step: int, where: str, launch_time: float
+) -> PretrainSummary:
+    """The job's summary of run ``run_id`` trained to ``step``, its latest checkpoint at ``where``."""
 
     def at_final_step(key: str) -> float | None:  # this launch's value: the stream logs it at the final step
         try:
@@ -238,13 +239,12 @@ def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str
         tracking_uri=tracking_uri,
         experiment=target.cfg.run.experiment,
         step=step,
-        checkpoint=checkpoint_location(storage, result.checkpoint),
+        checkpoint=where,
         knn_top1=at_final_step("knn_top1"),
         wall_s=time.time() - launch_time,
         time_to_first_step_s=at_final_step("time_to_first_step_s"),
         resumed=target.record is not None,
         storage=storage.uri,
-        metrics=metrics,
     )
 
 
@@ -271,34 +271,8 @@ def _finish(target: Target, storage: st.Storage, tracking_uri: str, run_id: str,
         )
         raise EndKept from None
     checkpoint = ray.train.Checkpoint(end["checkpoint"], filesystem=storage.fs)
-    registered = log_run_end(
-        tracking_uri,
-        run_id,
-        checkpoint,
-        target.cfg,
-        end["location"],
-        end["pictures"],
-        end.get("register"),
-        step=end["step"],
-    )
-    return registered
-
-
-def _ended(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, launch_time: float):
-    """The summary of a run whose kept end a ``--resume`` writes."""
-    return PretrainSummary(
-        run_name=target.run_name,
-        mlflow_run_id=run_id,
-        tracking_uri=tracking_uri,
-        experiment=target.cfg.run.experiment,
-        step=int(end["step"]),
-        checkpoint=end["location"],
-        knn_top1=MlflowClient(tracking_uri).get_run(run_id).data.metrics.get("knn_top1"),
-        wall_s=time.time() - launch_time,
-        time_to_first_step_s=None,
-        resumed=True,
-        storage=storage.uri,
-    )
+    where, pictures, model = end["location"], end["pictures"], end.get("register")
+    return log_run_end(tracking_uri, run_id, checkpoint, target.cfg, where, pictures, model, step=end["step"])
 
 
 class EndKept(Exception):
@@ -408,7 +382,7 @@ def run_pretraining(
         ended: list[PretrainSummary] = []  # the end of a run that trained while MLflow was unreachable
 
         def write_end(run_id: str, end: dict) -> bool:
-            summary = _ended(target, storage, tracking_uri, run_id, end, launch_time)
+            summary = _summary(target, storage, tracking_uri, run_id, int(end["step"]), end["location"], launch_time)
             with closes_run(tracking_uri, run_id):
                 summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)
                 ended.append(summary)
@@ -422,9 +396,8 @@ def run_pretraining(
         except LaunchInputError:
             if not ended:
                 raise
-            log(
-                f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {ended[0].mlflow_run_id}"
-            )
+            run_id = ended[0].mlflow_run_id
+            log(f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {run_id}")
             return ended[0]
 
     wait = _connect_ray(target.cfg, address, wait_for_resources, launch_time, log)
@@ -448,8 +421,9 @@ def run_pretraining(
         result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
         if getattr(result, "error", None) is not None:
             raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
-        summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
-        summary.ui = ui
+        metrics, where = stream.scalars(result.metrics or {}), checkpoint_location(storage, result.checkpoint)
+        summary = _summary(target, storage, tracking_uri, run_id, int(metrics.get("step", 0)), where, launch_time)
+        summary.ui, summary.metrics = ui, metrics  # the last checkpoint's
         end = {
             "checkpoint": result.checkpoint.path,
             "location": summary.checkpoint,

@@ -1,24 +1,10 @@
 """Where a ``--checkpoint`` reference points (``jobs/evaluate.py``, the ablation's evaluation task).
 
-A checkpoint reference is one of
-
-* a local file (``.../checkpoint.pt``, or an official SiameseIM / MAE ``.pth``:
-  :mod:`siamim.foreign`) or directory holding ``checkpoint.pt`` (a Ray Train
-  checkpoint directory), or a timm export folder (``config.json`` +
-  ``model.safetensors``, :mod:`siamim.timm_export`);
-* a storage URI: ``s3://bucket/prefix/checkpoint_000100[/checkpoint.pt]``, with
-  pyarrow's query parameters for S3-compatible servers
-  (``?endpoint_override=127.0.0.1:9000&scheme=http``), or any other scheme
-  pyarrow understands;
-* an MLflow run id (32 hex digits) or ``runs:/<run id>[/<artifact path>]``: the
-  run's exported encoder (``encoder/``, timm's folder, as the pretraining job logs it;
-  runs of older releases: ``checkpoint/checkpoint.pt`` or ``checkpoints/checkpoint.pt``);
-* a registered model version, ``models:/<name>/<version>`` (``latest``, or
-  ``models:/<name>@<alias>``): the run artifact it was registered from
-  (:mod:`siamim.orchestration.tracking.registry`).
-
-The resolved ``path`` is a checkpoint file or a timm export folder;
-:func:`siamim.foreign.read_checkpoint` reads either.
+A reference is a local checkpoint file (ours, or an official SiameseIM / MAE ``.pth``), a Ray checkpoint
+directory or a timm export folder; a storage URI (``s3://bucket/prefix/checkpoint_000100``, pyarrow's query
+parameters allowed); an MLflow run id or ``runs:/<run id>[/<artifact path>]`` (the run's ``encoder/``, or an older
+release's ``checkpoint/checkpoint.pt``); or ``models:/<name>/<version|latest>`` / ``models:/<name>@<alias>``.
+The resolved ``path`` is a checkpoint file or a timm export folder (:func:`siamim.foreign.read_checkpoint`).
 """
 
 from __future__ import annotations

@@ -151,6 +151,7 @@ class MetricWriter:
         self.logged_upto: int | None = None  # highest step MLflow holds (learned at first contact)
         self.failing_since: float | None = None
         self.said_gone = self.spooled = self.closing = False
+        self.done = False  # closed: what is left belongs to the spool (the driver may append the run's end)
         self.thread = threading.Thread(target=self._run, name="siamim-mlflow-writer", daemon=True)
         self.thread.start()
 
@@ -177,6 +178,7 @@ class MetricWriter:
             while self.queue and time.time() < deadline:
                 self.cond.wait(timeout=min(1.0, max(deadline - time.time(), 0.01)))
             left = sum(_size(item) for item in self.queue)
+            self.done = True
             if left:
                 self._spool()
                 self.log(
@@ -211,18 +213,21 @@ class MetricWriter:
             with self.cond:
                 while not self.queue and not self.closing:
                     self.cond.wait()
-                if not self.queue:
+                if not self.queue or self.done:
                     return
                 batch = self._head()
             try:
                 self._write(batch)
             except Exception as err:  # unreachable, 5xx, a locked sqlite store: keep, retry, tell once
-                self._failed(err)
+                if self._failed(err):
+                    return
                 time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] if not self.closing else 1.0)
                 attempt += 1
                 continue
             attempt = 0
             with self.cond:
+                if self.done:
+                    return
                 for _ in batch:
                     self.queue.popleft()
                 if self.failing_since is not None:
@@ -255,9 +260,12 @@ class MetricWriter:
         except Exception as err:
             logger.warning("MLflow run %s: %s: %s", self.run_id, type(err).__name__, err)
 
-    def _failed(self, err: Exception) -> None:
+    def _failed(self, err: Exception) -> bool:
+        """Spool, say a long outage once; True when the writer is closed (the thread ends)."""
         now = time.time()
         with self.cond:
+            if self.done:
+                return True
             if self.failing_since is None:
                 self.failing_since = now
                 logger.warning("MLflow write failed (%s: %s); retrying with backoff", type(err).__name__, err)
@@ -269,6 +277,7 @@ class MetricWriter:
                     f"(run.tracking_deadline_s={self.deadline_s:g}); training goes on, its metrics wait in "
                     f"{self._where()} and are written when the server answers again, or by --resume"
                 )
+            return False
 
     # the spool (lock held)
     def _records(self) -> list[dict]:

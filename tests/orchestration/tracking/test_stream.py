@@ -121,3 +121,21 @@ def test_flush_returns_once_mlflow_holds_every_queued_row_or_keeps_them_in_stora
     pending = st.read_json(st.resolve_storage(str(tmp_path)), "r", ms.PENDING)
     assert [r["step"] for r in pending["records"]] == [4, 5]
     stuck.close(timeout_s=0.2)
+
+
+def test_a_closed_writer_leaves_the_spool_to_the_driver(uri, tmp_path):
+    """After close, the writer's thread no longer rewrites the spool: the run's end the driver appends stays."""
+    run_id = tracking.open_run(uri, "exp", "r", {}, {})
+    down = f"http://127.0.0.1:{free_port()}"
+    writer = ms.MetricWriter(down, run_id, str(tmp_path), "r", deadline_s=60, log=lambda m: None)
+    writer.put(rows(1, 2))
+    assert writer.close(timeout_s=0.5) == 4
+    storage = st.resolve_storage(str(tmp_path))
+    ms.spool(storage, "r", run_id, [ms.record(2, {}, end={"step": 2})], append=True)
+    writer.thread.join(timeout=5)
+    assert not writer.thread.is_alive()
+    assert [("end" in r, r["step"]) for r in st.read_json(storage, "r", ms.PENDING)["records"]] == [
+        (False, 1),
+        (False, 2),
+        (True, 2),
+    ]
