@@ -5,12 +5,8 @@
     python jobs/evaluate.py --checkpoint <mlflow run id> --protocols knn,lin,fewshot --baseline pixels,random
     python jobs/evaluate.py --baseline pixels --protocols knn,lin --limit-train 5000 --limit-test 1000
 
-Protocols (docs/evaluation.md): the modules of siamim/eval/protocols (--help lists them), or all.
-Prints a table (paper column -> our metric, one column per representation,
-wall time per protocol), writes it as markdown + CSV under --out, and, when a
-tracking URI is set (--tracking-uri or $MLFLOW_TRACKING_URI), logs metrics, table
-and settings as a new child run of the pretraining run (one per evaluation) and sets
-the pretraining run's eval.* metrics from it.
+Prints the table, writes it under --out and, with a tracking URI, logs it as a child run of the
+pretraining run. More: docs/evaluation.md
 """
 
 from __future__ import annotations

@@ -1,21 +1,5 @@
 #!/usr/bin/env python
-"""SiameseIM pretraining on Ray Train, tracked in MLflow, resumable.
-
-Local (starts an embedded Ray instance, 2 CPU workers by default):
-
-    python jobs/pretrain.py --config configs/tiny.yaml train.max_steps=50
-
-On a running Ray cluster:
-
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python jobs/pretrain.py --config tiny --storage /shared/siamim/runs
-
-Resume the run NAME (or the latest one) from its last intact checkpoint, continuing
-the same MLflow run (overrides apply on top of the stored config); train it longer:
-
-    python jobs/pretrain.py --resume NAME                    # finish a stopped/killed run
-    python jobs/pretrain.py --resume NAME --more-steps 200   # 200 steps past its checkpoint
-"""
+"""SiameseIM pretraining on Ray Train, tracked in MLflow, resumable (``--help`` for examples; docs/platform.md)."""
 
 from __future__ import annotations
 
@@ -46,13 +30,9 @@ examples:
   python jobs/submit.py --address http://127.0.0.1:8265 -- --config tiny \\
       --storage $PWD/runs/ray --tracking-uri http://127.0.0.1:5000   # ray job submit, tagged with the git commit
 
-environment:
-  MLFLOW_TRACKING_URI   tracking server or store (default: sqlite:///<cwd>/mlflow.db)
-  RAY_ADDRESS           Ray cluster to join (default: the job's cluster, else a new local instance)
-  RAY_AUTH_MODE=disabled  for local dev/CI clusters started without tokens
-
-under ray job submit the driver runs in Ray's temporary copy of the working directory: --storage and the
-MLflow store must lie outside it (an absolute path the cluster keeps, s3://, a tracking server); exit 2 otherwise
+environment: MLFLOW_TRACKING_URI (default sqlite:///<cwd>/mlflow.db), RAY_ADDRESS, RAY_AUTH_MODE=disabled
+(clusters without tokens). Under ray job submit, --storage and the MLflow store lie outside the working
+directory (exit 2 otherwise). More: docs/platform.md
 """,
     )
     parser.add_argument("--config", metavar="PRESET", help="preset name (tiny) or YAML path; default: tiny")

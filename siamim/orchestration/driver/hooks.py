@@ -71,15 +71,3 @@ def load_hook(spec: str | None = None) -> Hook | None:
 def forwarded_env() -> dict[str, str]:
     """The driver's environment variables that the workers need as well (:data:`FORWARDED_ENV`)."""
     return {k: v for k, v in os.environ.items() if FORWARDED_ENV.match(k)}
-
-
-def with_hook(reporter: Callable[[dict], None], hook: Hook | None, **context) -> Callable[[dict], None]:
-    """``reporter`` followed by ``hook(metrics, **context)`` on every report; ``reporter`` itself when no hook."""
-    if hook is None:
-        return reporter
-
-    def report(metrics: dict) -> None:
-        reporter(metrics)
-        hook(metrics, **context)
-
-    return report

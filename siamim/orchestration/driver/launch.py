@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mlflow.tracking import MlflowClient
+
 from siamim.config import Config, dump_yaml, flatten, to_dict
 from siamim.orchestration import REPO_ROOT, job_config, submission_id, tracking
 from siamim.orchestration.driver.cluster import ensure_ray
@@ -30,12 +32,11 @@ from siamim.orchestration.runs.resume import (
     plan_resumed_run,
     resume_target,
 )
+from siamim.orchestration.tracking import stream
 from siamim.orchestration.tracking import ui as mlflow_ui
 from siamim.orchestration.tracking.report import write_run_report
-from siamim.orchestration.tracking.stream import FINAL, POINTS, ROWS, flush_pending
 
 RUNS_TABLE_METRICS = ("knn_top1", "loss")  # the runs table's columns behind the printed link (mlflow_ui)
-PENDING_END = "mlflow_pending_end.json"  # in <storage>/<run>/: the run's end, kept while MLflow was unreachable
 
 
 @dataclass
@@ -163,7 +164,7 @@ def record_run(
         **extra,
     }
     st.write_json(storage, record, run_name, st.RUN_RECORD)
-    tracking.log_text(tracking_uri, run_id, dump_yaml(cfg), "config.yaml")
+    MlflowClient(tracking_uri).log_text(run_id, dump_yaml(cfg), "config.yaml")
 
 
 def fit_trial(
@@ -219,14 +220,16 @@ def _fit(
     return result
 
 
-def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, result, launch_time: float):
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k not in (ROWS, POINTS, FINAL)}  # last checkpoint's
-    step = int(metrics.get("step", 0))
+def _summary(
+    target: Target, storage: st.Storage, tracking_uri: str, run_id: str, step: int, where: str, launch_time: float
+) -> PretrainSummary:
+    """The job's summary of run ``run_id`` trained to ``step``, its latest checkpoint at ``where``."""
 
     def at_final_step(key: str) -> float | None:  # this launch's value: the stream logs it at the final step
         try:
             tracking.check_tracking(tracking_uri)  # seconds; MLflow's own retries take minutes (mlflow/mlflow#14247)
-            return next((v for s, v in reversed(tracking.metric_history(tracking_uri, run_id, key)) if s == step), None)
+            history = MlflowClient(tracking_uri).get_metric_history(run_id, key)
+            return next((m.value for m in reversed(history) if m.step == step), None)
         except Exception:  # the tracking server is gone: _finish says so
             return None
 
@@ -236,23 +239,19 @@ def _summary(target: Target, storage: st.Storage, tracking_uri: str, run_id: str
         tracking_uri=tracking_uri,
         experiment=target.cfg.run.experiment,
         step=step,
-        checkpoint=checkpoint_location(storage, result.checkpoint),
+        checkpoint=where,
         knn_top1=at_final_step("knn_top1"),
         wall_s=time.time() - launch_time,
         time_to_first_step_s=at_final_step("time_to_first_step_s"),
         resumed=target.record is not None,
         storage=storage.uri,
-        metrics=metrics,
     )
 
 
-def _finish(
-    target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, closing: Closing, log
-) -> str | None:
-    """The end of a trained run in MLflow (:func:`~siamim.orchestration.driver.trainer.log_run_end`: encoder and
-    pictures, the checkpoint tag, ``--register``); returns the registered ``models:/`` reference. With the tracking
-    server unreachable, what it would write is kept in storage (:data:`PENDING_END`) for ``--resume``, the run is
-    left open (``closing.pending``) and None is returned.
+def _finish(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, end: dict, log) -> str | None:
+    """Write the run's end (:func:`~siamim.orchestration.driver.trainer.log_run_end`: encoder, pictures, the
+    checkpoint tag, ``--register``); returns the registered ``models:/`` reference. With MLflow unreachable the
+    end goes to the stream's spool as its last record (for ``--resume``) and :class:`EndKept` is raised.
 
     ``end``: ``{"checkpoint": its path in storage.fs, "location": for users, "register": a model name or
     None, "pictures": log the final pictures (not already logged per checkpoint), "step"}``.
@@ -264,83 +263,47 @@ def _finish(
     try:
         tracking.check_tracking(tracking_uri)
     except tracking.TrackingError as err:
-        st.write_json(storage, {"run_id": run_id, **end}, target.run_name, PENDING_END)
+        stream.spool(storage, target.run_name, run_id, [stream.record(end["step"], {}, end=end)], append=True)
         log(
             f"[siamim] warning: trained, but {err} The run's end (encoder, pictures, FINISHED) is kept in "
-            f"{storage.display(target.run_name, PENDING_END)}; once MLflow is back, write it with: "
+            f"{storage.display(target.run_name, stream.PENDING)}; once MLflow is back, write it with: "
             f"python jobs/pretrain.py --resume {target.run_name} --storage '{storage.uri}'"
         )
-        closing.pending = True
-        return None
+        raise EndKept from None
     checkpoint = ray.train.Checkpoint(end["checkpoint"], filesystem=storage.fs)
-    where, model = end["location"], end.get("register")
-    return log_run_end(tracking_uri, run_id, checkpoint, target.cfg, where, end["pictures"], model, step=end["step"])
+    where, pictures, model = end["location"], end["pictures"], end.get("register")
+    return log_run_end(tracking_uri, run_id, checkpoint, target.cfg, where, pictures, model, step=end["step"])
 
 
-def _finished(target: Target, storage: st.Storage, tracking_uri: str, run_id: str, log) -> None:
-    """After FINISHED: the kept end (if any) is written, and the run page gets its one human-readable summary."""
-    if st.exists(storage, target.run_name, PENDING_END):
-        storage.fs.delete_file(storage.join(target.run_name, PENDING_END))
-    try:  # a report that fails leaves the finished run as it is
-        write_run_report(tracking_uri, run_id)
-    except Exception as err:
-        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
-
-
-def _finish_pending(target: Target, storage: st.Storage, tracking_uri: str, end: dict, launch_time: float, log):
-    """``--resume`` of a run that trained to its end while MLflow was unreachable: write its end now."""
-    run_id = end["run_id"]
-    with closes_run(tracking_uri, run_id) as closing:
-        registered = _finish(target, storage, tracking_uri, run_id, end, closing, log)
-    if not closing.pending:
-        _finished(target, storage, tracking_uri, run_id, log)
-    log(f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {run_id}")
-    return PretrainSummary(
-        run_name=target.run_name,
-        mlflow_run_id=run_id,
-        tracking_uri=tracking_uri,
-        experiment=target.cfg.run.experiment,
-        step=int(end["step"]),
-        checkpoint=end["location"],
-        knn_top1=tracking.latest_metric(tracking_uri, run_id, "knn_top1"),
-        wall_s=time.time() - launch_time,
-        time_to_first_step_s=None,
-        resumed=True,
-        storage=storage.uri,
-        registered=registered,
-    )
-
-
-@dataclass
-class Closing:
-    """What :func:`closes_run` yields: ``pending`` when the block kept the run's end for later (not FINISHED)."""
-
-    pending: bool = False
+class EndKept(Exception):
+    """The run's end is in the spool, not in MLflow: :func:`closes_run` leaves the run open."""
 
 
 @contextlib.contextmanager
 def closes_run(
     tracking_uri: str, run_id: str, error_tag: str = "", hint: str = "", watch: ResourceWatch | None = None, log=print
-) -> Iterator[Closing]:
+) -> Iterator[None]:
     """The MLflow run's status however the block ends, for a pretraining job and a grid or search trial alike:
-    FINISHED when it ends well (unless ``Closing.pending``); KILLED on Ctrl-C, or SIGTERM (``ray job stop``) as
-    SystemExit; FAILED on any other error, with ``error_tag`` set to it when given. The error is re-raised.
+    FINISHED when it ends well; left open on :class:`EndKept` (the end waits in the spool); KILLED on Ctrl-C, or
+    SIGTERM (``ray job stop``) as SystemExit; FAILED on any other error, with ``error_tag`` set to it when given.
+    The error is re-raised.
 
     A pretraining job (``hint``: its resume flags) logs the hint when KILLED and raises for the user: the resource
     watch's timeout (its interrupt) as :class:`LaunchInputError`, any other error as :class:`LaunchError` with the
     hint (unless it is one already).
     """
-    closing = Closing()
+    client = MlflowClient(tracking_uri)
     try:
-        yield closing
-        if not closing.pending:
-            tracking.finish_run(tracking_uri, run_id, "FINISHED")
+        yield
+        client.set_terminated(run_id, "FINISHED")
+    except EndKept:
+        return
     except BaseException as err:
         stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
         timed_out = stopped and watch is not None and watch.timed_out  # Ray Train aborts the run on its interrupt
         if error_tag:
-            tracking.set_tags(tracking_uri, run_id, {error_tag: f"{type(err).__name__}: {err}"[:5000]})
-        tracking.finish_run(tracking_uri, run_id, "KILLED" if stopped and not timed_out else "FAILED")
+            client.set_tag(run_id, error_tag, f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, "KILLED" if stopped and not timed_out else "FAILED")
         if not hint or isinstance(err, LaunchError):
             raise
         if timed_out:
@@ -353,6 +316,13 @@ def closes_run(
         raise LaunchError(
             f"training failed ({type(err).__name__}): {err}\nresume from the last checkpoint with {hint}"
         ) from err
+
+
+def _report(tracking_uri: str, run_id: str, log) -> None:
+    try:  # a report that fails leaves the finished run as it is
+        write_run_report(tracking_uri, run_id)
+    except Exception as err:
+        log(f"[siamim] warning: report.html not written: {type(err).__name__}: {err}")
 
 
 # --------------------------------------------------------------------------- the job
@@ -409,24 +379,33 @@ def run_pretraining(
         check_new_name(storage, target.run_name)
         check_fresh_plan(target.cfg)
     else:
-        flush_pending(storage, target.run_name, tracking_uri, log)  # what the last launch could not write
-        pending_end = (
-            st.read_json(storage, target.run_name, PENDING_END)
-            if st.exists(storage, target.run_name, PENDING_END)
-            else None
-        )
+        ended: list[PretrainSummary] = []  # the end of a run that trained while MLflow was unreachable
+
+        def write_end(run_id: str, end: dict) -> bool:
+            summary = _summary(target, storage, tracking_uri, run_id, int(end["step"]), end["location"], launch_time)
+            with closes_run(tracking_uri, run_id):
+                summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)
+                ended.append(summary)
+            if ended:
+                _report(tracking_uri, run_id, log)
+            return bool(ended)
+
+        stream.flush_pending(storage, target.run_name, tracking_uri, log, on_end=write_end)  # the last launch's
         try:
             point = plan_resumed_run(target, storage, more_steps, log)
         except LaunchInputError:
-            if pending_end is None:
+            if not ended:
                 raise
-            return _finish_pending(target, storage, tracking_uri, pending_end, launch_time, log)
+            run_id = ended[0].mlflow_run_id
+            log(f"[siamim] run {target.run_name}: nothing left to train; its end is now in MLflow run {run_id}")
+            return ended[0]
 
     wait = _connect_ray(target.cfg, address, wait_for_resources, launch_time, log)
     run_id = _open_mlflow_run(target, storage, tracking_uri)
     resume_hint = f"--resume {target.run_name} --storage '{storage.uri}'"
     watch = ResourceWatch(target.cfg, wait, log)
-    with closes_run(tracking_uri, run_id, hint=resume_hint, watch=watch, log=log) as closing:  # marks the run
+    finished = False
+    with closes_run(tracking_uri, run_id, hint=resume_hint, watch=watch, log=log):  # marks the run
         created = target.record["created"] if target.record else None
         record_run(storage, target.run_name, target.cfg, run_id, tracking_uri, created)
         log(
@@ -434,7 +413,7 @@ def run_pretraining(
             f"{target.cfg.run.num_workers} workers ({'GPU' if target.cfg.run.use_gpu else 'CPU'}), "
             f"MLflow run {run_id} at {tracking_uri}, checkpoints under {storage.display(target.run_name)}"
         )
-        experiment_id = tracking.experiment_of(tracking_uri, run_id)
+        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
         mlflow_ui.share_runs_view(tracking_uri, experiment_id, RUNS_TABLE_METRICS)  # the columns the link shows
         ui = mlflow_ui.ui_lines(tracking_uri, experiment_id, run_id)
         for line in ui:
@@ -442,7 +421,9 @@ def run_pretraining(
         result = _fit(target, storage, tracking_uri, run_id, point, launch_time, watch, checkpoint_pictures)
         if getattr(result, "error", None) is not None:
             raise LaunchError(f"training failed: {result.error}\nresume from the last checkpoint with {resume_hint}")
-        summary = _summary(target, storage, tracking_uri, run_id, result, launch_time)
+        metrics, where = stream.scalars(result.metrics or {}), checkpoint_location(storage, result.checkpoint)
+        summary = _summary(target, storage, tracking_uri, run_id, int(metrics.get("step", 0)), where, launch_time)
+        summary.ui, summary.metrics = ui, metrics  # the last checkpoint's
         end = {
             "checkpoint": result.checkpoint.path,
             "location": summary.checkpoint,
@@ -450,9 +431,9 @@ def run_pretraining(
             "pictures": not checkpoint_pictures,
             "step": summary.step,
         }
-        summary.registered = _finish(target, storage, tracking_uri, run_id, end, closing, log)
-        summary.ui = ui
-    if not closing.pending:
-        _finished(target, storage, tracking_uri, run_id, log)
+        summary.registered = _finish(target, storage, tracking_uri, run_id, end, log)
+        finished = True
+    if finished:
+        _report(tracking_uri, run_id, log)
     summary.wall_s = time.time() - launch_time
     return summary

@@ -1,21 +1,11 @@
 """Ray Train adapter: a TorchTrainer whose workers run the core loop.
 
-:func:`build_trainer` maps ``cfg.run`` onto Ray Train V2's ``ScalingConfig``,
-``RunConfig``, ``CheckpointConfig`` and ``FailureConfig``.
-:func:`train_loop_per_worker` is what each worker runs: it restores the latest
-Ray checkpoint (after a worker-group restart or a ``--resume``), calls
-:func:`siamim.train.loop.pretrain` under the process group Ray set up (the loop
-wraps DDP and shards every epoch across ranks itself, so the adapter does not
-call ``prepare_model`` / ``prepare_data_loader``) and reports once per log interval
-(:class:`WorkerReports`: the interval's metrics, and the checkpoint on checkpoint steps).
-The driver-side :class:`~siamim.orchestration.tracking.stream.MlflowStream` writes them to
-MLflow; rank 0 runs only MLflow's system-metrics monitor. After ``fit()`` the driver logs
-the exported encoder (``encoder/``, timm's ``save_for_hf`` folder) and the feature pictures
-(:func:`log_run_end`).
-
-A Ray checkpoint directory holds ``checkpoint.pt`` (the training state, see
-:mod:`siamim.checkpoint`) and Ray's checkpoint metadata
-(``ray.train.Checkpoint.get_metadata()``): ``mlflow_run_id``, the MLflow run it belongs to.
+:func:`build_trainer` maps ``cfg.run`` onto Ray Train V2's configs; :func:`train_loop_per_worker` restores the
+latest Ray checkpoint, runs :func:`siamim.train.loop.pretrain` (which wraps DDP and shards the data itself) and
+reports once per log interval (:class:`WorkerReports`) to the driver-side
+:class:`~siamim.orchestration.tracking.stream.MlflowStream`. After ``fit()`` the driver logs the run's end
+(:func:`log_run_end`). A Ray checkpoint directory holds ``checkpoint.pt`` and, in Ray's metadata,
+``mlflow_run_id``.
 """
 
 from __future__ import annotations
@@ -31,19 +21,19 @@ from typing import Any
 
 import ray.train
 import torch
+from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from siamim.checkpoint import CHECKPOINT_FILE
 from siamim.config import Config, from_dict, to_dict
-from siamim.orchestration.driver.hooks import forwarded_env, load_hook, with_hook
+from siamim.orchestration.driver.hooks import forwarded_env, load_hook
 from siamim.orchestration.runs.storage import Storage, resolve_storage
+from siamim.orchestration.tracking import stream
 from siamim.orchestration.tracking.registry import ENCODER_ARTIFACT, register_encoder
-from siamim.orchestration.tracking.stream import MlflowStream, report_metrics, step_row
 
 logger = logging.getLogger(__name__)
 
-ENCODER_ARTIFACT_DIR = ENCODER_ARTIFACT  # MLflow: timm's save_for_hf folder of the encoder (jobs/evaluate.py reads it)
 # Rank 0's system-metrics monitor: a failed sample is dropped at once instead of MLflow's minutes of retries
 # (7 with exponential backoff by default since mlflow/mlflow#14247).
 WORKER_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -68,11 +58,8 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 def torch_config(cfg: Config) -> TorchConfig | None:
     """``TorchConfig(backend="gloo")`` when the workers train on the CPU (``train.device=cpu``), else Ray's default.
 
-    Ray Train picks NCCL whenever the workers hold GPUs (``use_gpu``; ``TorchConfig(backend=None)``, see
-    https://docs.ray.io/en/latest/train/api/doc/ray.train.torch.TorchConfig.html), and NCCL refuses a node
-    without CUDA ("ProcessGroupNCCL is only supported with GPUs, no GPUs found!", seen with Ray 2.60). With ``train.device=cpu`` the workers
-    still reserve their GPUs (the packing is a GPU cluster's) and train on the CPU over gloo: what the tests
-    do on nodes that declare logical GPUs (``ray start --num-gpus``). The CUDA path (``auto``) is unchanged.
+    Ray Train picks NCCL whenever the workers hold GPUs, and NCCL refuses a node without CUDA (Ray 2.60): workers
+    that reserve (logical) GPUs but train on the CPU need gloo.
     """
     return TorchConfig(backend="gloo") if cfg.train.device == "cpu" else None
 
@@ -97,13 +84,10 @@ def _train_log_level() -> str:
 
 
 class InterruptAwareTrainer(TorchTrainer):
-    """A ``TorchTrainer`` that remembers a Ctrl-C (:attr:`interrupted`).
+    """A ``TorchTrainer`` that remembers a Ctrl-C (:attr:`interrupted`), so the launcher reports it as one (exit 130).
 
-    Ray Train V2's driver installs its own SIGINT handler for the run
-    (``DataParallelTrainer._register_sigint_handler``, ray-project/ray#53600 and #54188): it aborts the
-    controller and may leave ``fit()`` through ``sys.exit``, so the launcher saw a SystemExit and reported
-    "terminated" with exit 1. The handler is wrapped here, so the launcher can report the interrupt as one
-    (exit 130).
+    Ray Train V2's own SIGINT handler aborts the controller and may leave ``fit()`` through ``sys.exit``
+    (ray-project/ray#53600, #54188); it is wrapped here.
     """
 
     interrupted = False
@@ -158,7 +142,7 @@ def build_trainer(
     }
     from siamim.orchestration.data.streaming import trainer_datasets
 
-    stream = MlflowStream(
+    callback = stream.MlflowStream(
         tracking_uri,
         mlflow_run_id,
         storage.uri,
@@ -170,7 +154,7 @@ def build_trainer(
         else None,
     )
     config = run_config(cfg, storage, run_name)
-    config.callbacks = [stream]
+    config.callbacks = [callback]
     return InterruptAwareTrainer(
         train_loop_per_worker,
         datasets=trainer_datasets(cfg, start_step),  # data.loader=ray_data: the stream (start_step: its epoch)
@@ -217,24 +201,53 @@ def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
 class WorkerReports:
     """One worker's side of the metric stream: the loop's ``reporter``, ``on_interval`` and ``checkpoint_saver``.
 
-    Every rank calls ``ray.train.report`` once per log interval (Ray Train gathers a report from
-    every rank): rank 0 with the interval's per-step rows and pending one-off points
-    (:func:`siamim.orchestration.tracking.stream.report_metrics`), the other ranks with nothing. On a
-    checkpoint step the report carries the checkpoint. A step already checkpointed (a resume
-    that has nothing left to train) is not reported twice.
+    Every rank calls ``ray.train.report`` once per log interval (Ray Train gathers a report from every rank):
+    rank 0 with the interval's records (:mod:`siamim.orchestration.tracking.stream`) and its last scalars, the
+    other ranks with nothing; on a checkpoint step with the checkpoint. A step already checkpointed (a resume
+    with nothing left to train) is not reported twice. ``hook`` (``$SIAMIM_WORKER_HOOK``) is called after every
+    step's metrics as ``hook(metrics, **context)``.
     """
 
-    def __init__(self, rank: int, mlflow_run_id: str, last_step: int = -1, taken_names: list[str] | None = None):
-        self.rank = rank
+    def __init__(
+        self,
+        rank: int,
+        mlflow_run_id: str,
+        last_step: int = -1,
+        taken_names: list[str] | None = None,
+        launch_time: float | None = None,
+        started: float | None = None,
+        hook=None,
+        **context,
+    ):
+        self.rank, self.mlflow_run_id, self.last_step = rank, mlflow_run_id, last_step
+        self.launch_time, self.started = launch_time, started or time.time()
         self.taken_names = set(taken_names or [])  # damaged checkpoint dirs still in Ray's list: never reuse
-        self.mlflow_run_id = mlflow_run_id
-        self.last_step = last_step
-        self.rows: list[dict] = []
-        self.points: dict[str, tuple[float, int]] = {}  # key -> (value, the step it belongs to)
+        self.hook, self.context = hook, context
+        self.records: list[dict] = []  # since the last report
+        self.row: dict[str, float] = {}  # the latest step's scalars, and the points since the last report:
+        self.points: dict[str, float] = {}  # what the report shows Tune and Result
+        self.first_step_at: float | None = None
 
     def record(self, metrics: dict[str, Any]) -> None:
         """The loop's ``reporter`` (rank 0): one step's metrics."""
-        self.rows.append(step_row(metrics))
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+            if self.launch_time is not None:
+                print(
+                    f"[siamim] first step done {self.first_step_at - self.launch_time:.1f} s after launch "
+                    f"(worker group up after {self.started - self.launch_time:.1f} s)",
+                    flush=True,
+                )
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        self.records.append(stream.record(metrics["step"], values))
+        self.row = values
+        if self.hook is not None:
+            self.hook(metrics, rank=self.rank, **self.context)
+
+    def point(self, key: str, value: float, step: int) -> None:
+        """A one-off metric ``key`` at ``step`` (written once per step), sent with the next report."""
+        self.records.append(stream.record(step, {key: value}, once=True))
+        self.points[key] = float(value)
 
     def interval(self, step: int, checkpoint_follows: bool) -> None:
         """The loop's ``on_interval``: report now, unless the checkpoint report follows at this step."""
@@ -260,36 +273,35 @@ class WorkerReports:
                 # (checkpoint_dir_name must be unique per report: ray-project/ray#54391)
             self.report(step, checkpoint, name)
 
+    def metrics(self, step: int, final: bool = False) -> dict:
+        """Rank 0's report: the latest scalars, ``step`` and the records since the last report."""
+        out = {**self.row, **self.points, "step": int(step), stream.RECORDS: self.records}
+        return {**out, stream.FINAL: 1} if final else out
+
     def report(self, step: int, checkpoint=None, name: str | None = None, final: bool = False) -> None:
-        metrics = report_metrics(self.rows, self.points, step, final) if self.rank == 0 else {}
+        metrics = self.metrics(step, final) if self.rank == 0 else {}
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-        self.rows, self.points = [], {}
+        self.records, self.row, self.points = [], {}, {}
 
 
 def _quiet_worker_logs(level: str) -> None:
     """Apply the Ray Train log level (``SIAMIM_RAY_TRAIN_LOG_LEVEL``) to the worker's root logger.
 
-    Ray Train's "Reporting training result ..." INFO line, one per report, comes from a
-    logger named by its source file path (``logging.getLogger(__file__)`` in Ray 2.60's
-    ``ray/train/v2/_internal/execution/context.py``), outside ``ray.train``: neither
-    ``ray.train.LoggingConfig`` (which filters ``ray.train.*`` records, ray-project/ray#61550) nor
-    ``ray.LoggingConfig`` (Ray Train reconfigures the workers' root logger to INFO after
-    it) reaches it, and Ray has no public name for it (no upstream issue as of Ray 2.60). It
-    propagates to the root logger, so the root level (plain ``logging``) decides; siamim's own
-    loggers keep INFO.
+    Ray Train's per-report "Reporting training result" INFO line comes from a logger named by its file path
+    (Ray 2.60), which neither ``ray.train.LoggingConfig`` (ray-project/ray#61550) nor ``ray.LoggingConfig``
+    reaches; only the root level does. siamim's own loggers keep INFO.
     """
     logging.getLogger().setLevel(level)
     logging.getLogger("siamim").setLevel(logging.INFO)
 
 
 def _system_metrics(tracking_uri: str, run_id: str):
-    """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU) on the run; ``.finish()`` it.
+    """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU) on the run; ``.finish()`` it; None if it
+    cannot start.
 
-    What ``mlflow.start_run(log_system_metrics=True)`` starts, without the fluent run: the
-    driver owns the run's status, which ``mlflow.end_run`` would set. Sampling follows MLflow's
-    ``MLFLOW_SYSTEM_METRICS_*`` variables (forwarded from the driver). None if it cannot start.
-    ``SystemMetricsMonitor`` is MLflow's internal class behind the fluent API (mlflow/mlflow#9557;
-    ``resume_logging`` from mlflow/mlflow#10312); MLflow 3.17 has no public client-side equivalent.
+    What ``mlflow.start_run(log_system_metrics=True)`` starts, without the fluent run (the driver owns the run's
+    status). ``SystemMetricsMonitor`` is MLflow's internal class (mlflow/mlflow#9557, #10312); MLflow 3.17 has no
+    public client-side equivalent. Sampling follows the forwarded ``MLFLOW_SYSTEM_METRICS_*`` variables.
     """
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -312,21 +324,21 @@ def log_run_end(
     the encoder registered as a new version of that MLflow model with ``tags``. Returns its
     ``models:/<model>/<version>`` or None."""
     from siamim.checkpoint import load_encoder
-    from siamim.orchestration import tracking
     from siamim.timm_export import save_timm_encoder
 
+    client = MlflowClient(tracking_uri)
     state = _load_state(checkpoint)
     with tempfile.TemporaryDirectory(prefix="siamim-encoder-") as tmp:
-        folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT_DIR, state)
-        tracking.log_artifacts(tracking_uri, run_id, folder, ENCODER_ARTIFACT_DIR)
+        folder = save_timm_encoder(Path(tmp) / ENCODER_ARTIFACT, state)
+        client.log_artifacts(run_id, str(folder), ENCODER_ARTIFACT)
     if pictures:
         encoder, _ = load_encoder(state)
         log_pictures(tracking_uri, run_id, encoder, int(state["step"]), cfg)
-    tracking.set_tags(tracking_uri, run_id, {"siamim.checkpoint": location})
+    client.set_tag(run_id, "siamim.checkpoint", location)
     if not model:
         return None
     registered = f"models:/{model}/{register_encoder(tracking_uri, run_id, model, tags=tags)}"
-    tracking.set_tags(tracking_uri, run_id, {"siamim.registered_model": registered})
+    client.set_tag(run_id, "siamim.registered_model", registered)
     return registered
 
 
@@ -352,12 +364,14 @@ def log_pictures(tracking_uri: str, run_id: str, encoder, step: int, cfg: Config
         from siamim.data.sources import build_source
         from siamim.eval.pictures import make_pictures
         from siamim.eval.representation import EncoderRepresentation
-        from siamim.orchestration import tracking
 
         rep = EncoderRepresentation(encoder.eval().to(device), name="checkpoint")
         source = build_source(cfg.data.dataset, cfg.data.root, "test")
         pictures, numbers = make_pictures(rep, cfg, source, seed=cfg.eval.seed)
-        tracking.log_pictures(tracking_uri, run_id, pictures, step)
+        client = MlflowClient(tracking_uri)
+        for name, image in pictures.items():  # the UI's image slider over steps, and the latest as a file
+            client.log_image(run_id, image, key=name, step=int(step))
+            client.log_image(run_id, image, artifact_file=f"pictures/{name}.png")
         print(
             f"[siamim] feature pictures logged (correspondence of the pictured pairs "
             f"{100 * numbers['correspondence']:.1f} %, chance {100 * numbers['correspondence_chance']:.1f} %)",
@@ -400,20 +414,13 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
         config["mlflow_run_id"],
         last_step=resumed_at if resume_state else -1,
         taken_names=config.get("skip_checkpoints"),
+        launch_time=config["launch_time"],
+        started=started,
+        hook=load_hook(),
+        cfg=cfg,
+        fresh=resume_state is None,
     )
-    reports.points["restored_from_step"] = (resumed_at, resumed_at)  # one point per worker-group start
-    first_step: list[float] = []
-
-    def reporter(metrics: dict) -> None:
-        if not first_step:
-            first_step.append(time.time())
-            print(
-                f"[siamim] first step done {first_step[0] - config['launch_time']:.1f} s after launch "
-                f"(worker group up after {started - config['launch_time']:.1f} s)",
-                flush=True,
-            )
-        reports.record(metrics)
-
+    reports.point("restored_from_step", resumed_at, resumed_at)  # one point per worker-group start
     if rank == 0:
         print(
             f"[siamim] rank 0 of {ray.train.get_context().get_world_size()} on {device}; "
@@ -423,16 +430,16 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
     out = pretrain(
         cfg,
         device=device,
-        reporter=with_hook(reporter, load_hook(), cfg=cfg, rank=rank, fresh=resume_state is None),
+        reporter=reports.record,
         checkpoint_saver=reports,
         on_interval=reports.interval,
         resume_state=resume_state,
     )
     if rank == 0:
         end = out["step"]
-        reports.points["time_to_worker_s"] = (started - config["launch_time"], end)
-        if first_step:
-            reports.points["time_to_first_step_s"] = (first_step[0] - config["launch_time"], end)
+        reports.point("time_to_worker_s", started - config["launch_time"], end)
+        if reports.first_step_at:
+            reports.point("time_to_first_step_s", reports.first_step_at - config["launch_time"], end)
         if config.get("final_knn", True):
             knn_start = time.time()
             threads = torch.get_num_threads()
@@ -443,7 +450,7 @@ def _train(config: dict, cfg: Config, rank: int, started: float, resume_state: d
                 knn = evaluate_knn(out["encoder"], cfg, device, log=lambda m: print(m, flush=True))
             finally:
                 torch.set_num_threads(threads)
-            reports.points["knn_eval_s"] = (time.time() - knn_start, end)
-            reports.points["knn_top1"] = (knn, end)
+            reports.point("knn_eval_s", time.time() - knn_start, end)
+            reports.point("knn_top1", knn, end)
             print(f"[siamim] kNN top-1 {knn:.2f}% at step {out['step']}", flush=True)
     reports.report(out["step"], final=True)  # every rank: the final metrics (kNN) for MLflow, Result and Tune

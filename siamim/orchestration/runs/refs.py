@@ -1,24 +1,10 @@
 """Where a ``--checkpoint`` reference points (``jobs/evaluate.py``, the ablation's evaluation task).
 
-A checkpoint reference is one of
-
-* a local file (``.../checkpoint.pt``, or an official SiameseIM / MAE ``.pth``:
-  :mod:`siamim.foreign`) or directory holding ``checkpoint.pt`` (a Ray Train
-  checkpoint directory), or a timm export folder (``config.json`` +
-  ``model.safetensors``, :mod:`siamim.timm_export`);
-* a storage URI: ``s3://bucket/prefix/checkpoint_000100[/checkpoint.pt]``, with
-  pyarrow's query parameters for S3-compatible servers
-  (``?endpoint_override=127.0.0.1:9000&scheme=http``), or any other scheme
-  pyarrow understands;
-* an MLflow run id (32 hex digits) or ``runs:/<run id>[/<artifact path>]``: the
-  run's exported encoder (``encoder/``, timm's folder, as the pretraining job logs it;
-  runs of older releases: ``checkpoint/checkpoint.pt`` or ``checkpoints/checkpoint.pt``);
-* a registered model version, ``models:/<name>/<version>`` (``latest``, or
-  ``models:/<name>@<alias>``): the run artifact it was registered from
-  (:mod:`siamim.orchestration.tracking.registry`).
-
-The resolved ``path`` is a checkpoint file or a timm export folder;
-:func:`siamim.foreign.read_checkpoint` reads either.
+A reference is a local checkpoint file (ours, or an official SiameseIM / MAE ``.pth``), a Ray checkpoint
+directory or a timm export folder; a storage URI (``s3://bucket/prefix/checkpoint_000100``, pyarrow's query
+parameters allowed); an MLflow run id or ``runs:/<run id>[/<artifact path>]`` (the run's ``encoder/``, or an older
+release's ``checkpoint/checkpoint.pt``); or ``models:/<name>/<version|latest>`` / ``models:/<name>@<alias>``.
+The resolved ``path`` is a checkpoint file or a timm export folder (:func:`siamim.foreign.read_checkpoint`).
 """
 
 from __future__ import annotations
@@ -53,11 +39,11 @@ class ResolvedCheckpoint:
 
 
 def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Path) -> Path:
+    from mlflow.artifacts import download_artifacts
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.get_run(run_id)
+        MlflowClient(tracking_uri).get_run(run_id)
     except Exception as err:
         raise CheckpointNotFound(
             f"MLflow run {run_id} is not in tracking store {tracking_uri} ({err}); "
@@ -66,7 +52,9 @@ def _from_mlflow(run_id: str, artifact: str | None, tracking_uri: str, dest: Pat
     candidates = [artifact] if artifact else list(ARTIFACT_CANDIDATES)
     for cand in candidates:
         try:
-            local = Path(client.download_artifacts(run_id, cand, str(dest)))
+            local = Path(
+                download_artifacts(run_id=run_id, artifact_path=cand, dst_path=str(dest), tracking_uri=tracking_uri)
+            )
         except Exception:
             continue
         if is_timm_export(local):

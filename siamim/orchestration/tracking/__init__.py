@@ -1,27 +1,14 @@
-"""MLflow tracking for Ray Train pretraining runs: the run lifecycle here, the rest in its modules.
+"""MLflow tracking for Ray Train pretraining runs: the store, the run's opening; the rest in its modules.
 
-* :mod:`.stream` - live metrics: the driver-side Ray Train callback that writes the workers' reports;
+* :mod:`.stream` - live metrics: the driver-side Ray Train callback that writes the workers' records, and the spool;
 * :mod:`.evaluation` - evaluation results as metrics, artifacts and child runs;
 * :mod:`.registry` - a run's exported encoder as a registered model version;
 * :mod:`.report` - ``report.html``, one readable page per run;
 * :mod:`.ui` - links into the MLflow UI.
 
-Who writes what:
-
-* the **driver** (``jobs/pretrain.py``) resolves the tracking URI, creates or
-  reopens the MLflow run *before* workers start (:func:`open_run`), logs the
-  resolved config as params (dotted keys) and as ``config.yaml``, tags
-  (git commit, Ray job id, run name, storage), and after training the tag
-  ``siamim.checkpoint`` (the latest Ray checkpoint's location) and the final status;
-* the driver-side Ray Train callback (:mod:`.stream`) writes the workers'
-  per-step metrics live, once per log interval, each step exactly once across
-  restarts and resumes; rank 0 runs only MLflow's system-metrics monitor; after
-  training the driver logs the exported encoder (``encoder/``: timm's
-  ``save_for_hf`` folder, :mod:`siamim.timm_export`) and the feature pictures.
-
-The MLflow run id is stored in the run record next to the Ray checkpoints and in
-every checkpoint's Ray metadata, so a resumed training continues the same MLflow run.
-MLflow's ``log_batch`` splits large batches itself (its per-request limits).
+The driver creates or reopens the run before the workers start (:func:`open_run`: the config as params, the
+job's tags); the MLflow run id is stored in the run record and in every checkpoint's Ray metadata, so a resumed
+training continues the same run. Everything else calls ``MlflowClient`` directly. See docs/platform.md.
 """
 
 from __future__ import annotations
@@ -181,11 +168,6 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         return exp.experiment_id
 
 
-def experiment_of(tracking_uri: str, run_id: str) -> str:
-    """The id of the experiment ``run_id`` belongs to."""
-    return _client(tracking_uri).get_run(run_id).info.experiment_id
-
-
 def open_run(
     tracking_uri: str,
     experiment: str,
@@ -256,24 +238,10 @@ def config_note(changed: dict[str, tuple[str, str]], resumes: int) -> str:
     return "\n".join(lines)
 
 
-def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    _client(tracking_uri).log_text(run_id, text, artifact_file)
-
-
-def log_artifacts(tracking_uri: str, run_id: str, local_dir: str | os.PathLike, artifact_path: str) -> None:
-    _client(tracking_uri).log_artifacts(run_id, str(local_dir), artifact_path)
-
-
-def log_pictures(tracking_uri: str, run_id: str, pictures: dict, step: int) -> None:
-    """Log PIL images as MLflow images ``key=<name>`` at ``step`` (the UI's image slider over steps)
-    and as the artifacts ``pictures/<name>.png`` (the latest ones)."""
-    client = _client(tracking_uri)
-    for name, image in pictures.items():
-        client.log_image(run_id, image, key=name, step=int(step))
-        client.log_image(run_id, image, artifact_file=f"pictures/{name}.png")
-
-
+# MlflowClient does what these do; they stay for the grid's and the search's drivers (driver/tune.py,
+# ablation/, search/) and the end-to-end tests.
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    """Set the tags whose value is not None."""
     client = _client(tracking_uri)
     for k, v in tags.items():
         if v is not None:
@@ -284,8 +252,9 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
     _client(tracking_uri).set_terminated(run_id, status=status)
 
 
-def latest_metric(tracking_uri: str, run_id: str, key: str) -> float | None:
-    return _client(tracking_uri).get_run(run_id).data.metrics.get(key)
+def experiment_of(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment ``run_id`` belongs to."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id
 
 
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list:

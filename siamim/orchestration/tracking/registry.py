@@ -1,14 +1,9 @@
-"""The MLflow model registry: a run's exported encoder as a registered model version.
+"""The MLflow model registry: a run's exported encoder (``encoder/``, timm's folder) as a registered model version.
 
-``jobs/pretrain.py --register NAME`` calls :func:`register_encoder` after training:
-model ``NAME`` (created on first use) gets a new version whose source is the run's
-``encoder/`` artifact (timm's folder, :mod:`siamim.timm_export`), tagged with the
-run's step. ``jobs/evaluate.py --checkpoint models:/NAME/<version>`` (or
-``models:/NAME/latest``, ``models:/NAME@<alias>``) resolves it with
-:func:`resolve_model_uri` to the run and artifact it came from.
-
-The artifact is a folder, not an MLflow "MLmodel" flavour: the registry records it as
-the version's source, and timm loads the downloaded folder as it is.
+``jobs/pretrain.py --register NAME`` calls :func:`register_encoder`; ``jobs/evaluate.py --checkpoint
+models:/NAME/<version|latest>`` (or ``@alias``) resolves it with :func:`resolve_model_uri`. The folder is not an
+MLflow "MLmodel", so ``mlflow.register_model`` refuses it (MLflow 3.17: "Unable to find a logged_model");
+``create_model_version`` records it as the version's source.
 """
 
 from __future__ import annotations

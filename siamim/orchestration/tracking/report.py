@@ -1,17 +1,9 @@
 """One human-readable page per run: ``report.html``, an MLflow artifact the run page shows as it is.
 
-:func:`write_run_report` reads the run back from the tracking store and logs
-``report.html``: the config summary (the method's switches and the scale), the final
-metrics, the curves (per-step ``loss``, ``lr``, ``momentum``, ``grad_norm``; matplotlib,
-embedded as PNG), the evaluation table (``eval/evaluation.md`` when ``jobs/evaluate.py``
-has logged one) and the feature pictures (``pictures/*.png`` of pretraining, then
-``eval/pictures/<representation>/*.png``; a pretraining run shows those of its latest evaluation,
-the child run its tag ``eval.from_run_id`` names). Images are inlined as ``data:`` URIs, so the page
-stands alone (MLflow shows HTML artifacts in a sandboxed frame, which cannot follow relative
-links). The pretraining job writes it when training ends; ``jobs/evaluate.py`` rewrites it
-after logging into a run, so it then holds the table and the evaluation's pictures too.
-
-:func:`render_report` is the pure part (strings and bytes in, HTML out).
+:func:`write_run_report` reads the run back and logs the config summary, the final metrics, the curves, the
+evaluation table and the feature pictures, images inlined as ``data:`` URIs (MLflow shows HTML artifacts in a
+sandboxed frame). The pretraining job writes it at the end; ``jobs/evaluate.py`` rewrites it. :func:`render_report`
+is the pure part.
 """
 
 from __future__ import annotations

@@ -15,13 +15,14 @@ def test_a_hook_from_a_file_runs_after_every_report(tmp_path):
         "SEEN = []\ndef record(metrics, **context):\n    SEEN.append((metrics['step'], context))\n"
     )
     hook = hooks.load_hook(f"{tmp_path / 'my_hook.py'}:record")
-    reported = []
-    report = hooks.with_hook(reported.append, hook, rank=0, fresh=True)
-    report({"step": 1})
-    report({"step": 2})
-    assert [m["step"] for m in reported] == [1, 2]
+    reports = trainer.WorkerReports(0, "r" * 32, hook=hook, fresh=True)
+    reports.record({"step": 1, "loss": 2.0})
+    reports.record({"step": 2, "loss": 1.0})
+    assert [r["step"] for r in reports.records] == [1, 2]
     assert hook.__globals__["SEEN"] == [(1, {"rank": 0, "fresh": True}), (2, {"rank": 0, "fresh": True})]
-    assert hooks.with_hook(reported.append, None) == reported.append  # no hook: the reporter itself
+    plain = trainer.WorkerReports(0, "r" * 32)  # no hook: the records only
+    plain.record({"step": 1, "loss": 2.0})
+    assert [r["metrics"] for r in plain.records] == [{"loss": 2.0}]
 
 
 def test_a_hook_from_a_module_and_a_raising_hook_stops_the_report():

@@ -8,6 +8,7 @@ from siamim.config import load_config
 from siamim.errors import UserError
 from siamim.orchestration.driver import preflight, trainer
 from siamim.orchestration.runs import storage
+from siamim.orchestration.tracking import stream
 
 
 def test_scaling_config_from_run_section():
@@ -56,3 +57,21 @@ def test_the_elastic_resize_check_interval_reaches_ray():
     assert trainer.scaling_config(load_config("tiny")).elastic_resize_monitor_interval_s == 60.0  # Ray's default
     cfg = load_config("tiny", {"run.min_workers": 1, "run.elastic_resize_s": 5})
     assert trainer.scaling_config(cfg).elastic_resize_monitor_interval_s == 5.0
+
+
+def test_report_metrics_carry_records_points_and_the_scalars_tune_sees():
+    reports = trainer.WorkerReports(0, "r" * 32)
+    reports.record({"step": 1, "loss": 9.0, "lr": 0.1})
+    reports.record({"step": 2, "loss": 8.0, "lr": 0.2})
+    reports.point("knn_top1", 50.0, 2)
+    reports.point("restored_from_step", 0, 0)
+    m = reports.metrics(2, final=True)
+    assert m["step"] == 2 and m["loss"] == 8.0 and m["knn_top1"] == 50.0 and m[stream.FINAL]
+    assert [(r["step"], r.get("once", False)) for r in m[stream.RECORDS]] == [
+        (1, False),
+        (2, False),
+        (2, True),
+        (0, True),
+    ]
+    assert m[stream.RECORDS][3]["metrics"] == {"restored_from_step": 0.0}
+    assert stream.scalars(m) == {"step": 2, "loss": 8.0, "lr": 0.2, "knn_top1": 50.0, "restored_from_step": 0.0}
