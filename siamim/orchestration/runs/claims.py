@@ -108,20 +108,16 @@ def read_claim(storage: st.Storage, run_name: str) -> dict | None:
         return None
 
 
-def _s3(storage: st.Storage):
-    """A boto3 client for the storage's S3 endpoint (pyarrow sends no conditional headers)."""
+def _s3(storage: st.Storage, run_name: str) -> tuple:
+    """``(boto3 client, bucket, key)`` of the claim on S3 (pyarrow sends no conditional headers)."""
     import boto3
 
     query = dict(urllib.parse.parse_qsl(storage.uri.partition("?")[2]))
     endpoint = query.get("endpoint_override")
     url = f"{query.get('scheme', 'https')}://{endpoint}" if endpoint else None
     region = query.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    return boto3.client("s3", endpoint_url=url, region_name=region or "us-east-1")
-
-
-def _bucket_key(storage: st.Storage, run_name: str) -> tuple[str, str]:
     bucket, _, key = storage.join(run_name, CLAIM).partition("/")
-    return bucket, key
+    return boto3.client("s3", endpoint_url=url, region_name=region or "us-east-1"), bucket, key
 
 
 def _precondition_failed(err: Exception) -> bool:
@@ -133,9 +129,9 @@ def _create(storage: st.Storage, run_name: str, record: dict) -> bool:
     """Write the claim only if none exists (exclusive create); False when one does."""
     payload = json.dumps(record, indent=1, sort_keys=True).encode()
     if not storage.is_local:
-        bucket, key = _bucket_key(storage, run_name)
+        client, bucket, key = _s3(storage, run_name)
         try:
-            _s3(storage).put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")
+            client.put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")
         except Exception as err:
             if _precondition_failed(err):
                 return False
@@ -156,8 +152,7 @@ def _replace(storage: st.Storage, run_name: str, token: str, record: dict) -> bo
     """Overwrite the claim with ``record`` only while its token is ``token``; False otherwise."""
     payload = json.dumps(record, indent=1, sort_keys=True).encode()
     if not storage.is_local:
-        bucket, key = _bucket_key(storage, run_name)
-        client = _s3(storage)
+        client, bucket, key = _s3(storage, run_name)
         try:
             current = client.get_object(Bucket=bucket, Key=key)
             if json.loads(current["Body"].read()).get("token") != token:
@@ -216,13 +211,13 @@ class Claim:
     record: dict
     heartbeat_s: float = HEARTBEAT_S
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _thread: threading.Thread = field(init=False, repr=False)
 
     def ours(self) -> bool:
         current = read_claim(self.storage, self.run_name)
         return current is not None and current.get("token") == self.record["token"]
 
-    def start_heartbeat(self) -> None:
+    def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._beat, name=f"siamim-claim-{self.run_name}", daemon=True)
         self._thread.start()
 
@@ -248,8 +243,7 @@ class Claim:
         does not answer (pyarrow's calls hang in an S3 outage, apache/arrow#40019) gets the deletion retried in
         the background so the exit is not held."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=wait_s)
+        self._thread.join(timeout=wait_s)
         worker = threading.Thread(
             target=self._delete_when_possible, name=f"siamim-unclaim-{self.run_name}", daemon=True
         )
@@ -286,9 +280,7 @@ def _take(storage: st.Storage, run_name: str, log, heartbeat_s: float) -> Claim:
             if not _replace(storage, run_name, current.get("token"), record):  # another launch took it first
                 raise _refusal(run_name, storage, read_claim(storage, run_name) or {})
             log(f"[siamim] taking over the claim on run {run_name!r} of {describe(current)}: {why}")
-    held = Claim(storage, run_name, record, heartbeat_s)
-    held.start_heartbeat()
-    return held
+    return Claim(storage, run_name, record, heartbeat_s)  # its heartbeat starts
 
 
 @contextlib.contextmanager
