@@ -8,9 +8,8 @@
     # on a cluster (the conversion tasks spread over its CPUs):
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/prepare_data.py ...
 
-Train from the result with ``data.dataset=parquet data.root=<out>``. The manifest
-is written last; a re-run on the same input is a no-op. Credentials come from the
-AWS environment/config only (never put them in the URI).
+Train from the result with `data.dataset=parquet data.root=<out>`. Credentials come from the AWS
+environment only, never the URI. Docs: docs/data.md ("Convert once", "Credentials and endpoints").
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ OUT_FIX = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = job_parser("prepare_data.py", __doc__)
+    p = job_parser("prepare_data.py", __doc__, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--source", required=True, choices=["fashion_mnist", "image_folder"])
     p.add_argument(
         "--root",

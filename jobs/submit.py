@@ -1,16 +1,12 @@
 #!/usr/bin/env python
 """Submit jobs/pretrain.py to a Ray cluster with `ray job submit`, tagged with this checkout's git commit.
 
-`ray job submit` leaves `.git` out of the uploaded working directory, so the run
-could not learn its commit; this wrapper passes it (and whether the tree has
-uncommitted edits) as job metadata, which jobs/pretrain.py records as the MLflow
-tags `mlflow.source.git.commit` and `siamim.git_dirty`.
-
     python jobs/submit.py -- --config tiny --storage "$SIAMIM_S3_STORAGE" --tracking-uri "$MLFLOW_TRACKING_URI"
     python jobs/submit.py --address http://head:8265 --no-wait -- --config vit_small --num-workers 8 --use-gpu
 
-Everything after `--` goes to jobs/pretrain.py unchanged. Prints the `ray job submit`
-command it runs; `--dry-run` prints it only.
+Everything after `--` goes to jobs/pretrain.py unchanged; the commit (and whether the tree has
+uncommitted edits) travels as job metadata. Prints the command it runs; `--dry-run` prints it only.
+Docs: docs/platform.md ("Launching", "MLflow").
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def open_root(root: str, timeout_s: float = S3_TIMEOUT_S) -> tuple[pafs.FileSyst
 
 
 def join(fs: pafs.FileSystem, base: str, *parts: str) -> str:
-    return str(Path(base, *parts)) if isinstance(fs, pafs.LocalFileSystem) else posixpath.join(base, *parts)
+    """``base/parts`` inside ``fs`` (POSIX paths, local disk and object stores alike)."""
+    return posixpath.join(base, *parts)
 
 
 def read_manifest(root: str) -> dict:

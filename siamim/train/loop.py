@@ -41,12 +41,17 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
+def plan_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The plan's length in steps: the loop's, ``--resume``'s, the grid's and the search's."""
+    return max(1, int(round(epochs * steps_per_epoch)))
+
+
 def step_plan(cfg: Config, num_samples: int) -> tuple[int, int, int]:
     """``(steps_per_epoch, total_steps, warmup_steps)`` for the global batch."""
     steps_per_epoch = num_samples // cfg.train.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {num_samples} training images")
-    total = max(1, int(round(cfg.train.epochs * steps_per_epoch)))
+    total = plan_steps(cfg.train.epochs, steps_per_epoch)
     warmup = min(total, int(round(cfg.optim.warmup_epochs * steps_per_epoch)))
     return steps_per_epoch, total, warmup
 
@@ -70,7 +75,7 @@ def schedule_plan(cfg: Config, num_samples: int, resume_state: dict | None = Non
         plan["restarts"] = [dict(r) for r in old.get("restarts", [])]
         old_total = int(old["total_steps"])
     else:  # a checkpoint from before plans were recorded: its plan from its config
-        old_total = max(1, int(round(float(resume_state["config"]["train"]["epochs"]) * steps_per_epoch)))
+        old_total = plan_steps(float(resume_state["config"]["train"]["epochs"]), steps_per_epoch)
     step = int(resume_state["step"])
     if old_total != total and step > 0:
         groups = resume_state.get("optimizer", {}).get("param_groups") or [{}]

@@ -80,9 +80,20 @@ def test_a_live_claim_on_s3_refuses_a_second_pretrain(base_env, s3_storage, tmp_
 
 
 def test_concurrent_takers_on_s3_one_wins(base_env, s3_storage):
-    """Object stores have no create-if-absent through pyarrow: the read-back after the settle decides."""
+    """S3's conditional PUT (If-None-Match: *) lets exactly one taker create the claim."""
     storage = st.resolve_storage(s3_storage)
     won, refused = race_for_claim(storage, "r1", 6)
     assert len(won) == 1 and refused == 5
     won[0].release()
     assert claims.read_claim(storage, "r1") is None
+
+
+def test_concurrent_takers_of_a_stale_claim_on_s3_one_wins(base_env, s3_storage):
+    """A gone owner's claim is replaced only while it is still that owner's (PUT If-Match: <etag>)."""
+    storage = st.resolve_storage(s3_storage)
+    stale = {"token": "theirs", "host": "another-host", "pid": 4242, "created": 1.0, "heartbeat": 1.0}
+    st.write_json(storage, stale, "r1", claims.CLAIM)
+    won, refused = race_for_claim(storage, "r1", 6)
+    assert len(won) == 1 and refused == 5
+    assert claims.read_claim(storage, "r1")["token"] == won[0].record["token"]
+    won[0].release()

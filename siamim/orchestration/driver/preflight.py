@@ -53,15 +53,15 @@ def check_data(cfg: Config, log=print) -> None:
 
 
 class ResourceWatch:
-    """Bounds how long ``trainer.fit()`` waits for a cluster too small for its worker group.
+    """Bounds how long ``trainer.fit()`` waits for a cluster too small for its worker group (``wait_s < 0``: no bound).
 
-    Ray Train waits for its placement group for ever: at the start (an autoscaler may add nodes) and, with
-    a fixed worker count, after a node is lost mid-run (each restart attempt waits, times out and is
-    retried without limit). The watch polls the cluster's resources every ``poll_s`` seconds for the whole
-    fit; once they cannot fit the smallest allowed group (:func:`resource_shortfall`) for ``wait_s``
-    seconds in a row, it interrupts the driver, and :attr:`timed_out` says why. A shortfall that ends in
-    time is logged when it starts and when it ends. ``wait_s < 0``: no bound, nothing watched.
-    The interrupt unwinds ``fit()``; the pending Train controller goes when the driver process exits.
+    Ray Train waits for its placement group for ever, at the start and, with a fixed worker count, after a node
+    is lost. The watch polls the cluster every ``poll_s`` seconds; a shortfall (:func:`resource_shortfall`) that
+    lasts ``wait_s`` seconds interrupts the driver (:attr:`timed_out` says why); one that ends in time is logged
+    when it starts and ends. Ray Train 2.60's own bound (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` with
+    ``FailureConfig.controller_failure_limit``) cannot replace it: it is read in the controller actor's
+    environment (one value per Ray job, not per launch's ``--wait-for-resources``), and it logs nothing when a
+    mid-run shortfall starts or ends.
     """
 
     def __init__(self, cfg: Config, wait_s: float, log=print, poll_s: float = 2.0):

@@ -94,25 +94,20 @@ def fit_hint(cfg: Config, total: dict[str, float]) -> str:
 
 # --------------------------------------------------------------------------- a grid's or a search's trials
 def flag_error(err: ValidationError, spec: type[TrialResources]) -> UserError:
-    """pydantic's first error as one line naming the flag, a ``spec.input_error``: ``--seeds 0: must be a whole
-    number >= 1`` (a field's ``description`` says what it must be, else its bound). A validator's
-    :class:`~siamim.errors.UserError` is returned as it is; another validator error is named by its flag."""
+    """pydantic's first error as a ``spec.input_error`` naming the flag (``--seeds 0: must be a whole number >= 1``:
+    the field's ``description``, else its bound); a validator's :class:`~siamim.errors.UserError` as it is."""
     first = err.errors()[0]
-    ctx = first.get("ctx") or {}
-    name = str(first["loc"][0]) if first["loc"] else ""
-    flag = "--" + name.replace("_", "-")
-    cause = ctx.get("error")
+    ctx, name = first.get("ctx") or {}, str(first["loc"][0]) if first["loc"] else ""
+    flag, cause, field = "--" + name.replace("_", "-"), ctx.get("error"), spec.model_fields.get(name)
     if isinstance(cause, UserError):
         return cause
     if cause is not None:
         return spec.input_error(str(cause) if str(cause).startswith("--") else f"{flag}: {cause}")
-    field = spec.model_fields.get(name)
     if field is not None and field.description:
         must = f"must be {field.description}"
-    elif first["type"] == "greater_than":
-        must = "must be positive" if ctx["gt"] == 0 else f"must be > {ctx['gt']:g}"
-    elif first["type"] == "greater_than_equal":
-        must = f"must be >= {ctx['ge']:g}"
+    elif first["type"] in ("greater_than", "greater_than_equal"):
+        op, bound = (">", ctx["gt"]) if "gt" in ctx else (">=", ctx["ge"])
+        must = "must be positive" if (op, bound) == (">", 0) else f"must be {op} {bound:g}"
     else:
         must = first["msg"]
     value = first["input"]

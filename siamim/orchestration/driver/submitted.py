@@ -19,6 +19,7 @@ from pathlib import Path
 
 from siamim.orchestration import job_config
 from siamim.orchestration.errors import LaunchInputError
+from siamim.orchestration.runs.storage import local_path
 from siamim.orchestration.tracking import local_store_path, resolve_tracking_uri
 
 STORAGE_FIX = 'an absolute path on a disk the cluster keeps (shared by every node) or an s3:// URI (dev stack: "$SIAMIM_S3_STORAGE")'
@@ -40,16 +41,6 @@ def job_copy() -> Path | None:
     return Path(os.getcwd()).resolve()
 
 
-def local_location(location: str) -> Path | None:
-    """The absolute local path ``location`` (a directory, ``file://`` or a path relative to the cwd) names;
-    None for an object-store or other URI (``s3://``, ``gs://``)."""
-    text = str(location).strip()
-    if "://" in text and not text.startswith("file://"):
-        return None
-    path = Path(text.removeprefix("file://")).expanduser()
-    return (Path(os.getcwd()) / path).resolve() if not path.is_absolute() else path.resolve()
-
-
 def check_lasting(location: str, what: str, fix: str = STORAGE_FIX) -> None:
     """Raise :class:`TemporaryLocationError` when this driver is a submitted job and ``location`` lies in its copy.
 
@@ -57,7 +48,7 @@ def check_lasting(location: str, what: str, fix: str = STORAGE_FIX) -> None:
     instead. A no-op outside ``ray job submit`` and for URIs.
     """
     copy = job_copy()
-    path = local_location(location) if copy is not None else None
+    path = local_path(location) if copy is not None else None
     if path is None or not path.is_relative_to(copy):
         return
     raise TemporaryLocationError(
@@ -88,7 +79,7 @@ def job_storage(args, default: str, what: str) -> str:
     store; ``--dry-run`` with ``--resume`` is refused (a resumed ``what``, grid or search, keeps its trials)."""
     if args.dry_run and args.resume:
         raise LaunchInputError(f"--dry-run and --resume: a resumed {what} keeps its trials; drop --dry-run")
-    storage = args.storage if "://" in (args.storage or "") else os.path.abspath(args.storage or default)
+    storage = str(local_path(args.storage or default) or args.storage)
     if not args.dry_run:  # under ray job submit: nothing inside Ray's temporary copy of the working directory
         check_lasting(storage, f"--storage {args.storage or default + ' (the default)'}")
         check_tracking_lasting(args.tracking_uri)

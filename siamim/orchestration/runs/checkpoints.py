@@ -18,7 +18,6 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -61,15 +60,11 @@ def list_checkpoints(storage: Storage, run_name: str) -> list[StoredCheckpoint]:
     return sorted(found, key=lambda c: (c.step, c.name), reverse=True)
 
 
-def _join(storage: Storage, *parts: str) -> str:
-    return posixpath.join(*parts) if not storage.is_local else str(Path(*parts))
-
-
 def verify(storage: Storage, ckpt: StoredCheckpoint) -> None:
     """Check ``ckpt`` against its integrity record (fills ``ckpt.record``); raises :class:`CheckpointError`."""
     fs = storage.fs
-    data = _join(storage, ckpt.path, CHECKPOINT_FILE)
-    where = storage.display() + data[len(storage.path) :] if data.startswith(storage.path) else data
+    data = posixpath.join(ckpt.path, CHECKPOINT_FILE)
+    where = storage.display_path(data)
     info = fs.get_file_info(data)
     if info.type == pafs.FileType.NotFound:
         raise CheckpointError(f"checkpoint {where} is missing (an interrupted save or upload)")

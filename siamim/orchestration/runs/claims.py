@@ -1,25 +1,23 @@
 """One live launch per run name: a claim file in the run's storage folder.
 
-``<storage>/<run name>/siamim_claim.json`` names the process that trains the run
-(host, pid and its start time, the ``ray job submit`` id, the command) and a
-heartbeat that process refreshes every :data:`HEARTBEAT_S` seconds. A launch
-(new or ``--resume``) takes the claim before it writes anything and gives it back
-when it ends, however it ends; a second launch of the name meanwhile is refused
+``<storage>/<run name>/siamim_claim.json`` names the process that trains the run (host, pid and its
+start time, the ``ray job submit`` id, the command) and a heartbeat it refreshes every
+:data:`HEARTBEAT_S` seconds. A launch takes the claim (``with claim(...)``) before it writes anything
+and gives it back however it ends; a second launch of the name meanwhile is refused
 (:class:`RunClaimedError`, exit 2) naming the owner and ``--resume``.
 
-A claim whose owner is gone is taken over with a warning: on the owner's host,
-when its pid has exited (or now belongs to a later process); anywhere, when its
-heartbeat is older than :data:`STALE_S` (a host that crashed, a SIGKILLed job on
-another node). Taking works on local disk and on object stores alike: the claim is
-created exclusively where the filesystem can (a hard link on local disk), then
-read back after a short settle (:data:`SETTLE_S`; the only guard on object stores,
-whose strong read-after-write consistency makes the last writer the one every
-reader sees), and it is ours only if the token read back is ours.
+Every write is conditional, so exactly one of concurrent launches wins: the claim is created
+exclusively (``O_EXCL`` on local disk, S3's ``PUT If-None-Match: *``), and a gone owner's claim
+(:func:`owner_gone`: its pid exited on its host, or its heartbeat is older than :data:`STALE_S`)
+is replaced only while it still is that owner's (a file lock on local disk, ``PUT If-Match: <etag>``
+on S3); the heartbeat is such a replacement too, so an owner notices a takeover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import fcntl
 import functools
 import json
 import logging
@@ -29,15 +27,16 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from siamim.orchestration.runs import storage as st
 from siamim.orchestration import submission_id
 from siamim.orchestration.errors import LaunchInputError
+from siamim.orchestration.runs import storage as st
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ CLAIM = "siamim_claim.json"
 HEARTBEAT_S = 30.0  # the owner rewrites its claim this often
 STALE_S = 300.0  # a claim not refreshed for this long is taken over (its owner died where we cannot see)
 RELEASE_WAIT_S = 10.0  # a launch waits this long for storage to give its claim back, then exits anyway
-SETTLE_S = 1.0  # wait between writing a claim and reading it back (concurrent writers: the last one wins)
 
 
 class RunClaimedError(LaunchInputError):
@@ -76,11 +74,8 @@ def owner_record(token: str) -> dict:
 
 
 def owner_gone(claim: dict, now: float | None = None) -> str | None:
-    """Why the owner of ``claim`` is gone (a sentence), or None while it may be live.
-
-    On the owner's host the pid answers (exited, or reused by a later process); elsewhere
-    only the heartbeat does: older than :data:`STALE_S` seconds means gone.
-    """
+    """Why the owner of ``claim`` is gone (a sentence), or None while it may be live: on its host the pid
+    answers (exited, or reused by a later process), elsewhere a heartbeat older than :data:`STALE_S`."""
     now = time.time() if now is None else now
     pid, started = claim.get("pid"), claim.get("pid_started")
     if claim.get("host") == socket.gethostname() and isinstance(pid, int):
@@ -104,49 +99,96 @@ def describe(claim: dict) -> str:
     return f"pid {claim.get('pid')} on host {claim.get('host')} ({job}started {when}){command}"
 
 
-# --------------------------------------------------------------------------- the claim file
+# --------------------------------------------------------------------------- conditional writes
 def read_claim(storage: st.Storage, run_name: str) -> dict | None:
-    """The claim on ``run_name`` under ``storage``; None when there is none (or it is unreadable, being written)."""
+    """The claim on ``run_name`` under ``storage``; None when there is none (or it is being written)."""
     try:
         return st.read_json(storage, run_name, CLAIM)
-    except (OSError, ValueError):  # none (FileNotFoundError), or half-written where writes are not atomic
+    except (OSError, ValueError):
         return None
 
 
-def _create_exclusive(storage: st.Storage, run_name: str, payload: bytes) -> bool:
-    """Write the claim file only if none exists: False when one does. Exclusive on local disk (a hard link
-    fails if the name exists), a plain PUT on object stores (the read-back decides there)."""
-    path = storage.join(run_name, CLAIM)
+def _s3(storage: st.Storage, run_name: str) -> tuple:
+    """``(boto3 client, bucket, key)`` of the claim on S3 (pyarrow sends no conditional headers)."""
+    import boto3
+
+    query = dict(urllib.parse.parse_qsl(storage.uri.partition("?")[2]))
+    endpoint = query.get("endpoint_override")
+    url = f"{query.get('scheme', 'https')}://{endpoint}" if endpoint else None
+    region = query.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    bucket, _, key = storage.join(run_name, CLAIM).partition("/")
+    return boto3.client("s3", endpoint_url=url, region_name=region or "us-east-1"), bucket, key
+
+
+def _precondition_failed(err: Exception) -> bool:
+    code = getattr(err, "response", {}).get("Error", {}).get("Code")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+def _create(storage: st.Storage, run_name: str, record: dict) -> bool:
+    """Write the claim only if none exists (exclusive create); False when one does."""
+    payload = json.dumps(record, indent=1, sort_keys=True).encode()
     if not storage.is_local:
-        if st.exists(storage, run_name, CLAIM):
-            return False
-        storage.fs.create_dir(storage.join(run_name), recursive=True)
-        with storage.fs.open_output_stream(path) as f:
-            f.write(payload)
+        client, bucket, key = _s3(storage, run_name)
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")
+        except Exception as err:
+            if _precondition_failed(err):
+                return False
+            raise
         return True
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    Path(tmp).write_bytes(payload)
+    path = Path(storage.join(run_name, CLAIM))
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(tmp, path)
-        return True
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    finally:
-        os.unlink(tmp)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+    return True
 
 
-def _delete(storage: st.Storage, run_name: str, *, tidy: bool = False) -> None:
-    """Delete the claim file; ``tidy``: also the run folder on local disk when nothing else is in it."""
+def _replace(storage: st.Storage, run_name: str, token: str, record: dict) -> bool:
+    """Overwrite the claim with ``record`` only while its token is ``token``; False otherwise."""
+    payload = json.dumps(record, indent=1, sort_keys=True).encode()
+    if not storage.is_local:
+        client, bucket, key = _s3(storage, run_name)
+        try:
+            current = client.get_object(Bucket=bucket, Key=key)
+            if json.loads(current["Body"].read()).get("token") != token:
+                return False
+            client.put_object(Bucket=bucket, Key=key, Body=payload, IfMatch=current["ETag"])
+        except Exception as err:
+            if _precondition_failed(err) or "NoSuchKey" in str(err) or isinstance(err, ValueError):
+                return False
+            raise
+        return True
+    try:
+        f = open(storage.join(run_name, CLAIM), "r+b")
+    except FileNotFoundError:
+        return False
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if json.loads(f.read() or b"{}").get("token") != token:
+                return False
+        except ValueError:
+            return False
+        f.seek(0)
+        f.truncate()
+        f.write(payload)
+    return True
+
+
+def _delete(storage: st.Storage, run_name: str) -> None:
+    """Delete the claim file, and the run folder on local disk when nothing else is in it."""
     try:
         storage.fs.delete_file(storage.join(run_name, CLAIM))
     except FileNotFoundError:
         pass
-    if tidy and storage.is_local:
-        try:
+    if storage.is_local:
+        with contextlib.suppress(OSError):
             os.rmdir(storage.join(run_name))  # a launch refused before it wrote anything leaves no folder
-        except OSError:
-            pass
 
 
 def _refusal(run_name: str, storage: st.Storage, claim: dict) -> RunClaimedError:
@@ -169,20 +211,22 @@ class Claim:
     record: dict
     heartbeat_s: float = HEARTBEAT_S
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _thread: threading.Thread = field(init=False, repr=False)
 
     def ours(self) -> bool:
         current = read_claim(self.storage, self.run_name)
         return current is not None and current.get("token") == self.record["token"]
 
-    def start_heartbeat(self) -> None:
+    def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._beat, name=f"siamim-claim-{self.run_name}", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if not self.ours():
+                if not _replace(
+                    self.storage, self.run_name, self.record["token"], {**self.record, "heartbeat": time.time()}
+                ):
                     logger.warning(
                         "the claim on run %s is no longer this process's (%s took it over): another launch may "
                         "be writing into %s",
@@ -191,22 +235,15 @@ class Claim:
                         self.storage.display(self.run_name),
                     )
                     return
-                self.record["heartbeat"] = time.time()
-                st.write_json(self.storage, self.record, self.run_name, CLAIM)
             except Exception as err:  # a storage hiccup: the next beat tries again (STALE_S >> HEARTBEAT_S)
                 logger.warning("could not refresh the claim on run %s: %s", self.run_name, err)
 
     def release(self, wait_s: float = RELEASE_WAIT_S) -> None:
-        """Stop the heartbeat and delete the claim file if it is still ours, waiting at most ``wait_s``.
-
-        Storage that does not answer (an S3 outage that ended the launch: pyarrow's calls then hang,
-        apache/arrow#40019) must not hold the launch's exit: the deletion goes on in the background until
-        storage answers, so a process that lives on (a notebook, a test) does not keep the name until the
-        claim goes stale.
-        """
+        """Stop the heartbeat and delete the claim if it is still ours, waiting at most ``wait_s``; storage that
+        does not answer (pyarrow's calls hang in an S3 outage, apache/arrow#40019) gets the deletion retried in
+        the background so the exit is not held."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=wait_s)
+        self._thread.join(timeout=wait_s)
         worker = threading.Thread(
             target=self._delete_when_possible, name=f"siamim-unclaim-{self.run_name}", daemon=True
         )
@@ -220,7 +257,7 @@ class Claim:
         while True:
             try:
                 if self.ours():
-                    _delete(self.storage, self.run_name, tidy=True)
+                    _delete(self.storage, self.run_name)
                 return
             except Exception as err:
                 if time.time() > deadline:  # the claim has gone stale by now: others take it over
@@ -229,48 +266,46 @@ class Claim:
                 time.sleep(every_s)
 
 
-_HELD: contextvars.ContextVar[list[Claim] | None] = contextvars.ContextVar("siamim_claims", default=None)
-
-
-def take_claim(
-    storage: st.Storage,
-    run_name: str,
-    log=print,
-    *,
-    settle_s: float = SETTLE_S,
-    heartbeat_s: float = HEARTBEAT_S,
-) -> Claim:
-    """Claim ``run_name`` under ``storage`` for this process, or raise :class:`RunClaimedError`.
-
-    A live owner's claim refuses; a gone owner's (:func:`owner_gone`) is taken over with a
-    line through ``log``. Inside a :func:`releases_claims` call the claim is given back when
-    that call returns or raises; otherwise the caller calls :meth:`Claim.release`.
-    Raises :class:`RunClaimedError` (exit 2 in the jobs).
-    """
+def _take(storage: st.Storage, run_name: str, log, heartbeat_s: float) -> Claim:
     record = owner_record(uuid.uuid4().hex)
-    payload = json.dumps(record, indent=1, sort_keys=True).encode()
-    created = _create_exclusive(storage, run_name, payload)
-    if not created:
+    if not _create(storage, run_name, record):
         current = read_claim(storage, run_name)
-        if current is not None:
+        if current is None:  # released (or half-written) meanwhile: one more exclusive try
+            if not _create(storage, run_name, record):
+                raise _refusal(run_name, storage, read_claim(storage, run_name) or {})
+        else:
             why = owner_gone(current)
             if why is None:
                 raise _refusal(run_name, storage, current)
+            if not _replace(storage, run_name, current.get("token"), record):  # another launch took it first
+                raise _refusal(run_name, storage, read_claim(storage, run_name) or {})
             log(f"[siamim] taking over the claim on run {run_name!r} of {describe(current)}: {why}")
-        _delete(storage, run_name)
-        if not _create_exclusive(storage, run_name, payload):  # another launch took it in between
-            raise _refusal(run_name, storage, read_claim(storage, run_name) or {})
-    if settle_s > 0 and (not created or not storage.is_local):
-        time.sleep(settle_s)  # a concurrent writer's PUT (or a second taker-over) lands before the read-back
-    current = read_claim(storage, run_name)
-    if current is None or current.get("token") != record["token"]:
-        raise _refusal(run_name, storage, current or {})
-    claim = Claim(storage, run_name, record, heartbeat_s)
-    claim.start_heartbeat()
-    held = _HELD.get()
-    if held is not None:
-        held.append(claim)
-    return claim
+    return Claim(storage, run_name, record, heartbeat_s)  # its heartbeat starts
+
+
+@contextlib.contextmanager
+def claim(storage: st.Storage, run_name: str, log=print, *, heartbeat_s: float = HEARTBEAT_S):
+    """Hold the claim on ``run_name`` under ``storage`` for the block, or raise :class:`RunClaimedError` (exit 2).
+
+    A live owner's claim refuses; a gone owner's (:func:`owner_gone`) is taken over with a line through ``log``.
+    """
+    held = _take(storage, run_name, log, heartbeat_s)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+_HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("siamim_claims", default=None)
+
+
+def take_claim(storage: st.Storage, run_name: str, log=print, *, heartbeat_s: float = HEARTBEAT_S) -> Claim:
+    """:func:`claim` for a launch decorated with :func:`releases_claims` (released when it ends); outside one
+    the caller calls :meth:`Claim.release`."""
+    stack = _HELD.get()
+    if stack is None:
+        return _take(storage, run_name, log, heartbeat_s)
+    return stack.enter_context(claim(storage, run_name, log, heartbeat_s=heartbeat_s))
 
 
 def releases_claims(fn):
@@ -278,16 +313,14 @@ def releases_claims(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        held: list[Claim] = []
-        token = _HELD.set(held)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _HELD.reset(token)
-            for claim in reversed(held):
-                claim.release()
+        with contextlib.ExitStack() as stack:
+            token = _HELD.set(stack)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _HELD.reset(token)
 
     return wrapper
 
 
-__all__ = ["CLAIM", "Claim", "RunClaimedError", "owner_gone", "read_claim", "releases_claims", "take_claim"]
+__all__ = ["CLAIM", "Claim", "RunClaimedError", "claim", "owner_gone", "read_claim", "releases_claims", "take_claim"]

@@ -84,26 +84,30 @@ def check_new_name(storage: st.Storage, run_name: str) -> None:
 
 
 # --------------------------------------------------------------------------- plans
-def steps_per_epoch(cfg: Config) -> int | None:
-    """Optimizer steps per epoch of ``cfg``'s training data (reads the dataset's size); None when the
-    dataset's size is not known up front (a streamed source): the plan checks are skipped then."""
+def planned_steps(cfg: Config) -> tuple[int, int]:
+    """``(steps per epoch, total steps)`` of ``cfg``'s training data (reads the dataset's size; its errors
+    propagate): the one plan of a new run, a resume, a grid's and a search's trials."""
     from siamim.data.sources import build_source
     from siamim.train.loop import step_plan
 
-    try:
-        n = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
-    except Exception:  # not a map-style source here; the loop reports data problems itself
-        return None
+    n = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
     if cfg.data.train_subset is not None:
         n = min(n, cfg.data.train_subset)
     try:
-        return step_plan(cfg, n)[0]
+        return step_plan(cfg, n)[:2]
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
 
-def plan_total(cfg: Config, spe: int) -> int:
-    return max(1, int(round(cfg.train.epochs * spe)))
+def known_plan(cfg: Config) -> tuple[int, int] | None:
+    """:func:`planned_steps`, or None when the dataset's size is not known up front (a streamed source): the
+    plan checks are skipped then."""
+    try:
+        return planned_steps(cfg)
+    except ConfigError:
+        raise
+    except Exception:  # not a map-style source here; the loop reports data problems itself
+        return None
 
 
 def plan_resume(
@@ -117,12 +121,14 @@ def plan_resume(
     (:func:`siamim.train.loop.schedule_plan`). Raises :class:`LaunchInputError` when
     there is nothing to train or ``train.max_steps`` lies past the plan.
     """
-    total = plan_total(cfg, spe)
+    from siamim.train.loop import plan_steps  # torch: not at import time
+
+    total = plan_steps(cfg.train.epochs, spe)
     if more_steps is not None:
         target = step + more_steps
         if target > total:
             cfg.train.epochs = target / spe
-            total = plan_total(cfg, spe)
+            total = plan_steps(cfg.train.epochs, spe)
             log(
                 f"[siamim] --more-steps {more_steps}: the plan grows to {total} steps (train.epochs="
                 f"{cfg.train.epochs:.6g}); the lr re-warms from its last value to the re-planned cosine, "
@@ -153,10 +159,10 @@ def check_fresh_plan(cfg: Config) -> None:
     """``train.max_steps`` past the end of a new run's plan is an error naming the key to raise."""
     if cfg.train.max_steps is None:
         return
-    spe = steps_per_epoch(cfg)
-    if spe is None:
+    plan = known_plan(cfg)
+    if plan is None:
         return
-    total = plan_total(cfg, spe)
+    spe, total = plan
     if cfg.train.max_steps > total:
         raise ConfigError(
             f"train.max_steps={cfg.train.max_steps} lies past the end of the plan (train.epochs={cfg.train.epochs:g} "
@@ -196,7 +202,7 @@ def plan_resumed_run(target: Target, storage: st.Storage, more_steps: int | None
             )
         target.record["mlflow_run_id"] = run_id or target.record["mlflow_run_id"]
     rec_plan = (point.checkpoint.record or {}).get("plan") if point.checkpoint else None
-    spe = int(rec_plan["steps_per_epoch"]) if rec_plan else steps_per_epoch(cfg)
+    spe = int(rec_plan["steps_per_epoch"]) if rec_plan else (known_plan(cfg) or (None,))[0]
     resume_cmd = f"python jobs/pretrain.py --resume {run_name} --storage '{storage.uri}'"
     if spe is not None:
         target.cfg = plan_resume(cfg, run_name, point.step, spe, more_steps, resume_cmd, log)

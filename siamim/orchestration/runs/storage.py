@@ -1,12 +1,8 @@
-"""Where Ray Train runs live: a local directory or an object-store URI.
+"""Locations of runs (``run.storage``), checkpoints and artifacts: a local directory or an object-store URI.
 
-``run.storage`` is a path or a URI. Local paths are made absolute (Ray Train
-and every worker must see the same place); ``s3://bucket/prefix`` URIs may
-carry pyarrow's query parameters (``?endpoint_override=127.0.0.1:9000&scheme=http``
-for MinIO / moto), which are parsed into a :class:`pyarrow.fs.S3FileSystem` and
-handed to Ray as ``RunConfig(storage_path=<bucket/prefix>, storage_filesystem=fs)``.
-
-Layout under the storage root::
+A URI's query (``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http``) configures its
+:class:`pyarrow.fs.FileSystem` (``FileSystem.from_uri``); Ray gets ``storage_path`` + ``storage_filesystem``.
+Local paths go through :func:`local_path`, the one rule for local locations. Layout::
 
     <storage>/<run name>/checkpoint_<step>/checkpoint.pt   Ray Train checkpoints (last K kept)
     <storage>/<run name>/siamim_run.json                   run record: MLflow run id, config
@@ -38,13 +34,8 @@ class StorageError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Storage:
-    """A resolved storage root.
-
-    Attributes:
-        uri: what the user gave, made absolute for local paths (for messages).
-        path: the path inside ``filesystem`` (``bucket/prefix`` for S3).
-        filesystem: the pyarrow filesystem; ``None`` for local paths (Ray's default).
-    """
+    """A resolved location: ``uri`` as given (absolute for local paths), ``path`` inside ``filesystem``
+    (``bucket/prefix`` for S3), ``filesystem`` None for local paths (Ray's default)."""
 
     uri: str
     path: str
@@ -59,23 +50,20 @@ class Storage:
         return self.filesystem or pafs.LocalFileSystem()
 
     def join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts) if not self.is_local else str(Path(self.path, *parts))
+        return posixpath.join(self.path, *parts)
 
     def locate(self, path: str) -> str:
-        """Where ``path`` (a path inside this storage's filesystem) is, in a form that works when pasted:
-        the local path, or the URI's scheme + ``path`` + its query (``?endpoint_override=...&scheme=http``)."""
-        if self.is_local:
-            return path
-        scheme, _, rest = self.uri.partition("://")
-        query = rest.partition("?")[2]
-        return f"{scheme}://{path.lstrip('/')}" + (f"?{query}" if query else "")
+        """``path`` (inside this filesystem) as a location that pastes back: a local path, or a URI with this
+        one's query (the endpoint of an S3-compatible server)."""
+        query = self.uri.partition("?")[2]
+        return self.display_path(path) + (f"?{query}" if query and not self.is_local else "")
 
     def display(self, *parts: str) -> str:
-        """A human-readable location (``s3://bucket/prefix/run`` or an absolute path)."""
-        if self.is_local:
-            return self.join(*parts)
-        scheme = self.uri.split("://", 1)[0]
-        return f"{scheme}://" + posixpath.join(self.path, *parts)
+        """A human-readable location (``s3://bucket/prefix/run`` or an absolute path), without the query."""
+        return self.display_path(self.join(*parts))
+
+    def display_path(self, path: str) -> str:
+        return path if self.is_local else f"{self.uri.partition('://')[0]}://{path.lstrip('/')}"
 
     def ray_kwargs(self) -> dict:
         """``RunConfig`` keyword arguments for this storage."""
@@ -83,6 +71,16 @@ class Storage:
         if self.filesystem is not None:
             kwargs["storage_filesystem"] = self.filesystem
         return kwargs
+
+
+def local_path(location: str | os.PathLike, base: str | os.PathLike | None = None) -> Path | None:
+    """The absolute local path ``location`` (a path, ``file://``, relative to ``base`` or the cwd) names; None for
+    an object-store or other URI (``s3://``). The one rule for every local location (runs, data, MLflow)."""
+    text = str(location).strip()
+    if "://" in text and not text.startswith("file://"):
+        return None
+    path = Path(text.removeprefix("file://")).expanduser()
+    return (Path(base or os.getcwd()) / path).resolve()
 
 
 def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None, what: str = "run.storage") -> Storage:
@@ -93,12 +91,9 @@ def resolve_storage(uri_or_path: str, base: str | os.PathLike | None = None, wha
     text = str(uri_or_path).strip()
     if not text:
         raise StorageError(f"{what} is empty; give a directory or a URI such as s3://bucket/prefix")
-    if "://" not in text or text.startswith("file://"):
-        local = text[len("file://") :] if text.startswith("file://") else text
-        path = Path(local).expanduser()
-        if not path.is_absolute():
-            path = Path(base or os.getcwd()) / path
-        return Storage(uri=str(path), path=str(path.resolve()), filesystem=None)
+    path = local_path(text, base)
+    if path is not None:
+        return Storage(uri=str(path), path=str(path), filesystem=None)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except OSError as err:  # pyarrow reached for the endpoint (S3 region lookup, apache/arrow#25824) and got no answer

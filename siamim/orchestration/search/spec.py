@@ -139,12 +139,10 @@ def budget_steps(spec: SearchSpec) -> int:
     Reads the training set's size (imports torch); raises :class:`SearchInputError` when ``--grace-period``
     does not fit below it.
     """
-    from siamim.data.sources import build_source
-    from siamim.train.loop import step_plan
+    from siamim.orchestration.runs.resume import planned_steps
 
     cfg = search_config(trial_spec(spec), spec.samples[0])
-    size = len(build_source(cfg.data.dataset, cfg.data.root, "train"))
-    _, total, _ = step_plan(cfg, min(size, cfg.data.train_subset or size))
+    _, total = planned_steps(cfg)
     if cfg.train.max_steps is not None and cfg.train.max_steps > total:  # it would be cut short (as the grid)
         raise SearchInputError(
             f"--steps {cfg.train.max_steps}: past the end of the plan (train.epochs={cfg.train.epochs:g} of "

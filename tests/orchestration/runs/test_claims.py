@@ -69,7 +69,7 @@ def test_the_claim_of_a_killed_process_is_taken_over_on_its_host(tmp_path):
     proc.wait()
     assert claims.read_claim(storage, "r1")["pid"] == proc.pid
     lines = []
-    claim = claims.take_claim(storage, "r1", lines.append, settle_s=0.0)
+    claim = claims.take_claim(storage, "r1", lines.append)
     try:
         assert claims.read_claim(storage, "r1")["token"] == claim.record["token"]
         assert len(lines) == 1 and f"process {proc.pid} on this host has exited" in lines[0]
@@ -86,7 +86,7 @@ def test_another_hosts_claim_is_taken_over_only_once_its_heartbeat_is_stale(tmp_
         claims.take_claim(storage, "r1")
     write_claim(storage, "r1", heartbeat=time.time() - claims.STALE_S - 5, created=time.time() - 9000)
     lines = []
-    claim = claims.take_claim(storage, "r1", lines.append, settle_s=0.0)
+    claim = claims.take_claim(storage, "r1", lines.append)
     assert "heartbeat is" in lines[0] and "another-host" in lines[0]
     claim.release()
 
@@ -148,3 +148,21 @@ def test_releases_claims_gives_the_claim_back_when_the_launch_raises(tmp_path):
         launch()
     assert claims.read_claim(storage, "r1") is None
     claims.take_claim(storage, "r1").release()  # and the name is free again
+
+
+def test_concurrent_takers_of_a_gone_owners_claim_one_wins(tmp_path):
+    storage = resolve_storage(str(tmp_path / "runs"))
+    write_claim(storage, "r1", heartbeat=time.time() - claims.STALE_S - 5, created=time.time() - 9000)
+    won, refused = race_for_claim(storage, "r1", 8)
+    assert len(won) == 1 and refused == 7
+    assert claims.read_claim(storage, "r1")["token"] == won[0].record["token"]
+    won[0].release()
+
+
+def test_a_claim_block_holds_the_name_and_gives_it_back(tmp_path):
+    storage = resolve_storage(str(tmp_path / "runs"))
+    with claims.claim(storage, "r1") as held:
+        assert claims.read_claim(storage, "r1")["token"] == held.record["token"]
+        with pytest.raises(claims.RunClaimedError, match="--resume r1"):
+            claims.take_claim(storage, "r1")
+    assert claims.read_claim(storage, "r1") is None
