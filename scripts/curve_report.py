@@ -6,7 +6,7 @@
     # 2. the same monitors on a random-init encoder and on raw pixels (the levels a curve must pass)
     python scripts/curve_report.py levels --out docs/results/curves-ia
     # 3. table, rank correlation of RankMe with kNN, plot
-    python scripts/curve_report.py report --curves docs/results/curves-ia --out /tmp/curves --plot docs/results/curves.png
+    python scripts/curve_report.py report --curves docs/results/curves-ia --out /tmp/curves --plot docs/curves.png
 
 ``export`` writes ``curves.csv`` (row, seed, step, epoch, knn_monitor, rankme_monitor: one line per
 monitored step of each trial, from the child runs tagged ``ablation.grid=<grid>``), ``final.csv``
@@ -140,29 +140,30 @@ def summarise(curves: list[dict], lvls: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def markdown(summary: dict[str, dict], lvls: dict[str, dict], finals: list[dict]) -> str:
-    rows = list(summary)
+def markdown(summary: dict[str, dict], lvls: dict[str, dict], finals: list[dict], pair: tuple[str, str]) -> str:
+    """The curves as a table (a column of ``pair[0] − pair[1]`` when both rows are there) and the findings."""
+    rows = [r for r in pair if r in summary] + [r for r in summary if r not in pair]
+    both = all(r in summary for r in pair)
     epochs = sorted({round(p["epoch"]) for s in summary.values() for p in s["points"]})
-    head = "| epoch | " + " | ".join(f"{r}: kNN | {r}: RankMe" for r in rows) + " |"
-    if len(rows) == 2:
-        head += f" | {rows[0]} − {rows[1]} (kNN) |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = (
+        ["epoch"]
+        + [f"{r}: {m}" for r in rows for m in ("kNN", "RankMe")]
+        + ([f"{pair[0]} − {pair[1]} (kNN)"] if both else [])
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in epochs:
-        cells, knns = [], []
-        for r in rows:
-            p = next((p for p in summary[r]["points"] if round(p["epoch"]) == e), None)
-            cells += [f"{p[KNN]:.2f}", f"{p[RANK]:.1f}"] if p else ["", ""]
-            knns.append(p[KNN] if p else None)
-        diff = (
-            [f"{knns[0] - knns[1]:+.2f}".replace("-", "−")]
-            if len(rows) == 2 and None not in knns
-            else ([""] if len(rows) == 2 else [])
-        )
-        lines.append(f"| {e} | " + " | ".join(cells + diff) + " |")
+        at = {r: next((p for p in summary[r]["points"] if round(p["epoch"]) == e), None) for r in rows}
+        cells = [f"{at[r][KNN]:.2f} | {at[r][RANK]:.1f}" if at[r] else " | " for r in rows]
+        if both:
+            first, second = at[pair[0]], at[pair[1]]
+            cells.append(f"{first[KNN] - second[KNN]:+.2f}".replace("-", "−") if first and second else "")
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    lines.append("")
     for key, name in LEVELS.items():
         if key in lvls:
-            lines.append(f"\n* {name} (same monitor subset): kNN {lvls[key][KNN]:.2f}, RankMe {lvls[key][RANK]:.1f}")
-    for r, s in summary.items():
+            lines.append(f"* {name} (same monitor subset): kNN {lvls[key][KNN]:.2f}, RankMe {lvls[key][RANK]:.1f}")
+    for r in rows:
+        s = summary[r]
         passed = f"epoch {s['passed_at']:.0f}" if s["passed_at"] is not None else "not within these epochs"
         lines.append(
             f"* row {r}: {MARGIN:.0f} kNN points above random init: {passed}; Spearman(RankMe, kNN) {s['rho']:+.2f}"
@@ -186,8 +187,9 @@ def plot(summary: dict[str, dict], lvls: dict[str, dict], path: Path) -> Path:
         ax_rank.plot(ep, [p[RANK] for p in s["points"]], marker="o", label=f"row {row}")
     for key, style in (("random", ":"), ("pixels", "--")):
         if key in lvls:
-            for ax, metric in ((ax_knn, KNN), (ax_rank, RANK)):
-                ax.axhline(lvls[key][metric], color="grey", linestyle=style, label=LEVELS[key])
+            ax_knn.axhline(lvls[key][KNN], color="grey", linestyle=style, label=LEVELS[key])
+    if "random" in lvls:  # raw pixels have more dimensions (3 x H x W) than the encoder: no common scale
+        ax_rank.axhline(lvls["random"][RANK], color="grey", linestyle=":", label=LEVELS["random"])
     ax_knn.set(xlabel="epoch", ylabel="kNN top-1 % (monitor subset)", title="kNN monitor")
     ax_rank.set(xlabel="epoch", ylabel="effective rank", title="RankMe (no labels)")
     for ax in (ax_knn, ax_rank):
@@ -200,14 +202,14 @@ def plot(summary: dict[str, dict], lvls: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def report(data: Path, out: Path, plot_path: Path | None) -> int:
+def report(data: Path, out: Path, plot_path: Path | None, pair: tuple[str, str] = ("i", "a")) -> int:
     if not (data / "curves.csv").is_file():
         raise SystemExit(f"--curves {data}: no curves.csv (run the export step first)")
     curves = read_csv(data / "curves.csv")
     lvls = {r["representation"]: r for r in read_csv(data / "levels.csv")} if (data / "levels.csv").is_file() else {}
     finals = read_csv(data / "final.csv") if (data / "final.csv").is_file() else []
     summary = summarise(curves, lvls)
-    md = markdown(summary, lvls, finals)
+    md = markdown(summary, lvls, finals, pair)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curves.md").write_text(md)
     png = plot(summary, lvls, plot_path or out / "curves.png")
@@ -229,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--curves", type=Path, required=True, help="the export's folder")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--plot", type=Path, help="the PNG (default <out>/curves.png)")
+    r.add_argument("--pair", default="i,a", help="the two rows whose kNN difference gets a column (default i,a)")
     args = p.parse_args(argv)
     if args.command == "export":
         return export(args.tracking_uri, args.grid, args.out)
     if args.command == "levels":
         return levels(args.out, args.row)
-    return report(args.curves, args.out, args.plot)
+    return report(args.curves, args.out, args.plot, tuple(args.pair.split(",", 1)))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_export_reads_the_grids_child_runs_and_the_report_finds_the_crossing(scr
     out = tmp_path / "out"
     assert script["main"](["report", "--curves", str(data), "--out", str(out)]) == 0
     md = (out / "curves.md").read_text()
-    assert "| 3 | 69.50 | 27.0 | 72.50 | 30.0 | −3.00 |" in md  # epoch 3: a then i, a − i
+    assert md.splitlines()[0] == "| epoch | i: kNN | i: RankMe | a: kNN | a: RankMe | i − a (kNN) |"
+    assert "| 3 | 72.50 | 30.0 | 69.50 | 27.0 | +3.00 |" in md  # epoch 3: i then a, i − a
     assert "row i: 5 kNN points above random init: epoch 2" in md and "Spearman(RankMe, kNN) +1.00" in md
     assert "row a: 5 kNN points above random init: not within these epochs; Spearman(RankMe, kNN) -1.00" in md
     assert "row i (seed 0) at the end, full sets: kNN 77.50" in md
@@ -64,3 +65,14 @@ def test_export_reads_the_grids_child_runs_and_the_report_finds_the_crossing(scr
         script["main"](["export", "--tracking-uri", uri, "--grid", "missing", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no curves.csv"):
         script["main"](["report", "--curves", str(tmp_path / "x"), "--out", str(out)])
+
+
+def test_the_published_curves_are_what_the_committed_data_regenerate(script, tmp_path):
+    """docs/results.md section 6 (the learning curves) comes from docs/results/curves-ia (its README)."""
+    docs = SCRIPT.parents[1] / "docs"
+    assert script["main"](["report", "--curves", str(docs / "results" / "curves-ia"), "--out", str(tmp_path)]) == 0
+    section = (docs / "results.md").read_text().split("## 6.")[1].split("\n## ")[0]
+    generated = [ln for ln in (tmp_path / "curves.md").read_text().splitlines() if ln.strip()]
+    assert len(generated) > 10
+    for line in generated:
+        assert line in section, line
