@@ -175,12 +175,10 @@ def markdown(summary: dict[str, dict], lvls: dict[str, dict], finals: list[dict]
 
 
 def plot(summary: dict[str, dict], lvls: dict[str, dict], path: Path) -> Path:
-    import matplotlib
+    """kNN and RankMe against epoch, one line per row, with the levels as grey lines."""
+    from siamim.orchestration.driver.experiment import figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_knn, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_knn, ax_rank) = figure(2, size=(5.0, 4.0))
     for row, s in summary.items():
         ep = [p["epoch"] for p in s["points"]]
         ax_knn.plot(ep, [p[KNN] for p in s["points"]], marker="o", label=f"row {row}")
@@ -195,11 +193,7 @@ def plot(summary: dict[str, dict], lvls: dict[str, dict], path: Path) -> Path:
     for ax in (ax_knn, ax_rank):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def report(data: Path, out: Path, plot_path: Path | None, pair: tuple[str, str] = ("i", "a")) -> int:
